@@ -1,0 +1,369 @@
+package core
+
+import (
+	"slices"
+)
+
+// The gateway is the node a client (a VM's NBD connection) talks to. It
+// splits requests into object operations, sends each to the object's
+// primary in the current epoch and retries through failures and epoch
+// changes until the operation settles. Writes to one object are sent one
+// at a time, in order, each with a write id that grows with every write
+// of this attachment (attach generation in the high bits), so that a
+// primary can tell a retry from a new write and refuse stale ones.
+
+type gateway struct {
+	vdis   map[uint32]*gwVDI
+	subs   map[uint64]*subOp   // sent, by message id
+	queues map[OID][]*subOp    // writes per object; the head is in flight
+	dirty  map[uint32]map[OID]struct{}
+	wait   []*subOp // waiting for a newer epoch
+}
+
+type gwVDI struct {
+	gen uint64
+	seq uint64
+}
+
+type clientOp struct {
+	req      *Request
+	pending  int
+	code     Code
+	buf      []byte
+	replied  bool
+	deadline int64
+}
+
+type subOp struct {
+	cop    *clientOp
+	oid    OID
+	op     Op
+	off    uint32
+	len    uint32
+	data   []byte
+	bufOff uint64
+	reqID  uint64
+	flags  uint32
+	msgID  uint64
+	done   bool
+}
+
+func (g *gateway) init() {
+	g.vdis = map[uint32]*gwVDI{}
+	g.subs = map[uint64]*subOp{}
+	g.queues = map[OID][]*subOp{}
+	g.dirty = map[uint32]map[OID]struct{}{}
+}
+
+func (g *gateway) attach(vid uint32, gen uint64) {
+	if v, ok := g.vdis[vid]; ok && v.gen == gen {
+		return
+	}
+	g.vdis[vid] = &gwVDI{gen: gen}
+}
+
+func (g *gateway) detach(vid uint32) { delete(g.vdis, vid) }
+
+// Attached reports whether this node holds vid's attach lock.
+func (n *Node) Attached(vid uint32) bool { _, ok := n.gw.vdis[vid]; return ok }
+
+const writeSeqBits = 40
+
+func (n *Node) clientIO(r *Request) {
+	fail := func(c Code) { n.reply(Reply{ID: r.ID, Code: c}) }
+	if !n.serving {
+		fail(ErrNotReady)
+		return
+	}
+	v := n.cs.VDI(r.VID)
+	if v == nil || v.Deleted {
+		fail(ErrNoVDI)
+		return
+	}
+	if r.Len == 0 && r.Type == ReqWrite {
+		r.Len = uint64(len(r.Data))
+	}
+	if r.Off+r.Len > v.Size || r.Off+r.Len < r.Off || (r.Type == ReqWrite && uint64(len(r.Data)) != r.Len) {
+		fail(ErrInvalid)
+		return
+	}
+	var att *gwVDI
+	if r.Type != ReqRead {
+		att = n.gw.vdis[r.VID]
+		if att == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || v.AttachGen != att.gen {
+			fail(ErrLocked)
+			return
+		}
+	}
+	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks)}
+	if r.Type == ReqRead {
+		cop.buf = make([]byte, r.Len)
+	}
+	if r.Len == 0 {
+		n.reply(Reply{ID: r.ID, Code: OK, Data: cop.buf})
+		return
+	}
+	shift := v.BlockShift
+	objSize := uint64(1) << shift
+	var subs []*subOp
+	for off := r.Off; off < r.Off+r.Len; {
+		idx := off >> shift
+		inObj := off & (objSize - 1)
+		l := min(objSize-inObj, r.Off+r.Len-off)
+		s := &subOp{cop: cop, oid: DataOID(v.ID, uint32(idx)), off: uint32(inObj), len: uint32(l), bufOff: off - r.Off}
+		switch r.Type {
+		case ReqRead:
+			s.op = OpRead
+		case ReqWrite:
+			s.op = OpWrite
+			s.data = r.Data[off-r.Off : off-r.Off+l]
+		case ReqTrim:
+			s.op = OpZero
+			if l == objSize {
+				s.op = OpDiscard
+			}
+		case ReqZero:
+			s.op = OpZero
+			if l == objSize && !r.NoHole {
+				s.op = OpDiscard
+			}
+		}
+		if r.FUA {
+			s.flags |= FlagFUA
+		}
+		if s.op != OpRead {
+			att.seq++
+			s.reqID = att.gen<<writeSeqBits | att.seq
+		}
+		subs = append(subs, s)
+		off += l
+	}
+	cop.pending = len(subs)
+	n.after(int64(n.t.OpTimeoutTicks), func() { n.gw.timeout(n, cop) })
+	for _, s := range subs {
+		if s.op == OpRead {
+			n.gw.dispatch(n, s)
+			continue
+		}
+		q := append(n.gw.queues[s.oid], s)
+		n.gw.queues[s.oid] = q
+		if len(q) == 1 {
+			n.gw.dispatch(n, s)
+		}
+	}
+}
+
+// dispatch sends s to its object's primary in the current epoch.
+func (g *gateway) dispatch(n *Node, s *subOp) {
+	if s.done {
+		return
+	}
+	if s.op == OpRead && s.cop.replied {
+		s.done = true // the client gave up; reads have no effect to settle
+		delete(g.subs, s.msgID)
+		return
+	}
+	if !n.serving {
+		n.after(int64(n.t.RetryTicks), func() { g.dispatch(n, s) })
+		return
+	}
+	reps := n.placement(s.oid)
+	if len(reps) == 0 {
+		g.complete(n, s, ErrNoVDI, nil)
+		return
+	}
+	to := reps[0]
+	if s.op == OpRead && n.bugs.ReadAny {
+		to = reps[n.rand.IntN(len(reps))]
+	}
+	if s.msgID != 0 {
+		delete(g.subs, s.msgID)
+	}
+	s.msgID = n.newID()
+	g.subs[s.msgID] = s
+	n.send(&Message{Type: MsgIO, To: to, ID: s.msgID, OID: s.oid, Op: s.op, Off: s.off, Len: s.len,
+		Data: s.data, ReqID: s.reqID, Flags: s.flags})
+	id := s.msgID
+	n.after(int64(n.t.RetryTicks), func() {
+		if g.subs[id] == s {
+			g.dispatch(n, s)
+		}
+	})
+}
+
+func (g *gateway) ioResp(n *Node, m *Message) {
+	s, ok := g.subs[m.ID]
+	if !ok {
+		return
+	}
+	switch m.Code {
+	case OK:
+		g.complete(n, s, OK, m.Data)
+	case ErrStaleEpoch, ErrNotMember, ErrNotReady:
+		// The primary is in another epoch, or routing raced an epoch
+		// change: retry once this node has caught up, or shortly.
+		delete(g.subs, m.ID)
+		s.msgID = 0
+		if m.Epoch > n.epoch {
+			g.wait = append(g.wait, s)
+			return
+		}
+		n.after(int64(max(n.t.RetryTicks/4, 1)), func() { g.dispatch(n, s) })
+	default:
+		g.complete(n, s, m.Code, nil)
+	}
+}
+
+// epochChanged re-sends everything in flight to the new primaries.
+func (g *gateway) epochChanged(n *Node) {
+	ids := make([]uint64, 0, len(g.subs))
+	for id := range g.subs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	wait := g.wait
+	g.wait = nil
+	for _, id := range ids {
+		g.dispatch(n, g.subs[id])
+	}
+	for _, s := range wait {
+		g.dispatch(n, s)
+	}
+}
+
+func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
+	if s.done {
+		return
+	}
+	s.done = true
+	delete(g.subs, s.msgID)
+	cop := s.cop
+	if s.op == OpRead {
+		if code == OK {
+			copy(cop.buf[s.bufOff:s.bufOff+uint64(s.len)], data)
+		}
+	} else {
+		if code == OK && s.flags&FlagFUA == 0 {
+			vid := s.oid.VID()
+			if g.dirty[vid] == nil {
+				g.dirty[vid] = map[OID]struct{}{}
+			}
+			g.dirty[vid][s.oid] = struct{}{}
+		}
+		q := g.queues[s.oid]
+		if len(q) > 0 && q[0] == s {
+			q = q[1:]
+		}
+		if len(q) == 0 {
+			delete(g.queues, s.oid)
+		} else {
+			g.queues[s.oid] = q
+			g.dispatch(n, q[0])
+		}
+	}
+	if code == ErrStale {
+		code = ErrLocked
+	}
+	if code != OK && cop.code == OK {
+		cop.code = code
+	}
+	cop.pending--
+	if cop.pending == 0 && !cop.replied {
+		cop.replied = true
+		r := Reply{ID: cop.req.ID, Code: cop.code}
+		if cop.code == OK {
+			r.Data = cop.buf
+		}
+		n.reply(r)
+	}
+}
+
+// timeout fails a client operation that did not settle in time. Its
+// writes stay queued and keep being retried, so that a later write to the
+// same object can never be overtaken by an earlier one.
+func (g *gateway) timeout(n *Node, cop *clientOp) {
+	if cop.replied {
+		return
+	}
+	cop.replied = true
+	n.reply(Reply{ID: cop.req.ID, Code: ErrTimeout})
+}
+
+// clientFlush makes every write this gateway completed for the VDI
+// before the flush durable on all the object's replicas.
+func (n *Node) clientFlush(r *Request) {
+	set := n.gw.dirty[r.VID]
+	delete(n.gw.dirty, r.VID)
+	oids := make([]OID, 0, len(set))
+	for oid := range set {
+		oids = append(oids, oid)
+	}
+	slices.Sort(oids)
+	deadline := n.now + int64(n.t.OpTimeoutTicks)
+	n.flushRound(r, oids, deadline)
+}
+
+func (n *Node) flushRound(r *Request, oids []OID, deadline int64) {
+	if len(oids) == 0 {
+		n.reply(Reply{ID: r.ID, Code: OK})
+		return
+	}
+	fail := func(c Code) {
+		d := n.gw.dirty[r.VID]
+		if d == nil {
+			d = map[OID]struct{}{}
+			n.gw.dirty[r.VID] = d
+		}
+		for _, oid := range oids {
+			d[oid] = struct{}{}
+		}
+		n.reply(Reply{ID: r.ID, Code: c})
+	}
+	if n.now >= deadline {
+		fail(ErrTimeout)
+		return
+	}
+	if !n.serving {
+		n.after(int64(n.t.RetryTicks), func() { n.flushRound(r, oids, deadline) })
+		return
+	}
+	byNode := map[NodeID][]OID{}
+	var nodes []NodeID
+	for _, oid := range oids {
+		for _, id := range n.placement(oid) {
+			if _, ok := byNode[id]; !ok {
+				nodes = append(nodes, id)
+			}
+			byNode[id] = append(byNode[id], oid)
+		}
+	}
+	slices.Sort(nodes)
+	left := len(nodes)
+	failed := false
+	epoch := n.epoch
+	for _, id := range nodes {
+		n.rpc(&Message{Type: MsgSync, To: id, OIDs: byNode[id]}, func(resp *Message) {
+			if failed {
+				return
+			}
+			switch {
+			case resp.Code == OK && epoch == n.epoch:
+				left--
+				if left == 0 {
+					n.reply(Reply{ID: r.ID, Code: OK})
+				}
+			case resp.Code == ErrIO || resp.Code == ErrNoSpace:
+				failed = true
+				fail(resp.Code)
+			default:
+				// Epoch change or a member that is not ready: start over
+				// with the current placement.
+				failed = true
+				n.after(int64(max(n.t.RetryTicks/4, 1)), func() { n.flushRound(r, oids, deadline) })
+			}
+		})
+	}
+	if left == 0 {
+		n.reply(Reply{ID: r.ID, Code: OK})
+	}
+}

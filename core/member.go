@@ -1,0 +1,255 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+)
+
+// joinRequest is a node waiting, at the leader, to become a member.
+type joinRequest struct {
+	info NodeInfo
+	auto bool
+	at   int64
+}
+
+// tickJoin keeps asking to become a member until this incarnation is one.
+func (n *Node) tickJoin() {
+	if n.cs.IsMember(n.id, n.self.Incarnation) || n.now-n.lastJoinSent < int64(n.t.JoinTicks) && n.lastJoinSent != 0 {
+		return
+	}
+	n.lastJoinSent = n.now
+	info := n.self
+	flags := uint32(0)
+	if n.cfg.AutoVNodes {
+		flags = 1
+	}
+	if n.isLeader {
+		n.pendingJoins[n.id] = joinRequest{info: info, auto: flags == 1, at: n.now}
+		return
+	}
+	if n.lead != 0 && n.addrs[n.lead] != "" {
+		n.send(&Message{Type: MsgJoin, To: n.lead, Node: &info, Flags: flags})
+		return
+	}
+	for _, m := range n.cs.Nodes {
+		if m.ID != n.id {
+			n.send(&Message{Type: MsgJoin, To: m.ID, Node: &info, Flags: flags})
+		}
+	}
+	for _, a := range n.cfg.Seeds {
+		if a != n.self.Addr {
+			n.send(&Message{Type: MsgJoin, ToAddr: a, Node: &info, Flags: flags})
+		}
+	}
+}
+
+func (n *Node) handleJoin(m *Message) {
+	if m.Node == nil || m.Node.ID == 0 || m.Node.Addr == "" {
+		return
+	}
+	info := *m.Node
+	if _, known := n.addrs[info.ID]; !known || n.isLeader {
+		n.addrs[info.ID] = info.Addr
+	}
+	if n.isLeader {
+		n.pendingJoins[info.ID] = joinRequest{info: info, auto: m.Flags&1 != 0, at: n.now}
+		return
+	}
+	if n.lead != 0 && n.lead != m.From && n.lead != n.id {
+		n.send(&Message{Type: MsgJoin, To: n.lead, Node: &info, Flags: m.Flags})
+	}
+}
+
+// reconcile runs on the leader every tick: admit joining nodes, declare
+// silent members dead, and keep the raft voter set at its target size.
+func (n *Node) reconcile() {
+	if n.confPending != 0 && n.now-n.confPending > int64(4*n.t.RetryTicks) {
+		n.confPending = 0 // dropped by raft; propose again
+	}
+	if !n.quorumContact() {
+		// A leader that does not hear from a quorum cannot tell a dead
+		// member from its own isolation: it decides nothing, and after a
+		// while it steps down so that the others can elect a leader
+		// (raft's check-quorum, done here because raft's needs its
+		// randomized timer).
+		if n.now-n.quorumSeen > int64(2*n.t.ElectionTicks) {
+			n.stepDown()
+		}
+		return
+	}
+	n.quorumSeen = n.now
+	n.retrySnapshots()
+	n.admitJoins()
+	n.detectFailures()
+	n.reconcileVoters()
+}
+
+// quorumContact reports whether the leader heard from a quorum of voters
+// within an election timeout.
+func (n *Node) quorumContact() bool {
+	heard := 0
+	for _, v := range n.conf.Voters {
+		id := NodeID(v)
+		if id == n.id || n.now-max(n.lastHeard[id], n.leaderSince) <= int64(n.t.ElectionTicks) {
+			heard++
+		}
+	}
+	return heard > len(n.conf.Voters)/2
+}
+
+// stepDown makes the leader a follower by showing its raft a newer term,
+// exactly as if it had heard of an election it missed.
+func (n *Node) stepDown() {
+	st := n.rn.BasicStatus()
+	for _, v := range n.conf.Voters {
+		if NodeID(v) != n.id {
+			n.note(fmt.Sprintf("node %d: no quorum contact, stepping down", n.id))
+			_ = n.rn.Step(raftpb.Message{Type: raftpb.MsgHeartbeatResp, From: v, To: uint64(n.id), Term: st.Term + 1})
+			return
+		}
+	}
+}
+
+func (n *Node) admitJoins() {
+	ids := make([]NodeID, 0, len(n.pendingJoins))
+	for id := range n.pendingJoins {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		j := n.pendingJoins[id]
+		if cur, ok := n.cs.Member(id); (ok && cur.Incarnation >= j.info.Incarnation) || n.now-j.at > int64(10*n.t.JoinTicks) {
+			delete(n.pendingJoins, id)
+			continue
+		}
+		if !n.inRaft(id) {
+			if n.confPending == 0 {
+				e := enc{}
+				encodeNode(&e, j.info)
+				if n.rn.ProposeConfChange(raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: uint64(id), Context: e.b}) == nil {
+					n.confPending = n.now
+				}
+			}
+			continue
+		}
+		if at, ok := n.joinProposed[id]; ok && n.now-at < int64(n.t.RetryTicks) {
+			continue
+		}
+		n.joinProposed[id] = n.now
+		n.propose(&Cmd{Type: CmdJoin, Node: j.info, AutoVNodes: j.auto, Term: n.term()}, func(Result) {})
+	}
+}
+
+func (n *Node) detectFailures() {
+	if n.now-n.leaderSince <= int64(n.t.FailTicks) {
+		return
+	}
+	for _, m := range n.cs.Nodes {
+		if m.ID == n.id {
+			continue
+		}
+		last := max(n.lastHeard[m.ID], n.leaderSince)
+		if n.now-last <= int64(n.t.FailTicks) {
+			continue
+		}
+		if at, ok := n.leaveProposed[m.ID]; ok && n.now-at < int64(n.t.RetryTicks) {
+			continue
+		}
+		n.leaveProposed[m.ID] = n.now
+		n.note(fmt.Sprintf("node %d: declaring node %d dead after %d silent ticks", n.id, m.ID, n.now-last))
+		n.propose(&Cmd{Type: CmdLeave, NodeID: m.ID, Inc: m.Incarnation, Term: n.term()}, func(Result) {})
+	}
+}
+
+// voterTarget is the size of the raft voter set for a cluster of members
+// nodes: an odd number, at most five.
+func voterTarget(members int) int {
+	switch {
+	case members >= 5:
+		return 5
+	case members >= 3:
+		return 3
+	}
+	return 1
+}
+
+func (n *Node) reconcileVoters() {
+	if n.confPending != 0 || len(n.cs.Nodes) == 0 {
+		return
+	}
+	isMember := func(id uint64) bool { _, ok := n.cs.Member(NodeID(id)); return ok }
+	voters := slices.Clone(n.conf.Voters)
+	slices.Sort(voters)
+	live := 0
+	for _, v := range voters {
+		if isMember(v) {
+			live++
+		}
+	}
+	target := voterTarget(len(n.cs.Nodes))
+	propose := func(t raftpb.ConfChangeType, id uint64) {
+		if n.rn.ProposeConfChange(raftpb.ConfChange{Type: t, NodeID: id}) == nil {
+			n.confPending = n.now
+		}
+	}
+	if live < target {
+		learners := slices.Clone(n.conf.Learners)
+		slices.Sort(learners)
+		for _, l := range learners {
+			if isMember(l) && n.now-n.lastHeard[NodeID(l)] <= int64(n.t.ElectionTicks) {
+				propose(raftpb.ConfChangeAddNode, l)
+				return
+			}
+		}
+	}
+	for _, v := range voters {
+		if !isMember(v) && NodeID(v) != n.id && len(voters) > 1 {
+			propose(raftpb.ConfChangeAddLearnerNode, v)
+			return
+		}
+	}
+	if len(voters) > target {
+		for i := len(voters) - 1; i >= 0; i-- {
+			if NodeID(voters[i]) != n.id {
+				propose(raftpb.ConfChangeAddLearnerNode, voters[i])
+				return
+			}
+		}
+	}
+}
+
+func (n *Node) term() uint64 { return n.rn.BasicStatus().Term }
+
+// retrySnapshots: a follower that was sent a snapshot stays paused until
+// it answers; if the snapshot or the answer was lost, tell raft so that
+// it sends another (etcd's transport does this with ReportSnapshot).
+func (n *Node) retrySnapshots() {
+	if n.now%int64(n.t.RetryTicks) != 0 {
+		return
+	}
+	st := n.rn.Status()
+	ids := make([]uint64, 0, len(st.Progress))
+	for id, pr := range st.Progress {
+		if pr.State == tracker.StateSnapshot {
+			ids = append(ids, id)
+		} else {
+			delete(n.snapSent, NodeID(id))
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		since, ok := n.snapSent[NodeID(id)]
+		if !ok {
+			n.snapSent[NodeID(id)] = n.now
+			continue
+		}
+		if n.now-since >= int64(2*n.t.RetryTicks) {
+			delete(n.snapSent, NodeID(id))
+			n.rn.ReportSnapshot(id, raft.SnapshotFailure)
+		}
+	}
+}

@@ -1,0 +1,287 @@
+package core
+
+import (
+	"fmt"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// MsgType names a peer message.
+type MsgType uint8
+
+// Peer messages. Every message carries the sender's epoch; a receiver
+// refuses work from an older epoch and holds work from a newer one until
+// it has caught up.
+const (
+	MsgRaft        MsgType = iota + 1 // raft traffic of the cluster log
+	MsgJoin                           // a node asks to become (again) a member
+	MsgLeaseReq                       // a primary asks a co-replica for a read lease
+	MsgLeaseGrant                     // the co-replica promises not to serve a newer epoch's recovery before the lease ends
+	MsgIO                             // gateway → primary: one object operation
+	MsgIOResp                         //
+	MsgRepl                           // primary → replica: apply one versioned write
+	MsgReplResp                       //
+	MsgSync                           // gateway → replica: make these objects durable (flush)
+	MsgSyncResp                       //
+	MsgListReq                        // recovery: which objects placed on me do you hold, at which versions?
+	MsgListResp                       //
+	MsgFetchReq                       // recovery/repair: send me this object at at least this version
+	MsgFetchResp                      //
+	MsgRecovered                      // I hold every object the epoch places on me
+	MsgCheckReq                       // vdi check: version and digest of an object
+	MsgCheckResp                      //
+	msgTypeEnd
+)
+
+var msgTypeNames = [...]string{
+	MsgRaft: "raft", MsgJoin: "join", MsgLeaseReq: "lease-req", MsgLeaseGrant: "lease-grant",
+	MsgIO: "io", MsgIOResp: "io-resp", MsgRepl: "repl", MsgReplResp: "repl-resp",
+	MsgSync: "sync", MsgSyncResp: "sync-resp", MsgListReq: "list-req", MsgListResp: "list-resp",
+	MsgFetchReq: "fetch-req", MsgFetchResp: "fetch-resp", MsgRecovered: "recovered",
+	MsgCheckReq: "check-req", MsgCheckResp: "check-resp",
+}
+
+func (t MsgType) String() string {
+	if t > 0 && t < msgTypeEnd {
+		return msgTypeNames[t]
+	}
+	return fmt.Sprintf("msg(%d)", uint8(t))
+}
+
+// Op is an object operation.
+type Op uint8
+
+// Object operations.
+const (
+	OpRead    Op = iota + 1
+	OpWrite      // data at Off
+	OpZero       // write zeros over [Off, Off+Len)
+	OpDiscard    // the whole object becomes a tombstone: reads return zeros, space is freed
+	OpConverge   // MsgRepl: make your copy the primary's (version Version) after a failed write
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpRead:
+		return "read"
+	case OpWrite:
+		return "write"
+	case OpZero:
+		return "zero"
+	case OpDiscard:
+		return "discard"
+	case OpConverge:
+		return "converge"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Code is the result of an operation, carried in responses and replies.
+type Code uint8
+
+// Result codes.
+const (
+	OK            Code = iota
+	ErrStaleEpoch      // the receiver is in a newer epoch (its epoch is in the response)
+	ErrNotMember       // the receiver is not a serving member of that epoch
+	ErrNotReady        // retry later (recovering, no lease, no leader, ...)
+	ErrIO              // disk error
+	ErrNoSpace         // a disk is full
+	ErrCorrupt         // checksum mismatch and no good replica
+	ErrNoObject        // the object is not there (fetch)
+	ErrInvalid         // malformed or impossible request
+	ErrNoVDI           // no such VDI
+	ErrVDIExists       // VDI name taken
+	ErrLocked          // VDI attached elsewhere
+	ErrNotFormatted    // cluster not formatted
+	ErrStale           // a superseded write (its attacher was replaced)
+	ErrTimeout         // gave up waiting
+	ErrShutdown        // the node is stopping
+	ErrPerm            // read-only VDI
+	ErrFull            // no free VDI id
+	ErrBusy            // an operation is already in progress
+	codeEnd
+)
+
+var codeNames = [...]string{
+	OK: "ok", ErrStaleEpoch: "stale epoch", ErrNotMember: "not a member", ErrNotReady: "not ready",
+	ErrIO: "I/O error", ErrNoSpace: "no space left", ErrCorrupt: "data corrupted", ErrNoObject: "no object",
+	ErrInvalid: "invalid request", ErrNoVDI: "no such VDI", ErrVDIExists: "VDI exists already",
+	ErrLocked: "VDI is attached elsewhere", ErrNotFormatted: "cluster is not formatted",
+	ErrStale: "superseded request", ErrTimeout: "timed out", ErrShutdown: "shutting down",
+	ErrPerm: "operation not permitted", ErrFull: "no free VDI id", ErrBusy: "busy",
+}
+
+func (c Code) String() string {
+	if c < codeEnd {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("code(%d)", uint8(c))
+}
+
+// Error makes a non-OK Code usable as an error.
+func (c Code) Error() string { return c.String() }
+
+// Err returns nil for OK and the code otherwise.
+func (c Code) Err() error {
+	if c == OK {
+		return nil
+	}
+	return c
+}
+
+// Message flags.
+const (
+	FlagFUA     uint32 = 1 << iota // make this write durable before acknowledging it
+	FlagDeleted                    // the object is a tombstone
+)
+
+// ObjVersion is an entry of an object list.
+type ObjVersion struct {
+	OID     OID
+	Version uint64
+	Deleted bool
+}
+
+// Message is one peer message. It is a flat record: each type uses the
+// fields it needs (documented on the type constants).
+type Message struct {
+	Type    MsgType
+	From    NodeID
+	To      NodeID
+	ToAddr  string // set when To is not yet known (joining through a seed address)
+	Epoch   uint32
+	ID      uint64 // request id, echoed in the response
+	Code    Code
+	OID     OID
+	Op      Op
+	Off     uint32
+	Len     uint32
+	Flags   uint32
+	Version uint64 // object version (new version for MsgRepl)
+	Prev    uint64 // MsgRepl: the version the write applies on top of
+	ReqID   uint64 // client write id, for de-duplication of retries
+	Data    []byte
+	Node    *NodeInfo       // MsgJoin
+	Objects []ObjVersion    // MsgListResp
+	OIDs    []OID           // MsgSync
+	Raft    *raftpb.Message // MsgRaft
+}
+
+func (m *Message) String() string {
+	return fmt.Sprintf("%v %d→%d e%d id=%d %v oid=%v", m.Type, m.From, m.To, m.Epoch, m.ID, m.Code, m.OID)
+}
+
+// Size estimates the encoded size, for accounting.
+func (m *Message) Size() int {
+	n := 64 + len(m.Data) + len(m.Objects)*17 + len(m.OIDs)*8 + len(m.ToAddr)
+	if m.Raft != nil {
+		n += m.Raft.Size()
+	}
+	return n
+}
+
+const msgMagic = 0x5344 // "SD"
+
+// Marshal encodes m for the wire.
+func (m *Message) Marshal() ([]byte, error) {
+	e := enc{b: make([]byte, 0, m.Size())}
+	e.u16(msgMagic)
+	e.u8(uint8(m.Type))
+	e.u64(uint64(m.From))
+	e.u64(uint64(m.To))
+	e.str(m.ToAddr)
+	e.u32(m.Epoch)
+	e.u64(m.ID)
+	e.u8(uint8(m.Code))
+	e.u64(uint64(m.OID))
+	e.u8(uint8(m.Op))
+	e.u32(m.Off)
+	e.u32(m.Len)
+	e.u32(m.Flags)
+	e.u64(m.Version)
+	e.u64(m.Prev)
+	e.u64(m.ReqID)
+	e.bytes(m.Data)
+	e.bool(m.Node != nil)
+	if m.Node != nil {
+		encodeNode(&e, *m.Node)
+	}
+	e.u32(uint32(len(m.Objects)))
+	for _, o := range m.Objects {
+		e.u64(uint64(o.OID))
+		e.u64(o.Version)
+		e.bool(o.Deleted)
+	}
+	e.u32(uint32(len(m.OIDs)))
+	for _, o := range m.OIDs {
+		e.u64(uint64(o))
+	}
+	if m.Raft != nil {
+		b, err := m.Raft.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("core: marshal raft message: %w", err)
+		}
+		e.bytes(b)
+	} else {
+		e.bytes(nil)
+	}
+	return e.b, nil
+}
+
+// UnmarshalMessage decodes a message. Data aliases b.
+func UnmarshalMessage(b []byte) (*Message, error) {
+	d := dec{b: b}
+	if d.u16() != msgMagic {
+		if d.err != nil {
+			return nil, d.err
+		}
+		return nil, fmt.Errorf("core: bad message magic")
+	}
+	m := &Message{}
+	m.Type = MsgType(d.u8())
+	m.From = NodeID(d.u64())
+	m.To = NodeID(d.u64())
+	m.ToAddr = d.str()
+	m.Epoch = d.u32()
+	m.ID = d.u64()
+	m.Code = Code(d.u8())
+	m.OID = OID(d.u64())
+	m.Op = Op(d.u8())
+	m.Off = d.u32()
+	m.Len = d.u32()
+	m.Flags = d.u32()
+	m.Version = d.u64()
+	m.Prev = d.u64()
+	m.ReqID = d.u64()
+	m.Data = d.bytes()
+	if d.bool() {
+		n := decodeNode(&d)
+		m.Node = &n
+	}
+	if n := d.count(17); n > 0 {
+		m.Objects = make([]ObjVersion, n)
+		for i := range m.Objects {
+			m.Objects[i] = ObjVersion{OID: OID(d.u64()), Version: d.u64(), Deleted: d.bool()}
+		}
+	}
+	if n := d.count(8); n > 0 {
+		m.OIDs = make([]OID, n)
+		for i := range m.OIDs {
+			m.OIDs[i] = OID(d.u64())
+		}
+	}
+	if rb := d.bytes(); rb != nil {
+		m.Raft = &raftpb.Message{}
+		if err := m.Raft.Unmarshal(rb); err != nil {
+			return nil, fmt.Errorf("core: unmarshal raft message: %w", err)
+		}
+	}
+	if err := d.done(); err != nil {
+		return nil, err
+	}
+	if m.Type == 0 || m.Type >= msgTypeEnd {
+		return nil, fmt.Errorf("core: unknown message type %d", m.Type)
+	}
+	return m, nil
+}

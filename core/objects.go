@@ -1,0 +1,241 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+)
+
+// DiskKind names a disk operation.
+type DiskKind uint8
+
+// Disk operations.
+const (
+	DiskRead   DiskKind = iota + 1 // read Len bytes at Off
+	DiskWrite                      // write Data at Off (or zeros over Len when Data is nil) and set Meta
+	DiskPut                        // replace the whole object with Data and Meta (recovery)
+	DiskDelete                     // remove the object (garbage collection)
+	DiskSync                       // make every completed write durable
+)
+
+func (k DiskKind) String() string {
+	switch k {
+	case DiskRead:
+		return "read"
+	case DiskWrite:
+		return "write"
+	case DiskPut:
+		return "put"
+	case DiskDelete:
+		return "delete"
+	case DiskSync:
+		return "sync"
+	}
+	return fmt.Sprintf("disk(%d)", uint8(k))
+}
+
+// DiskOp is a disk operation for the driver. Operations on the same object
+// must complete in the order they were issued; the node never issues a
+// write to an object while another operation on it is in flight.
+type DiskOp struct {
+	ID   uint64
+	Kind DiskKind
+	OID  OID
+	Off  uint32
+	Len  uint32
+	Data []byte
+	Meta ObjMeta
+	Sync bool // durable before completion (FUA)
+}
+
+// DiskDone reports a completed disk operation.
+type DiskDone struct {
+	ID   uint64
+	Err  Code    // OK, ErrIO, ErrNoSpace, ErrCorrupt (checksum mismatch), ErrNoObject
+	Data []byte  // DiskRead
+	Meta ObjMeta // DiskRead: the object's metadata
+}
+
+// object is the node's view of one object: what its local store holds
+// and the work queued on it.
+type object struct {
+	meta    ObjMeta
+	present bool // the local store has it
+
+	// primary role
+	queue   []*primOp // waiting, in arrival order
+	active  *primOp   // write being replicated
+	reading int       // local reads in flight
+
+	// replica role
+	applying   uint64     // version being written locally (0: none)
+	replWaits  []*Message // retransmissions waiting for that write
+	catchingUp bool       // fetching the object from its primary
+
+	// any role
+	diskBusy bool     // a local write/put/delete is in flight
+	assigned uint64   // last version this node assigned as primary (never reused)
+	waiting  []func() // work waiting for the disk to be idle
+}
+
+func (n *Node) obj(oid OID) *object {
+	o := n.objs[oid]
+	if o == nil {
+		o = &object{}
+		n.objs[oid] = o
+	}
+	return o
+}
+
+// idle reports whether o carries no state beyond its stored metadata.
+func (o *object) idle() bool {
+	return len(o.queue) == 0 && o.active == nil && o.reading == 0 && o.applying == 0 &&
+		len(o.replWaits) == 0 && !o.catchingUp && !o.diskBusy && len(o.waiting) == 0
+}
+
+// forget drops the entry of an object that is neither stored nor busy.
+func (n *Node) forget(oid OID) {
+	if o := n.objs[oid]; o != nil && !o.present && o.idle() {
+		delete(n.objs, oid)
+	}
+}
+
+// diskRetries is how often a disk operation failing with ErrIO is retried
+// before the error is reported: the stores report transient errors
+// without side effects.
+const diskRetries = 4
+
+// disk issues op and runs cb with its result.
+func (n *Node) disk(op DiskOp, cb func(DiskDone)) {
+	n.diskAttempt(op, cb, 0)
+}
+
+func (n *Node) diskAttempt(op DiskOp, cb func(DiskDone), attempt int) {
+	op.ID = n.newID()
+	n.diskCB[op.ID] = func(d DiskDone) {
+		if d.Err == ErrIO && attempt < diskRetries {
+			n.after(int64(attempt+1), func() { n.diskAttempt(op, cb, attempt+1) })
+			return
+		}
+		cb(d)
+	}
+	n.out.Disk = append(n.out.Disk, op)
+}
+
+// writeLocal applies a data write to the local store, keeping the object
+// index in step. Recovery lists are not answered while writes issued in an
+// older epoch are still in flight, so that a list shows final versions.
+func (n *Node) writeLocal(op DiskOp, cb func(Code)) {
+	o := n.obj(op.OID)
+	o.diskBusy = true
+	epoch := n.epoch
+	n.writesInFlight++
+	n.disk(op, func(d DiskDone) {
+		o.diskBusy = false
+		n.writesInFlight--
+		if epoch != n.epoch {
+			n.oldWrites--
+		}
+		if d.Err == OK {
+			switch op.Kind {
+			case DiskWrite, DiskPut:
+				o.meta, o.present = op.Meta, true
+			case DiskDelete:
+				o.meta, o.present = ObjMeta{}, false
+			}
+		}
+		cb(d.Err)
+		n.wake(op.OID)
+		n.forget(op.OID)
+		if n.oldWrites == 0 {
+			n.releaseHeld()
+		}
+	})
+}
+
+// whenDiskIdle runs fn once the object's local disk is not busy.
+func (n *Node) whenDiskIdle(oid OID, fn func()) {
+	o := n.obj(oid)
+	if !o.diskBusy {
+		fn()
+		return
+	}
+	o.waiting = append(o.waiting, fn)
+}
+
+// wake re-runs the work that waited on oid.
+func (n *Node) wake(oid OID) {
+	o := n.objs[oid]
+	if o == nil {
+		return
+	}
+	if len(o.waiting) > 0 && !o.diskBusy && !o.catchingUp {
+		w := o.waiting
+		o.waiting = nil
+		for _, fn := range w {
+			fn()
+		}
+	}
+	n.runPrimary(oid)
+}
+
+// localObjects returns the stored objects sorted by id.
+func (n *Node) localObjects() []OID {
+	out := make([]OID, 0, len(n.objs))
+	for oid, o := range n.objs {
+		if o.present {
+			out = append(out, oid)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Objects returns the local object index sorted by id (for checks and
+// status).
+func (n *Node) Objects() []ObjectInfo {
+	oids := n.localObjects()
+	out := make([]ObjectInfo, len(oids))
+	for i, oid := range oids {
+		out[i] = ObjectInfo{OID: oid, Meta: n.objs[oid].meta}
+	}
+	return out
+}
+
+// copiesOf is the number of replicas of oid (0: its VDI is gone).
+func (n *Node) copiesOf(oid OID) int {
+	v := n.cs.VDI(oid.VID())
+	if v == nil || v.Deleted {
+		return 0
+	}
+	return int(v.Copies)
+}
+
+// placement returns oid's replicas in the current epoch, primary first.
+func (n *Node) placement(oid OID) []NodeID {
+	c := n.copiesOf(oid)
+	if c == 0 {
+		return nil
+	}
+	return n.ring.Place(make([]NodeID, 0, c), oid, c)
+}
+
+// dropVDI deletes the local objects of a deleted VDI.
+func (n *Node) dropVDI(vid uint32) {
+	for _, oid := range n.localObjects() {
+		if oid.VID() == vid {
+			n.deleteLocal(oid)
+		}
+	}
+}
+
+func (n *Node) deleteLocal(oid OID) {
+	n.whenDiskIdle(oid, func() {
+		o := n.objs[oid]
+		if o == nil || !o.present {
+			return
+		}
+		n.writeLocal(DiskOp{Kind: DiskDelete, OID: oid}, func(Code) {})
+	})
+}
+
+func versionEpoch(v uint64) uint32 { return uint32(v >> 32) }

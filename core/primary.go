@@ -1,0 +1,467 @@
+package core
+
+import "slices"
+
+// primOp is an object operation at its primary.
+type primOp struct {
+	m         *Message
+	reps      []NodeID
+	prev      uint64 // version the replicas must hold before applying
+	meta      ObjMeta
+	localDone bool
+	acked     []NodeID
+	calls     []uint64
+	replied    bool
+	code       Code
+	converging bool
+}
+
+func (n *Node) respondIO(p *primOp, code Code, data []byte) {
+	if p.replied {
+		return
+	}
+	p.replied = true
+	n.send(&Message{Type: MsgIOResp, To: p.m.From, ID: p.m.ID, Code: code, OID: p.m.OID, Op: p.m.Op, Data: data})
+}
+
+func (n *Node) objectSize(oid OID) uint32 {
+	if v := n.cs.VDI(oid.VID()); v != nil {
+		return uint32(1) << v.BlockShift
+	}
+	return 0
+}
+
+// handleIO receives an object operation from a gateway.
+func (n *Node) handleIO(m *Message) {
+	if !n.epochGate(m, MsgIOResp) {
+		return
+	}
+	reps := n.placement(m.OID)
+	if len(reps) == 0 {
+		n.respond(m, MsgIOResp, ErrNoVDI)
+		return
+	}
+	size := n.objectSize(m.OID)
+	if m.Op != OpDiscard && (uint64(m.Off)+uint64(m.Len) > uint64(size) || (m.Op == OpWrite && len(m.Data) != int(m.Len))) {
+		n.respond(m, MsgIOResp, ErrInvalid)
+		return
+	}
+	if m.Op == OpRead && n.bugs.ReadAny && slices.Contains(reps, n.id) {
+		n.readAny(m)
+		return
+	}
+	if reps[0] != n.id {
+		if !(n.bugs.NoEpochCheck && m.Epoch < n.epoch && slices.Contains(reps, n.id)) {
+			n.respond(m, MsgIOResp, ErrNotReady) // routed with another view of the epoch
+			return
+		}
+		// The planted bug trusts the old epoch's routing: act as primary.
+		reps = append([]NodeID{n.id}, slices.DeleteFunc(slices.Clone(reps), func(id NodeID) bool { return id == n.id })...)
+	}
+	o := n.obj(m.OID)
+	o.queue = append(o.queue, &primOp{m: m, reps: reps})
+	n.runPrimary(m.OID)
+}
+
+// runPrimary starts the queued operations of oid that may run now: reads
+// run concurrently with each other, a write runs alone, in arrival order.
+func (n *Node) runPrimary(oid OID) {
+	o := n.objs[oid]
+	if o == nil {
+		return
+	}
+	for len(o.queue) > 0 && o.active == nil {
+		if !n.objectReady(oid) {
+			n.whenReady(oid, func() { n.runPrimary(oid) })
+			return
+		}
+		if o.diskBusy || o.catchingUp {
+			return // wake runs us again
+		}
+		p := o.queue[0]
+		if p.m.Op == OpRead {
+			if !n.haveLeases(p.reps) {
+				return // leaseGranted runs us again
+			}
+			o.queue = o.queue[1:]
+			n.primaryRead(oid, o, p)
+			continue
+		}
+		if o.reading > 0 {
+			return
+		}
+		o.queue = o.queue[1:]
+		n.primaryWrite(oid, o, p)
+	}
+	n.forget(oid)
+}
+
+func (n *Node) primaryRead(oid OID, o *object, p *primOp) {
+	if !o.present || o.meta.Deleted {
+		n.respondIO(p, OK, nil) // never written, or discarded: zeros
+		return
+	}
+	n.readLocal(oid, p.m.Off, p.m.Len, func(d DiskDone) {
+		switch d.Err {
+		case OK:
+			n.respondIO(p, OK, d.Data)
+		case ErrCorrupt:
+			n.repair(oid, func(ok bool) {
+				if !ok {
+					n.respondIO(p, ErrCorrupt, nil)
+					return
+				}
+				o := n.obj(oid)
+				o.queue = append([]*primOp{p}, o.queue...)
+				n.runPrimary(oid)
+			})
+		default:
+			n.respondIO(p, d.Err, nil)
+		}
+	})
+}
+
+// readAny is the planted read-any bug: serve a read from whatever this
+// replica has, with no lease and no recovery.
+func (n *Node) readAny(m *Message) {
+	o := n.objs[m.OID]
+	if o == nil || !o.present || o.meta.Deleted {
+		n.respond(m, MsgIOResp, OK)
+		return
+	}
+	n.readLocal(m.OID, m.Off, m.Len, func(d DiskDone) {
+		r := n.respond(m, MsgIOResp, d.Err)
+		r.Data = d.Data
+	})
+}
+
+// readLocal reads from the local store, counted so that writes wait.
+func (n *Node) readLocal(oid OID, off, length uint32, cb func(DiskDone)) {
+	o := n.obj(oid)
+	o.reading++
+	n.disk(DiskOp{Kind: DiskRead, OID: oid, Off: off, Len: length}, func(d DiskDone) {
+		o.reading--
+		cb(d)
+		n.wake(oid)
+		n.forget(oid)
+	})
+}
+
+func (n *Node) primaryWrite(oid OID, o *object, p *primOp) {
+	m := p.m
+	if m.ReqID != 0 && m.ReqID <= o.meta.ReqID {
+		// A retry of a write already applied, or a write superseded by
+		// a newer attacher: never apply it twice.
+		code := OK
+		if m.ReqID < o.meta.ReqID {
+			code = ErrStale
+		}
+		n.respondIO(p, code, nil)
+		return
+	}
+	seq := uint64(1)
+	base := max(o.meta.Version, o.assigned)
+	if versionEpoch(base) == n.epoch {
+		seq = base&0xffffffff + 1
+	}
+	v := uint64(n.epoch)<<32 | seq
+	o.assigned = v
+	p.prev = o.meta.Version
+	p.meta = ObjMeta{Version: v, ReqID: m.ReqID, Deleted: m.Op == OpDiscard}
+	o.active = p
+	n.writeLocal(diskOpFor(m, p.meta), func(c Code) {
+		p.localDone = true
+		if c != OK && p.code == OK {
+			p.code = c
+		}
+		n.finishWrite(oid, p)
+	})
+	for _, r := range p.reps[1:] {
+		n.replicate(oid, p, r)
+	}
+}
+
+// diskOpFor is the local disk write of a write-like operation.
+func diskOpFor(m *Message, meta ObjMeta) DiskOp {
+	op := DiskOp{Kind: DiskWrite, OID: m.OID, Off: m.Off, Len: m.Len, Data: m.Data, Meta: meta, Sync: m.Flags&FlagFUA != 0}
+	switch m.Op {
+	case OpZero:
+		op.Data = nil
+	case OpDiscard:
+		op = DiskOp{Kind: DiskPut, OID: m.OID, Meta: meta, Sync: op.Sync}
+	}
+	return op
+}
+
+func (n *Node) replicate(oid OID, p *primOp, r NodeID) {
+	m := p.m
+	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: m.Op, Off: m.Off, Len: m.Len, Data: m.Data,
+		Flags: m.Flags, Version: p.meta.Version, Prev: p.prev, ReqID: m.ReqID}
+	epoch := n.epoch
+	id := n.rpc(msg, func(resp *Message) {
+		o := n.objs[oid]
+		if o == nil || o.active != p || epoch != n.epoch {
+			return
+		}
+		switch resp.Code {
+		case OK:
+		case ErrNotReady, ErrStaleEpoch, ErrNotMember:
+			// The replica is recovering, or the epochs differ; an epoch
+			// change aborts this write if it does not settle.
+			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+				if o := n.objs[oid]; o != nil && o.active == p && epoch == n.epoch {
+					n.replicate(oid, p, r)
+				}
+			})
+			return
+		default:
+			if p.code == OK {
+				p.code = resp.Code
+			}
+		}
+		if !slices.Contains(p.acked, r) {
+			p.acked = append(p.acked, r)
+		}
+		n.finishWrite(oid, p)
+	})
+	p.calls = append(p.calls, id)
+}
+
+func (n *Node) finishWrite(oid OID, p *primOp) {
+	o := n.objs[oid]
+	if o == nil || o.active != p {
+		return
+	}
+	if n.bugs.AckEarly && p.localDone && !p.replied {
+		n.respondIO(p, p.code, nil)
+	}
+	if !p.localDone || len(p.acked) < len(p.reps)-1 {
+		return
+	}
+	n.respondIO(p, p.code, nil)
+	if p.code != OK && !p.converging {
+		// Some copies may have the write and others not: bring every
+		// replica to the primary's copy before the next operation.
+		p.converging = true
+		p.acked = p.acked[:0]
+		for _, r := range p.reps[1:] {
+			n.converge(oid, p, r)
+		}
+		if len(p.reps) > 1 {
+			return
+		}
+	}
+	o.active = nil
+	n.runPrimary(oid)
+}
+
+func (n *Node) converge(oid OID, p *primOp, r NodeID) {
+	o := n.objs[oid]
+	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: OpConverge, Version: o.meta.Version}
+	epoch := n.epoch
+	id := n.rpc(msg, func(resp *Message) {
+		o := n.objs[oid]
+		if o == nil || o.active != p || epoch != n.epoch {
+			return
+		}
+		if resp.Code != OK {
+			n.after(int64(n.t.RetryTicks), func() {
+				if o := n.objs[oid]; o != nil && o.active == p && epoch == n.epoch {
+					n.converge(oid, p, r)
+				}
+			})
+			return
+		}
+		if !slices.Contains(p.acked, r) {
+			p.acked = append(p.acked, r)
+		}
+		n.finishWrite(oid, p)
+	})
+	p.calls = append(p.calls, id)
+}
+
+// handleConverge makes the local copy equal to the primary's.
+func (n *Node) handleConverge(m *Message) {
+	o := n.obj(m.OID)
+	if o.diskBusy || o.catchingUp || o.reading > 0 {
+		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
+		return
+	}
+	switch {
+	case (o.present && o.meta.Version == m.Version) || (!o.present && m.Version == 0):
+		n.respond(m, MsgReplResp, OK)
+	case m.Version == 0:
+		n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) { n.respond(m, MsgReplResp, c) })
+	default:
+		n.catchUp(m.OID, m.From, m.Version, func() { n.handleRepl(m) })
+	}
+}
+
+// handleRepl applies a write from the object's primary.
+func (n *Node) handleRepl(m *Message) {
+	stale := m.Epoch < n.epoch && n.bugs.NoEpochCheck && n.serving
+	if !stale && !n.epochGate(m, MsgReplResp) {
+		return
+	}
+	if !stale && !slices.Contains(n.placement(m.OID), n.id) {
+		n.respond(m, MsgReplResp, ErrInvalid)
+		return
+	}
+	if !stale && !n.objectReady(m.OID) {
+		n.whenReady(m.OID, func() { n.handleRepl(m) })
+		return
+	}
+	if m.Op == OpConverge {
+		n.handleConverge(m)
+		return
+	}
+	o := n.obj(m.OID)
+	if o.present && o.meta.Version >= m.Version {
+		n.respond(m, MsgReplResp, OK) // a retransmission of a write we have
+		return
+	}
+	if o.applying == m.Version {
+		o.replWaits = append(o.replWaits, m)
+		return
+	}
+	if o.diskBusy || o.catchingUp || o.reading > 0 {
+		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
+		return
+	}
+	if o.meta.Version != m.Prev {
+		// We miss the version the write applies to: take the primary's copy first.
+		n.catchUp(m.OID, m.From, m.Prev, func() { n.handleRepl(m) })
+		return
+	}
+	o.applying = m.Version
+	epoch := n.epoch
+	meta := ObjMeta{Version: m.Version, ReqID: m.ReqID, Deleted: m.Op == OpDiscard}
+	n.writeLocal(diskOpFor(m, meta), func(c Code) {
+		o.applying = 0
+		waits := o.replWaits
+		o.replWaits = nil
+		if epoch != n.epoch && !stale {
+			return // never acknowledge across an epoch change
+		}
+		n.respond(m, MsgReplResp, c)
+		for _, w := range waits {
+			n.respond(w, MsgReplResp, c)
+		}
+	})
+}
+
+// catchUp replaces the local copy of oid with from's copy (at least
+// version min), then runs then.
+func (n *Node) catchUp(oid OID, from NodeID, min uint64, then func()) {
+	o := n.obj(oid)
+	o.catchingUp = true
+	epoch := n.epoch
+	n.rpc(&Message{Type: MsgFetchReq, To: from, OID: oid, Version: min}, func(resp *Message) {
+		if resp.Code != OK || epoch != n.epoch {
+			o.catchingUp = false
+			n.after(int64(n.t.RetryTicks), then)
+			n.wake(oid)
+			return
+		}
+		meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
+		n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta}, func(Code) {
+			o.catchingUp = false
+			then()
+		})
+	})
+}
+
+// repair replaces a corrupted local copy of oid with a co-replica's copy
+// of the same version.
+func (n *Node) repair(oid OID, done func(bool)) {
+	o := n.obj(oid)
+	want := o.meta.Version
+	var others []NodeID
+	for _, r := range n.placement(oid) {
+		if r != n.id {
+			others = append(others, r)
+		}
+	}
+	n.note("repairing corrupted object " + oid.String())
+	var try func(i int)
+	try = func(i int) {
+		if i >= len(others) {
+			done(false)
+			return
+		}
+		n.rpc(&Message{Type: MsgFetchReq, To: others[i], OID: oid, Version: want}, func(resp *Message) {
+			if resp.Code != OK {
+				try(i + 1)
+				return
+			}
+			meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
+			n.whenIdle(oid, func() {
+				n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta, Sync: true}, func(c Code) { done(c == OK) })
+			})
+		})
+	}
+	try(0)
+}
+
+// whenIdle runs fn once no local read or write of oid is in flight.
+func (n *Node) whenIdle(oid OID, fn func()) {
+	o := n.obj(oid)
+	if !o.diskBusy && o.reading == 0 && !o.catchingUp {
+		fn()
+		return
+	}
+	o.waiting = append(o.waiting, fn)
+}
+
+// handleFetch sends a copy of a local object (recovery, catch-up, repair).
+func (n *Node) handleFetch(m *Message) {
+	o := n.objs[m.OID]
+	if o == nil || !o.present || o.meta.Version < m.Version {
+		n.respond(m, MsgFetchResp, ErrNoObject)
+		return
+	}
+	if o.diskBusy || o.catchingUp {
+		o.waiting = append(o.waiting, func() { n.handleFetch(m) })
+		return
+	}
+	meta := o.meta
+	answer := func(code Code, data []byte) {
+		r := n.respond(m, MsgFetchResp, code)
+		r.Version, r.ReqID, r.Data = meta.Version, meta.ReqID, data
+		if meta.Deleted {
+			r.Flags |= FlagDeleted
+		}
+	}
+	if meta.Deleted {
+		answer(OK, nil)
+		return
+	}
+	n.readLocal(m.OID, 0, n.objectSize(m.OID), func(d DiskDone) { answer(d.Err, d.Data) })
+}
+
+// handleSync makes the listed objects durable here (a gateway's flush).
+func (n *Node) handleSync(m *Message) {
+	if !n.epochGate(m, MsgSyncResp) {
+		return
+	}
+	for _, oid := range m.OIDs {
+		if !n.objectReady(oid) && slices.Contains(n.placement(oid), n.id) {
+			n.whenReady(oid, func() { n.handleSync(m) })
+			return
+		}
+	}
+	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgSyncResp, d.Err) })
+}
+
+func (n *Node) handleCheck(m *Message) {
+	o := n.objs[m.OID]
+	r := n.respond(m, MsgCheckResp, OK)
+	if o == nil || !o.present {
+		r.Code = ErrNoObject
+		return
+	}
+	r.Version, r.ReqID = o.meta.Version, o.meta.ReqID
+	if o.meta.Deleted {
+		r.Flags |= FlagDeleted
+	}
+}

@@ -1,0 +1,329 @@
+package core
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"slices"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// raft never elects on its own: its election timeout is effectively
+// infinite, because raft draws it from crypto randomness and the simulator
+// must replay runs exactly. The node keeps its own election timer with its
+// seeded randomness and calls Campaign.
+const raftElectionTick = 1 << 30
+
+var quietRaftLogger = &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)}
+
+func (n *Node) initRaft() error {
+	rs := n.cfg.Raft
+	bootstrap := raft.IsEmptySnap(rs.Snapshot) && len(rs.Entries) == 0 && raft.IsEmptyHardState(rs.HardState)
+	if bootstrap && len(n.cfg.Seeds) == 0 {
+		// A new cluster: a snapshot at index 1 with this node as the only
+		// voter. It is persisted with the first Ready.
+		st := NewClusterState()
+		rs.Snapshot = raftpb.Snapshot{
+			Data: st.marshal(),
+			Metadata: raftpb.SnapshotMetadata{
+				Index: 1, Term: 1,
+				ConfState: raftpb.ConfState{Voters: []uint64{uint64(n.id)}},
+			},
+		}
+		n.out.Snapshot = rs.Snapshot
+	}
+	if !raft.IsEmptySnap(rs.Snapshot) {
+		if err := n.storage.ApplySnapshot(rs.Snapshot); err != nil {
+			return fmt.Errorf("core: restore raft snapshot: %w", err)
+		}
+		if err := n.restoreSnapshot(rs.Snapshot); err != nil {
+			return err
+		}
+	}
+	if !raft.IsEmptyHardState(rs.HardState) {
+		if err := n.storage.SetHardState(rs.HardState); err != nil {
+			return fmt.Errorf("core: restore raft hard state: %w", err)
+		}
+	}
+	if len(rs.Entries) > 0 {
+		if err := n.storage.Append(rs.Entries); err != nil {
+			return fmt.Errorf("core: restore raft log: %w", err)
+		}
+	}
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:              uint64(n.id),
+		ElectionTick:    raftElectionTick,
+		HeartbeatTick:   n.t.HeartbeatTicks,
+		Storage:         n.storage,
+		Applied:         n.applied,
+		MaxSizePerMsg:   1 << 20,
+		MaxInflightMsgs: 256,
+		PreVote:         true,
+		CheckQuorum:     false,
+		Logger:          quietRaftLogger,
+	})
+	if err != nil {
+		return fmt.Errorf("core: start raft: %w", err)
+	}
+	n.rn = rn
+	n.resetElection()
+	return nil
+}
+
+func (n *Node) restoreSnapshot(s raftpb.Snapshot) error {
+	cs, err := unmarshalClusterState(s.Data)
+	if err != nil {
+		return err
+	}
+	n.cs = cs
+	n.conf = s.Metadata.ConfState
+	n.applied = s.Metadata.Index
+	n.snapIndex = s.Metadata.Index
+	n.clusterChanged()
+	return nil
+}
+
+func (n *Node) resetElection() {
+	n.electionElapsed = 0
+	n.electionTimeout = n.t.ElectionTicks + n.rand.IntN(n.t.ElectionTicks)
+}
+
+func (n *Node) isVoter(id NodeID) bool {
+	return slices.Contains(n.conf.Voters, uint64(id))
+}
+
+func (n *Node) inRaft(id NodeID) bool {
+	return n.isVoter(id) || slices.Contains(n.conf.Learners, uint64(id))
+}
+
+func (n *Node) tickRaft() {
+	n.rn.Tick()
+	if n.isLeader || !n.isVoter(n.id) {
+		return
+	}
+	n.electionElapsed++
+	if n.electionElapsed >= n.electionTimeout {
+		n.resetElection()
+		_ = n.rn.Campaign()
+	}
+}
+
+func (n *Node) stepRaft(m *Message) {
+	rm := m.Raft
+	if rm == nil {
+		return
+	}
+	switch rm.Type {
+	case raftpb.MsgPreVote, raftpb.MsgVote:
+		// Leader stickiness (raft's check-quorum lease, done here because
+		// raft's own needs its randomized timer): while we hear from a
+		// leader, we do not help anyone depose it.
+		if n.lead != 0 && NodeID(rm.From) != n.lead &&
+			(n.isLeader || n.now-n.heardLeader < int64(n.t.ElectionTicks)) {
+			return
+		}
+	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
+		if NodeID(rm.From) == n.lead || n.lead == 0 {
+			n.heardLeader = n.now
+			n.electionElapsed = 0
+		}
+	}
+	_ = n.rn.Step(*rm)
+}
+
+// drainRaft moves everything raft has ready into the node's Ready.
+func (n *Node) drainRaft() {
+	for n.rn.HasReady() {
+		rd := n.rn.Ready()
+		if rd.SoftState != nil {
+			n.softState(rd.SoftState)
+		}
+		if !raft.IsEmptySnap(rd.Snapshot) {
+			if err := n.storage.ApplySnapshot(rd.Snapshot); err == nil {
+				n.out.Snapshot = rd.Snapshot
+				n.out.Entries = n.out.Entries[:0]
+				if err := n.restoreSnapshot(rd.Snapshot); err != nil {
+					n.note(err.Error())
+				}
+			}
+		}
+		if len(rd.Entries) > 0 {
+			_ = n.storage.Append(rd.Entries)
+			n.out.Entries = appendEntries(n.out.Entries, rd.Entries)
+		}
+		if !raft.IsEmptyHardState(rd.HardState) {
+			_ = n.storage.SetHardState(rd.HardState)
+			n.out.HardState = rd.HardState
+		}
+		for i := range rd.Messages {
+			rm := rd.Messages[i]
+			n.send(&Message{Type: MsgRaft, To: NodeID(rm.To), Raft: &rm})
+		}
+		for _, e := range rd.CommittedEntries {
+			n.applyEntry(e)
+		}
+		n.rn.Advance(rd)
+		n.maybeSnapshot()
+	}
+}
+
+// appendEntries merges newly appended entries into those not yet
+// persisted, with raft's rule that a later append replaces the tail.
+func appendEntries(have, add []raftpb.Entry) []raftpb.Entry {
+	if len(have) > 0 && len(add) > 0 {
+		first := add[0].Index
+		i := len(have)
+		for i > 0 && have[i-1].Index >= first {
+			i--
+		}
+		have = have[:i]
+	}
+	return append(have, add...)
+}
+
+func (n *Node) softState(ss *raft.SoftState) {
+	lead := NodeID(ss.Lead)
+	wasLeader := n.isLeader
+	n.isLeader = ss.RaftState == raft.StateLeader
+	if lead != n.lead {
+		n.lead = lead
+		n.heardLeader = n.now
+		n.resetElection()
+	}
+	if n.isLeader && !wasLeader {
+		n.leaderSince = n.now
+		n.quorumSeen = n.now
+		clear(n.lastHeard)
+		clear(n.leaveProposed)
+		clear(n.joinProposed)
+		n.confPending = 0
+		n.note(fmt.Sprintf("node %d: leader of term %d", n.id, n.rn.BasicStatus().Term))
+	}
+}
+
+func (n *Node) applyEntry(e raftpb.Entry) {
+	if e.Index <= n.applied {
+		return
+	}
+	n.applied = e.Index
+	switch e.Type {
+	case raftpb.EntryNormal:
+		if len(e.Data) == 0 {
+			return
+		}
+		c, err := unmarshalCmd(e.Data)
+		if err != nil {
+			n.note(err.Error())
+			return
+		}
+		if c.Term != 0 && c.Term != e.Term {
+			// A membership decision of a leader that was deposed before
+			// its entry made it into the log: it was taken on stale
+			// information, so it does not apply.
+			c = &Cmd{Type: c.Type, Proposer: c.Proposer, PropID: c.PropID, stale: true}
+		}
+		n.applyCmd(c)
+	case raftpb.EntryConfChange:
+		var cc raftpb.ConfChange
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return
+		}
+		if len(cc.Context) > 0 {
+			d := dec{b: cc.Context}
+			if info := decodeNode(&d); d.err == nil && info.ID == NodeID(cc.NodeID) {
+				n.addrs[info.ID] = info.Addr
+			}
+		}
+		n.conf = *n.rn.ApplyConfChange(cc)
+		n.confPending = 0
+		// A node that is added catches up from a snapshot; raft refuses
+		// one whose configuration does not name it, so take a fresh one.
+		n.snapNow = true
+	}
+}
+
+func (n *Node) applyCmd(c *Cmd) {
+	before := n.cs.Epoch
+	wasFormatted := n.cs.Formatted
+	res := n.cs.apply(c)
+	if c.Proposer == n.id {
+		if p, ok := n.props[c.PropID]; ok {
+			delete(n.props, c.PropID)
+			p.done(res)
+		}
+	}
+	switch c.Type {
+	case CmdVDIDelete:
+		if res.Code == OK {
+			n.dropVDI(res.VID)
+		}
+	case CmdShutdown:
+		n.note(fmt.Sprintf("node %d: cluster shutdown", n.id))
+	}
+	if n.cs.Epoch != before || n.cs.Formatted != wasFormatted {
+		n.clusterChanged()
+	}
+}
+
+func (n *Node) maybeSnapshot() {
+	if !n.snapNow && (n.t.SnapshotEntries == 0 || n.applied < n.snapIndex+n.t.SnapshotEntries) {
+		return
+	}
+	n.snapNow = false
+	if n.applied <= n.snapIndex {
+		return
+	}
+	snap, err := n.storage.CreateSnapshot(n.applied, &n.conf, n.cs.marshal())
+	if err != nil {
+		return
+	}
+	n.snapIndex = n.applied
+	// Keep a tail of the log so slightly lagging followers catch up
+	// without a snapshot.
+	keep := n.t.SnapshotEntries / 4
+	if n.applied > keep {
+		compact := n.applied - keep
+		if err := n.storage.Compact(compact); err == nil {
+			n.out.CompactIndex = compact
+		}
+	}
+	n.out.Snapshot = snap
+	// Unpersisted entries the snapshot covers are not needed any more.
+	n.out.Entries = slices.DeleteFunc(n.out.Entries, func(e raftpb.Entry) bool { return e.Index <= snap.Metadata.Index })
+}
+
+// proposal is a cluster log entry this node proposed and waits for.
+type proposal struct {
+	cmd      *Cmd
+	data     []byte
+	deadline int64
+	done     func(Result)
+}
+
+// propose submits c to the cluster log; done runs when it is applied, or
+// with ErrTimeout. Proposals are retried until then: raft may drop them
+// while there is no leader, and the cluster state applies each PropID once.
+func (n *Node) propose(c *Cmd, done func(Result)) {
+	n.nextPropID++
+	c.Proposer = n.id
+	c.PropID = n.self.Incarnation<<32 | n.nextPropID
+	p := &proposal{cmd: c, data: c.marshal(), deadline: n.now + int64(n.t.OpTimeoutTicks), done: done}
+	n.props[c.PropID] = p
+	n.submitProposal(c.PropID)
+}
+
+func (n *Node) submitProposal(id uint64) {
+	p, ok := n.props[id]
+	if !ok {
+		return
+	}
+	if n.now >= p.deadline {
+		delete(n.props, id)
+		p.done(Result{Code: ErrTimeout})
+		return
+	}
+	_ = n.rn.Propose(p.data)
+	n.after(int64(n.t.RetryTicks), func() { n.submitProposal(id) })
+}

@@ -1,0 +1,382 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Recovery after an epoch change. Every serving member asks every other
+// member which objects placed on it they hold and at which versions; a
+// member answers only once it is in the epoch itself (so the old epoch's
+// writes are frozen), has no old-epoch disk write in flight, and every
+// read lease it granted has ended. The newest version of each object is
+// then fetched from a holder. Because every live member answers, the
+// newest version survives as long as one live member holds it.
+//
+// Until an object is recovered, the node neither serves nor applies I/O
+// on it; such I/O moves the object to the front of the queue.
+
+type candidate struct {
+	version uint64
+	holders []NodeID
+}
+
+type recovery struct {
+	epoch     uint32
+	lists     map[NodeID]bool // members whose lists are still awaited
+	cands     map[OID]*candidate
+	listsDone bool
+	want      map[OID]*candidate // still to fetch
+	order     []OID              // fetch order (sorted), consumed from next
+	next      int
+	prio      []OID
+	inflight  map[OID]bool
+	waiters   map[OID][]func()
+	total     int
+	finished  bool
+}
+
+// RecoveryStatus reports recovery progress for status displays.
+type RecoveryStatus struct {
+	Epoch     uint32
+	Listing   bool // still collecting object lists
+	Total     int  // objects to fetch in this epoch
+	Remaining int
+	Finished  bool
+	AllDone   bool // every member finished this epoch
+}
+
+// Recovery returns the node's recovery progress.
+func (n *Node) Recovery() RecoveryStatus {
+	r := n.rec
+	if r == nil {
+		return RecoveryStatus{Epoch: n.epoch}
+	}
+	return RecoveryStatus{Epoch: r.epoch, Listing: !r.listsDone, Total: r.total, Remaining: len(r.want),
+		Finished: r.finished, AllDone: r.finished && n.allDone()}
+}
+
+// objectReady reports whether this node may do I/O on oid in the current
+// epoch.
+func (n *Node) objectReady(oid OID) bool {
+	if n.bugs.SkipRecovery {
+		return true
+	}
+	r := n.rec
+	if r == nil || r.epoch != n.epoch {
+		return false
+	}
+	if !r.listsDone {
+		return false
+	}
+	_, pending := r.want[oid]
+	return !pending
+}
+
+// whenReady runs fn once oid is recovered in the current epoch (or the
+// epoch changes, in which case fn re-checks and answers accordingly).
+func (n *Node) whenReady(oid OID, fn func()) {
+	r := n.rec
+	if r == nil {
+		// Not serving: fn will refuse the request itself after the next
+		// epoch change releases it.
+		n.after(int64(n.t.RetryTicks), fn)
+		return
+	}
+	r.waiters[oid] = append(r.waiters[oid], fn)
+	if r.listsDone && r.want[oid] != nil && !slices.Contains(r.prio, oid) {
+		r.prio = append(r.prio, oid)
+		n.pumpRecovery()
+	}
+}
+
+func (n *Node) startRecovery() {
+	r := &recovery{
+		epoch:    n.epoch,
+		lists:    map[NodeID]bool{},
+		cands:    map[OID]*candidate{},
+		want:     map[OID]*candidate{},
+		inflight: map[OID]bool{},
+		waiters:  map[OID][]func(){},
+	}
+	n.rec = r
+	for _, m := range n.cs.Nodes {
+		if m.ID != n.id {
+			r.lists[m.ID] = true
+		}
+	}
+	if n.bugs.SkipRecovery {
+		// The planted bug: serve at once, fetch nothing.
+		r.lists = map[NodeID]bool{}
+	}
+	for _, m := range n.cs.Nodes {
+		if r.lists[m.ID] {
+			n.requestList(r, m.ID)
+		}
+	}
+	n.maybeListsDone(r)
+}
+
+func (n *Node) requestList(r *recovery, from NodeID) {
+	n.rpc(&Message{Type: MsgListReq, To: from}, func(resp *Message) {
+		if n.rec != r || !r.lists[from] {
+			return
+		}
+		if resp.Code != OK {
+			// Not there yet (older epoch, restarted, ...): ask again.
+			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+				if n.rec == r && r.lists[from] {
+					n.requestList(r, from)
+				}
+			})
+			return
+		}
+		delete(r.lists, from)
+		for _, ov := range resp.Objects {
+			r.merge(ov.OID, ov.Version, from)
+		}
+		n.maybeListsDone(r)
+	})
+}
+
+func (r *recovery) merge(oid OID, v uint64, holder NodeID) {
+	c := r.cands[oid]
+	switch {
+	case c == nil:
+		r.cands[oid] = &candidate{version: v, holders: []NodeID{holder}}
+	case v > c.version:
+		c.version, c.holders = v, []NodeID{holder}
+	case v == c.version:
+		c.holders = append(c.holders, holder)
+	}
+}
+
+func (n *Node) maybeListsDone(r *recovery) {
+	if len(r.lists) > 0 || r.listsDone {
+		return
+	}
+	r.listsDone = true
+	oids := make([]OID, 0, len(r.cands))
+	for oid := range r.cands {
+		oids = append(oids, oid)
+	}
+	slices.Sort(oids)
+	for _, oid := range oids {
+		c := r.cands[oid]
+		if n.copiesOf(oid) == 0 {
+			continue
+		}
+		if o := n.objs[oid]; o != nil && o.present && o.meta.Version >= c.version {
+			continue
+		}
+		slices.Sort(c.holders)
+		r.want[oid] = c
+		r.order = append(r.order, oid)
+	}
+	r.cands = nil
+	r.total = len(r.order)
+	// Work that waited for the lists may be ready now.
+	for _, oid := range sortedKeys(r.waiters) {
+		if r.want[oid] == nil {
+			n.runWaiters(r, oid)
+		} else {
+			r.prio = append(r.prio, oid)
+		}
+	}
+	n.pumpRecovery()
+}
+
+func sortedKeys[V any](m map[OID]V) []OID {
+	out := make([]OID, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (n *Node) runWaiters(r *recovery, oid OID) {
+	ws := r.waiters[oid]
+	delete(r.waiters, oid)
+	for _, fn := range ws {
+		fn()
+	}
+}
+
+// pumpRecovery starts fetches up to the parallelism limit, prioritized
+// objects first.
+func (n *Node) pumpRecovery() {
+	r := n.rec
+	if r == nil || !r.listsDone {
+		return
+	}
+	for len(r.inflight) < n.t.RecoveryParallel {
+		var oid OID
+		found := false
+		for len(r.prio) > 0 && !found {
+			oid, r.prio = r.prio[0], r.prio[1:]
+			found = r.want[oid] != nil && !r.inflight[oid]
+		}
+		for !found && r.next < len(r.order) {
+			oid = r.order[r.next]
+			r.next++
+			found = r.want[oid] != nil && !r.inflight[oid]
+		}
+		if !found {
+			break
+		}
+		r.inflight[oid] = true
+		n.fetch(r, oid, 0)
+	}
+	n.maybeFinished(r)
+}
+
+// fetch pulls oid from one of its holders, starting at a random one.
+func (n *Node) fetch(r *recovery, oid OID, attempt int) {
+	c := r.want[oid]
+	if attempt == 0 {
+		attempt = n.rand.IntN(len(c.holders)) + 1
+	}
+	holder := c.holders[attempt%len(c.holders)]
+	n.rpc(&Message{Type: MsgFetchReq, To: holder, OID: oid, Version: c.version}, func(resp *Message) {
+		if n.rec != r {
+			return
+		}
+		if resp.Code != OK {
+			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+				if n.rec == r {
+					n.fetch(r, oid, attempt+1)
+				}
+			})
+			return
+		}
+		meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
+		n.whenIdle(oid, func() {
+			if n.rec != r {
+				return
+			}
+			// Recovered copies are made durable before the object counts
+			// as recovered: old holders delete theirs once all are done.
+			n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta, Sync: true}, func(code Code) {
+				if n.rec != r {
+					return
+				}
+				if code != OK {
+					n.after(int64(n.t.RetryTicks), func() {
+						if n.rec == r {
+							n.fetch(r, oid, attempt+1)
+						}
+					})
+					return
+				}
+				delete(r.inflight, oid)
+				delete(r.want, oid)
+				n.runWaiters(r, oid)
+				n.pumpRecovery()
+			})
+		})
+	})
+}
+
+func (n *Node) maybeFinished(r *recovery) {
+	if r.finished || !r.listsDone || len(r.want) > 0 {
+		return
+	}
+	r.finished = true
+	n.done[n.id] = true
+	n.note(fmt.Sprintf("node %d: recovery of epoch %d finished (%d objects)", n.id, r.epoch, r.total))
+	n.announceRecovered()
+	n.maybeGC()
+}
+
+// announceRecovered tells the members this node recovered the epoch. A
+// node still waiting for others asks them to answer, so that a lost
+// announcement is repeated.
+func (n *Node) announceRecovered() {
+	ask := uint32(0)
+	if !n.allDone() {
+		ask = 1
+	}
+	for _, m := range n.cs.Nodes {
+		if m.ID != n.id && (ask == 1 || !n.done[m.ID]) {
+			n.send(&Message{Type: MsgRecovered, To: m.ID, Flags: ask})
+		}
+	}
+}
+
+func (n *Node) handleRecovered(m *Message) {
+	if m.Epoch != n.epoch {
+		return
+	}
+	if _, ok := n.cs.Member(m.From); ok {
+		n.done[m.From] = true
+		if m.Flags&1 != 0 && n.rec != nil && n.rec.finished {
+			n.send(&Message{Type: MsgRecovered, To: m.From})
+		}
+		n.maybeGC()
+	}
+}
+
+func (n *Node) allDone() bool {
+	for _, m := range n.cs.Nodes {
+		if !n.done[m.ID] {
+			return false
+		}
+	}
+	return true
+}
+
+// maybeGC deletes the objects this node no longer holds once every
+// member has recovered the current epoch.
+func (n *Node) maybeGC() {
+	if n.gced || n.rec == nil || !n.rec.finished || !n.allDone() {
+		return
+	}
+	n.gced = true
+	var buf []NodeID
+	for _, oid := range n.localObjects() {
+		c := n.copiesOf(oid)
+		if c > 0 {
+			buf = n.ring.Place(buf[:0], oid, c)
+			if slices.Contains(buf, n.id) {
+				continue
+			}
+		}
+		if o := n.objs[oid]; o.idle() {
+			n.deleteLocal(oid)
+		}
+	}
+}
+
+func (n *Node) tickRecovery() {
+	if n.rec != nil && n.rec.finished && !n.allDone() && n.now%int64(n.t.RecoveredTicks) == 0 {
+		n.announceRecovered()
+	}
+}
+
+// handleList answers a recovering member with the objects placed on it
+// that this node holds.
+func (n *Node) handleList(m *Message) {
+	if !n.epochGate(m, MsgListResp) {
+		return
+	}
+	if n.now < n.listBlockedTill || n.oldWrites > 0 {
+		n.hold(m)
+		return
+	}
+	var objs []ObjVersion
+	var buf []NodeID
+	for _, oid := range n.localObjects() {
+		c := n.copiesOf(oid)
+		if c == 0 {
+			continue
+		}
+		buf = n.ring.Place(buf[:0], oid, c)
+		if slices.Contains(buf, m.From) {
+			o := n.objs[oid]
+			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
+		}
+	}
+	r := n.respond(m, MsgListResp, OK)
+	r.Objects = objs
+}

@@ -1,0 +1,524 @@
+package disk
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Journal file layout: a 32-byte header followed by records.
+//
+//	header: magic "SDJRNL01" | seq u64 | 12 zero bytes | crc32c(header[0:28]) u32
+//	record: crc32c(record[4:]) u32 | len u32 | lsn u64 | oid u64 | version u64 |
+//	        reqid u64 | off i64 | kind u8 | flags u8 | 6 zero bytes | len bytes of data
+//
+// All integers are little endian.
+const (
+	journalMagic   = "SDJRNL01"
+	journalHdrSize = 32
+	recHdrSize     = 56
+	// maxRecordData bounds a record's payload (and so the object size).
+	maxRecordData = 1<<31 - recHdrSize
+	// journalPrealloc is how much journal space is preallocated at a time;
+	// journalReserve of it is kept for records without data (Delete,
+	// tombstones), so space can be freed on a full filesystem.
+	journalPrealloc = 8 << 20
+	journalReserve  = 1 << 20
+)
+
+type opKind uint8
+
+const (
+	opWrite  opKind = 1 // data at off
+	opPut    opKind = 2 // replace the object with data
+	opTomb   opKind = 3 // tombstone: release data, keep meta
+	opDelete opKind = 4 // remove the object
+	opMarker opKind = 5 // applier queue only: checkpoint a sealed journal
+)
+
+func (k opKind) String() string {
+	switch k {
+	case opWrite:
+		return "write"
+	case opPut:
+		return "put"
+	case opTomb:
+		return "tombstone"
+	case opDelete:
+		return "delete"
+	case opMarker:
+		return "marker"
+	}
+	return "op(" + strconv.Itoa(int(k)) + ")"
+}
+
+const flagDeleted = 1
+
+// op is one journaled mutation.
+type op struct {
+	obj    *object
+	kind   opKind
+	lsn    uint64
+	meta   ObjectMeta
+	off    int64
+	hdr    [recHdrSize]byte // encoded record header
+	data   []byte           // the caller's data (a private copy)
+	tried  bool             // an earlier apply attempt failed, possibly midway
+	done   bool             // applied (applier bookkeeping)
+	sealed string           // opMarker: the sealed journal file
+}
+
+func (o *op) cost() int64 { return int64(len(o.data)) + recHdrSize }
+
+func newOp(obj *object, kind opKind, meta ObjectMeta, off int64, data []byte) *op {
+	op := &op{obj: obj, kind: kind, meta: meta, off: off}
+	if len(data) > 0 {
+		op.data = append(make([]byte, 0, len(data)), data...)
+	}
+	le := binary.LittleEndian
+	h := op.hdr[:]
+	le.PutUint32(h[4:], uint32(len(data)))
+	le.PutUint64(h[16:], obj.oid)
+	le.PutUint64(h[24:], meta.Version)
+	le.PutUint64(h[32:], meta.ReqID)
+	le.PutUint64(h[40:], uint64(off))
+	h[48] = byte(kind)
+	if meta.Deleted {
+		h[49] = flagDeleted
+	}
+	return op
+}
+
+// seal sets the record's LSN and checksum.
+func (o *op) seal(lsn uint64) {
+	o.lsn = lsn
+	binary.LittleEndian.PutUint64(o.hdr[8:], lsn)
+	sum := crc32.Checksum(o.hdr[4:], castagnoli)
+	sum = crc32.Update(sum, castagnoli, o.data)
+	binary.LittleEndian.PutUint32(o.hdr[0:], sum)
+}
+
+// append adds op's record to the journal and queues op for the applier. On
+// failure nothing is appended.
+//
+// Journal space for the record is reserved first (preallocation), which is
+// where a full filesystem is reported. The record then goes into an
+// in-memory buffer that is written to the file (page cache, no fsync) when
+// it reaches JournalBuffer and by every commit. Records at least as large as
+// the buffer, and all records in write-through mode, are written at once; if
+// such a write fails the partial record is truncated away.
+func (s *Store) append(op *op) (uint64, error) {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	if s.jerr != nil {
+		return 0, s.jerr
+	}
+	op.seal(s.lastLSN + 1)
+	n := op.cost()
+	need := s.jend + n
+	if len(op.data) > 0 {
+		need += journalReserve
+	}
+	if need > s.jalloc {
+		if err := s.growJournal(need); err != nil {
+			return 0, err
+		}
+	}
+	limit := s.opt.JournalBuffer
+	if s.jdirect {
+		limit = 0
+	}
+	if int64(len(s.jbuf))+n > limit && len(s.jbuf) > 0 {
+		if err := s.flushJournal(); err != nil {
+			return 0, err
+		}
+	}
+	if n >= limit {
+		// Written at once; nothing else is buffered.
+		err := s.fault(FaultJournalWrite)
+		if err != nil {
+			_, _ = s.jf.WriteAt(op.hdr[:recHdrSize/2], s.jend) // a write that stopped midway
+		} else if _, err = s.jf.WriteAt(op.hdr[:], s.jend); err == nil && len(op.data) > 0 {
+			_, err = s.jf.WriteAt(op.data, s.jend+recHdrSize)
+		}
+		if err != nil {
+			err = ioErr(fmt.Sprintf("append %s of object %016x to journal", op.kind, op.obj.oid), err)
+			if terr := s.jf.Truncate(s.jend); terr != nil {
+				s.failJournal(ioErr("truncate partial journal record", terr))
+			}
+			s.jalloc = s.jend // truncation also dropped the preallocation
+			return 0, err
+		}
+		s.jflushed = s.jend + n
+	} else {
+		s.jbuf = append(s.jbuf, op.hdr[:]...)
+		s.jbuf = append(s.jbuf, op.data...)
+	}
+	s.jend += n
+	s.lastLSN = op.lsn
+	s.unsynced += n
+	s.jq = append(s.jq, op)
+	s.pending.Add(op.cost())
+	if s.unsynced >= s.opt.FlushBytes {
+		s.kickFlush()
+	}
+	return op.lsn, nil
+}
+
+// flushJournal writes the buffered records to the journal file. The records
+// were already acknowledged, so a failure makes the journal unusable (the
+// space was reserved, so this takes an I/O error, not a full filesystem).
+// Caller holds jmu.
+func (s *Store) flushJournal() error {
+	if len(s.jbuf) == 0 {
+		return nil
+	}
+	err := s.fault(FaultJournalWrite)
+	if err == nil {
+		_, err = s.jf.WriteAt(s.jbuf, s.jflushed)
+	}
+	if err != nil {
+		s.failJournal(ioErr("write journal", err))
+		return s.jerr
+	}
+	s.jflushed += int64(len(s.jbuf))
+	s.jbuf = s.jbuf[:0]
+	return nil
+}
+
+// growJournal preallocates journal space up to at least need. Caller holds jmu.
+func (s *Store) growJournal(need int64) error {
+	if err := s.fault(FaultJournalAlloc); err != nil {
+		return ioErr("preallocate journal", err)
+	}
+	want := max(need, s.jalloc+journalPrealloc)
+	err := preallocate(s.jf, s.jalloc, want-s.jalloc)
+	if err != nil && want > need {
+		want = need
+		err = preallocate(s.jf, s.jalloc, want-s.jalloc)
+	}
+	if errors.Is(err, errNoPrealloc) {
+		// Nothing can be reserved: write records through so a full
+		// filesystem is reported by the write of the failing record.
+		if !s.jdirect {
+			s.log.Info("filesystem cannot preallocate; journal writes go straight to the file")
+		}
+		s.jdirect = true
+		s.jalloc = 1 << 62
+		return nil
+	}
+	if err != nil {
+		return ioErr("preallocate journal", err)
+	}
+	s.jalloc = want
+	return nil
+}
+
+// syncTo makes every record up to lsn target durable. One caller at a time
+// leads a group commit; the others wait for it and are covered by it when
+// their records were appended before it started.
+func (s *Store) syncTo(target uint64) error {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	for s.durable < target {
+		if s.serr != nil {
+			return s.serr
+		}
+		if s.syncing {
+			s.scond.Wait()
+			continue
+		}
+		s.syncing = true
+		s.smu.Unlock()
+		end, off, err := s.commit()
+		s.smu.Lock()
+		s.syncing = false
+		s.scond.Broadcast()
+		if err != nil {
+			s.serr = err
+			return err
+		}
+		s.durable = max(s.durable, end)
+		s.durOff = off
+	}
+	return nil
+}
+
+// commit is one group commit: fdatasync the journal, rotating it first if it
+// passed JournalLimit, then hand the committed operations to the applier.
+// It returns the last durable LSN and the durable offset in the current
+// journal file.
+func (s *Store) commit() (uint64, int64, error) {
+	s.jmu.Lock()
+	rotate := s.jend >= s.opt.JournalLimit
+	seq := s.jseq + 1
+	s.jmu.Unlock()
+	var nj *os.File
+	var npath string
+	var nalloc int64
+	if rotate {
+		var err error
+		nj, npath, nalloc, err = s.createJournal(seq)
+		if err != nil {
+			s.log.Warn("journal rotation failed; continuing with the current journal", "err", err)
+		}
+	}
+
+	s.jmu.Lock()
+	if err := s.flushJournal(); err != nil {
+		s.jmu.Unlock()
+		if nj != nil {
+			_ = nj.Close()
+			_ = os.Remove(npath)
+		}
+		return 0, 0, err
+	}
+	end, endOff, batch, f := s.lastLSN, s.jend, s.jq, s.jf
+	s.jq = nil
+	s.unsynced = 0
+	var sealed string
+	if nj != nil {
+		sealed = s.jpath
+		s.jf, s.jpath, s.jseq, s.jbase = nj, npath, seq, end+1
+		s.jend, s.jflushed, s.jalloc = journalHdrSize, journalHdrSize, nalloc
+	}
+	s.jmu.Unlock()
+
+	err := s.fault(FaultJournalSync)
+	if err == nil {
+		err = fdatasync(f)
+	}
+	if err != nil {
+		// What reached the disk is unknown: refuse further writes.
+		err = ioErr("sync journal", err)
+		s.jmu.Lock()
+		s.failJournal(err)
+		s.jmu.Unlock()
+		if nj != nil {
+			_ = f.Close()
+		}
+		return 0, 0, err
+	}
+	durOff := endOff
+	if nj != nil {
+		_ = f.Close()
+		durOff = journalHdrSize
+		batch = append(batch, &op{kind: opMarker, sealed: sealed})
+	}
+	if len(batch) > 0 {
+		s.amu.Lock()
+		s.aq = append(s.aq, batch...)
+		s.acond.Broadcast()
+		s.amu.Unlock()
+	}
+	return end, durOff, nil
+}
+
+func journalName(seq uint64) string { return fmt.Sprintf("%016x", seq) }
+
+// createJournal creates journal file seq: written as a temporary file,
+// fsynced, renamed into place and the directory fsynced.
+func (s *Store) createJournal(seq uint64) (*os.File, string, int64, error) {
+	path := filepath.Join(s.jDir, journalName(seq))
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, "", 0, ioErr("create journal", err)
+	}
+	fail := func(err error) (*os.File, string, int64, error) {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		return nil, "", 0, ioErr("create journal", err)
+	}
+	var hdr [journalHdrSize]byte
+	copy(hdr[:], journalMagic)
+	binary.LittleEndian.PutUint64(hdr[8:], seq)
+	binary.LittleEndian.PutUint32(hdr[28:], crc32.Checksum(hdr[:28], castagnoli))
+	if _, err := f.WriteAt(hdr[:], 0); err != nil {
+		return fail(err)
+	}
+	alloc := int64(journalHdrSize)
+	switch err := preallocate(f, alloc, journalPrealloc); {
+	case err == nil:
+		alloc += journalPrealloc
+	case errors.Is(err, errNoPrealloc):
+		alloc = 1 << 62
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(s.jDir); err != nil {
+		_ = f.Close()
+		return nil, "", 0, ioErr("create journal", err)
+	}
+	return f, path, alloc, nil
+}
+
+// listJournals returns the journal files in sequence order and removes
+// leftover temporary files.
+func (s *Store) listJournals() ([]string, uint64, error) {
+	ents, err := os.ReadDir(s.jDir)
+	if err != nil {
+		return nil, 0, ioErr("list journal", err)
+	}
+	type jf struct {
+		seq  uint64
+		path string
+	}
+	var files []jf
+	var maxSeq uint64
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasSuffix(name, ".tmp") {
+			_ = os.Remove(filepath.Join(s.jDir, name))
+			continue
+		}
+		seq, err := strconv.ParseUint(name, 16, 64)
+		if err != nil || len(name) != 16 {
+			s.log.Warn("ignoring unexpected file in journal directory", "name", name)
+			continue
+		}
+		files = append(files, jf{seq, filepath.Join(s.jDir, name)})
+		maxSeq = max(maxSeq, seq)
+	}
+	slices.SortFunc(files, func(a, b jf) int {
+		switch {
+		case a.seq < b.seq:
+			return -1
+		case a.seq > b.seq:
+			return 1
+		}
+		return 0
+	})
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = f.path
+	}
+	return paths, maxSeq, nil
+}
+
+// replay applies the valid prefix of the journal files: records must have
+// valid checksums and consecutive LSNs across files. Everything from the
+// first invalid record on (a torn tail) is discarded. It returns the last
+// replayed LSN (0 if none) and the number of records replayed.
+func (s *Store) replay(paths []string) (uint64, int, error) {
+	var expect uint64 // 0: the first record may have any LSN
+	var last uint64
+	count := 0
+	var buf []byte
+	for _, path := range paths {
+		f, err := os.Open(path)
+		if err != nil {
+			return 0, 0, ioErr("open journal", err)
+		}
+		r := bufio.NewReaderSize(f, 1<<20)
+		stop := false
+		var hdr [journalHdrSize]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil ||
+			string(hdr[:8]) != journalMagic ||
+			binary.LittleEndian.Uint32(hdr[28:]) != crc32.Checksum(hdr[:28], castagnoli) {
+			s.log.Warn("journal file has no valid header; discarding it and later files", "path", path)
+			stop = true
+		}
+		pos := int64(journalHdrSize)
+		for !stop {
+			var rh [recHdrSize]byte
+			n, err := io.ReadFull(r, rh[:])
+			if err == io.EOF {
+				break // clean end of this file; continue with the next
+			}
+			if err != nil {
+				s.log.Warn("torn journal record discarded", "path", path, "offset", pos, "bytes", n)
+				stop = true
+				break
+			}
+			le := binary.LittleEndian
+			length := int64(le.Uint32(rh[4:]))
+			lsn := le.Uint64(rh[8:])
+			kind := opKind(rh[48])
+			if length > maxRecordData || lsn == 0 || (expect != 0 && lsn != expect) || kind < opWrite || kind > opDelete {
+				s.log.Warn("invalid journal record; discarding the rest of the journal", "path", path, "offset", pos, "lsn", lsn, "expect", expect)
+				stop = true
+				break
+			}
+			if int64(cap(buf)) < length {
+				buf = make([]byte, length)
+			}
+			data := buf[:length]
+			if _, err := io.ReadFull(r, data); err != nil {
+				s.log.Warn("torn journal record discarded", "path", path, "offset", pos)
+				stop = true
+				break
+			}
+			sum := crc32.Checksum(rh[4:], castagnoli)
+			sum = crc32.Update(sum, castagnoli, data)
+			if sum != le.Uint32(rh[0:]) {
+				s.log.Warn("journal record checksum mismatch; discarding the rest of the journal", "path", path, "offset", pos, "lsn", lsn)
+				stop = true
+				break
+			}
+			o := s.lookupOrCreate(le.Uint64(rh[16:]))
+			rop := &op{
+				obj:  o,
+				kind: kind,
+				lsn:  lsn,
+				meta: ObjectMeta{Version: le.Uint64(rh[24:]), ReqID: le.Uint64(rh[32:]), Deleted: rh[49]&flagDeleted != 0},
+				off:  int64(le.Uint64(rh[40:])),
+				data: data,
+			}
+			if err := s.replayOp(rop); err != nil {
+				_ = f.Close()
+				return 0, 0, err
+			}
+			pos += recHdrSize + length
+			expect = lsn + 1
+			last = lsn
+			count++
+		}
+		_ = f.Close()
+		if stop {
+			break
+		}
+	}
+	return last, count, nil
+}
+
+// replayOp applies one journal record during Open.
+func (s *Store) replayOp(op *op) error {
+	o := op.obj
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := s.applyOp(o, op, true, false); err != nil {
+		return fmt.Errorf("disk: replay lsn %d (%s of object %016x): %w", op.lsn, op.kind, o.oid, err)
+	}
+	o.publishApplied()
+	s.markDirty(o.oid)
+	s.maybeRemove(o)
+	return nil
+}
+
+// removeJournals deletes the given journal files and fsyncs the directory.
+func (s *Store) removeJournals(paths []string) error {
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return ioErr("remove journal", err)
+		}
+	}
+	if err := syncDir(s.jDir); err != nil {
+		return ioErr("sync journal dir", err)
+	}
+	return nil
+}

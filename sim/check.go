@@ -1,0 +1,165 @@
+package sim
+
+import (
+	"bytes"
+	"slices"
+	"time"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/linearizability"
+)
+
+// checkTimeout bounds porcupine per block; a block it cannot decide in
+// time counts as a failure.
+const checkTimeout = 30 * time.Second
+
+func checkLinearizable(h *linearizability.History) linearizability.Result {
+	return linearizability.Check(h, checkTimeout)
+}
+
+// checkRedundancy: after healing, every object is on exactly its replicas
+// of the current epoch, all with the same version and the same bytes.
+func (s *Sim) checkRedundancy() {
+	live := s.liveNodes()
+	cs := live[0].n.Cluster()
+	ring := core.NewRing(cs.Nodes)
+	holders := map[core.OID][]*node{}
+	for _, nd := range live {
+		for oid := range nd.disk.current {
+			holders[oid] = append(holders[oid], nd)
+		}
+	}
+	oids := make([]core.OID, 0, len(holders))
+	for oid := range holders {
+		oids = append(oids, oid)
+	}
+	slices.Sort(oids)
+	problems := 0
+	report := func(format string, args ...any) {
+		problems++
+		if problems <= 10 {
+			s.problem(format, args...)
+		}
+	}
+	for _, oid := range oids {
+		v := cs.VDI(oid.VID())
+		if v == nil || v.Deleted {
+			report("object %v of a deleted volume is still stored on %d nodes", oid, len(holders[oid]))
+			continue
+		}
+		want := ring.Place(nil, oid, int(v.Copies))
+		var ref *simObj
+		var refNode *node
+		for _, id := range want {
+			nd := s.byID[id]
+			o := nd.disk.current[oid]
+			if o == nil {
+				report("object %v missing on replica node %d", oid, id)
+				continue
+			}
+			if nd.disk.corrupt[oid] {
+				report("object %v corrupted on node %d and never repaired", oid, id)
+			}
+			if ref == nil {
+				ref, refNode = o, nd
+				continue
+			}
+			if o.meta != ref.meta || !sameData(o.data, ref.data) {
+				report("object %v differs: node %d has %+v, node %d has %+v", oid, refNode.info.ID, ref.meta, id, o.meta)
+			}
+		}
+		for _, nd := range holders[oid] {
+			if !slices.Contains(want, nd.info.ID) {
+				report("object %v has an extra copy on node %d (replicas %v)", oid, nd.info.ID, want)
+			}
+		}
+	}
+	if problems > 10 {
+		s.problem("... and %d more redundancy problems", problems-10)
+	}
+}
+
+func sameData(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return allZero(a) && allZero(b)
+	}
+	return bytes.Equal(a, b)
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// powerLoss cuts power to every node at once, restarts them and checks
+// that every write completed before a completed flush survived.
+func (s *Sim) powerLoss(then func()) {
+	s.tracef("power loss")
+	for _, nd := range s.liveNodes() {
+		s.crashNode(nd)
+	}
+	s.at(100*ms, func() {
+		for _, nd := range s.nodes {
+			if nd.started && !nd.left {
+				s.startNode(nd)
+			}
+		}
+		s.waitConverged(func() { s.readBack(0, then) })
+	})
+}
+
+// readBack reads every volume in full and checks durability.
+func (s *Sim) readBack(i int, then func()) {
+	if i == len(s.vdis) {
+		then()
+		return
+	}
+	v := s.vdis[i]
+	size := uint64(v.blocks * s.cfg.BlockSize)
+	s.adminUntilOK("read back", func() *core.Request {
+		return &core.Request{Type: core.ReqRead, VID: v.vid, Len: size}
+	}, func(rep core.Reply) {
+		s.checkDurable(v, rep.Data)
+		s.readBack(i+1, then)
+	})
+}
+
+// checkDurable: the value a block holds after power loss must come from a
+// write that no flushed write strictly follows.
+func (s *Sim) checkDurable(v *volume, data []byte) {
+	var flushedBefore int64 = -1 // writes that returned before this were flushed
+	for _, f := range v.flushes {
+		flushedBefore = max(flushedBefore, f.call)
+	}
+	bs := s.cfg.BlockSize
+	for b := 0; b < v.blocks; b++ {
+		val, ok := decode(data[b*bs : (b+1)*bs])
+		if !ok {
+			s.problem("after power loss volume %d block %d is torn", v.idx, b)
+			continue
+		}
+		var latestFlushedCall int64 = -1
+		for _, w := range v.writes[b] {
+			if w.ok && w.ret < flushedBefore {
+				latestFlushedCall = max(latestFlushedCall, w.call)
+			}
+		}
+		// Candidates for the value: the writes of it, and the initial zeros.
+		good := false
+		if val == 0 && latestFlushedCall < 0 {
+			good = true
+		}
+		for _, w := range v.writes[b] {
+			if w.value == val && w.ret >= latestFlushedCall && w.ret != -1 {
+				good = true
+			}
+		}
+		if !good {
+			s.problem("after power loss volume %d block %d holds %#x, older than a flushed write", v.idx, b, val)
+		}
+	}
+}

@@ -1,0 +1,281 @@
+package sim
+
+import (
+	"slices"
+)
+
+// impaired counts the nodes that may hold less than their share of the
+// data right now: members that are down or cut off, and nodes that are
+// not serving or have not finished recovery. Faults are only injected
+// while fewer than Copies-1 are impaired, the condition under which no
+// acknowledged write may be lost.
+func (s *Sim) impaired() int {
+	cs := s.latest()
+	if cs == nil {
+		return 0
+	}
+	cnt := 0
+	for _, nd := range s.nodes {
+		if !nd.started {
+			continue
+		}
+		member := cs != nil && cs.IsMember(nd.info.ID, nd.info.Incarnation)
+		switch {
+		case !nd.up:
+			if _, ok := cs.Member(nd.info.ID); ok && !nd.left || member {
+				cnt++
+			}
+		case s.isolated(nd) || !nd.n.Serving() || !nd.n.Recovery().Finished:
+			cnt++
+		}
+	}
+	return cnt
+}
+
+func (s *Sim) isolated(nd *node) bool {
+	for k := range s.net.blocked {
+		if k[0] == nd.idx || k[1] == nd.idx {
+			return true
+		}
+	}
+	return false
+}
+
+type faultAction struct {
+	kind Faults
+	fn   func()
+}
+
+// faultLoop injects one fault at a time during the safety phase.
+func (s *Sim) faultLoop() {
+	if s.healed || s.checking {
+		return
+	}
+	if s.opsStarted >= s.cfg.Ops*7/10 {
+		s.heal()
+		return
+	}
+	budget := s.cfg.Copies - 1 - s.impaired()
+	var acts []faultAction
+	add := func(k Faults, fn func()) {
+		if s.cfg.Faults.Has(k) {
+			acts = append(acts, faultAction{k, fn})
+		}
+	}
+	if budget > 0 {
+		// Crashes and partitions test the most; they come more often.
+		for i := 0; i < 3; i++ {
+			add(FaultCrash, s.faultCrash)
+		}
+		for i := 0; i < 2; i++ {
+			add(FaultPartition, func() { s.faultPartition(budget, false) })
+			add(FaultOneWay, func() { s.faultPartition(budget, true) })
+		}
+		if s.leaves == 0 && s.memberCount() > s.cfg.Copies+1 {
+			add(FaultLeave, s.faultLeave)
+		}
+		if s.joins < s.cfg.Spares {
+			add(FaultJoin, s.faultJoin)
+		}
+		add(FaultCorrupt, s.faultCorrupt)
+	}
+	add(FaultLoss, func() { s.netWindow(func() { s.net.loss = 0.05 + 0.15*s.rng.Float64() }, func() { s.net.loss = 0 }) })
+	add(FaultDup, func() { s.netWindow(func() { s.net.dup = 0.05 + 0.1*s.rng.Float64() }, func() { s.net.dup = 0 }) })
+	add(FaultDelay, func() {
+		s.netWindow(func() { s.net.delay, s.net.maxLong = 0.2, 30*ms }, func() { s.net.delay = 0 })
+	})
+	add(FaultReorder, func() {
+		s.netWindow(func() { s.net.delay, s.net.maxLong = 0.5, 3*ms }, func() { s.net.delay = 0 })
+	})
+	add(FaultDiskLatency, func() {
+		if nd := s.pick(s.liveNodes()); nd != nil {
+			nd.slow = int64(2+s.rng.IntN(18)) * ms
+			gen := nd.gen
+			s.tracef("node %d disk slow", nd.info.ID)
+			s.at(int64(100+s.rng.IntN(700))*ms, func() {
+				if nd.gen == gen {
+					nd.slow = 0
+				}
+			})
+		}
+	})
+	add(FaultDiskError, func() {
+		if nd := s.pick(s.liveNodes()); nd != nil {
+			nd.errP = 0.02 + 0.08*s.rng.Float64()
+			gen := nd.gen
+			s.tracef("node %d disk failing", nd.info.ID)
+			s.at(int64(100+s.rng.IntN(400))*ms, func() {
+				if nd.gen == gen {
+					nd.errP = 0
+				}
+			})
+		}
+	})
+	if len(acts) > 0 {
+		a := acts[s.rng.IntN(len(acts))]
+		s.mix(9, uint64(s.now), uint64(a.kind))
+		a.fn()
+	}
+	s.at(int64(30+s.rng.IntN(170))*ms, s.faultLoop)
+}
+
+func (s *Sim) memberCount() int {
+	if cs := s.latest(); cs != nil {
+		return len(cs.Nodes)
+	}
+	return 0
+}
+
+func (s *Sim) netWindow(on, off func()) {
+	on()
+	s.at(int64(100+s.rng.IntN(400))*ms, off)
+}
+
+func (s *Sim) upMembers() []*node {
+	cs := s.latest()
+	var out []*node
+	for _, nd := range s.liveNodes() {
+		if cs.IsMember(nd.info.ID, nd.info.Incarnation) && !s.isolated(nd) {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+func (s *Sim) faultCrash() {
+	nd := s.pick(s.upMembers())
+	if nd == nil {
+		return
+	}
+	if s.rng.IntN(2) == 0 {
+		nd.crashAfterAck = true // crash at its next write acknowledgement
+		return
+	}
+	s.crashAndRestart(nd)
+}
+
+// crashAndRestart crashes a node and restarts it a little later.
+func (s *Sim) crashAndRestart(nd *node) {
+	if s.healed || s.impaired() >= s.cfg.Copies-1 {
+		return
+	}
+	s.crashNode(nd)
+	gen := nd.gen
+	s.at(int64(50+s.rng.IntN(1000))*ms, func() {
+		if !nd.up && nd.gen == gen && !nd.left {
+			s.startNode(nd)
+		}
+	})
+}
+
+func (s *Sim) faultLeave() {
+	nd := s.pick(s.upMembers())
+	if nd == nil {
+		return
+	}
+	s.leaves++
+	nd.left = true
+	s.tracef("node %d leaves for good", nd.info.ID)
+	s.crashNode(nd)
+}
+
+func (s *Sim) faultJoin() {
+	for _, nd := range s.nodes {
+		if !nd.started {
+			s.joins++
+			s.tracef("node %d joins", nd.info.ID)
+			s.startNode(nd)
+			return
+		}
+	}
+}
+
+func (s *Sim) faultPartition(budget int, oneWay bool) {
+	up := s.upMembers()
+	if len(up) < 2 {
+		return
+	}
+	k := 1 + s.rng.IntN(budget)
+	if k >= len(up) {
+		k = len(up) - 1
+	}
+	perm := s.rng.Perm(len(up))
+	cut := map[int]bool{}
+	for _, i := range perm[:k] {
+		cut[up[i].idx] = true
+	}
+	if s.net.blocked == nil {
+		s.net.blocked = map[[2]int]bool{}
+	}
+	// Either the cut-off nodes lose every link to the rest, or only the
+	// links to some of the others (a node that still reaches its
+	// replicas and clients, but not the leader, say).
+	partial := s.rng.IntN(2) == 0
+	dir := s.rng.IntN(2)
+	var links [][2]int
+	for _, a := range s.nodes {
+		for _, b := range s.nodes {
+			if !cut[a.idx] || cut[b.idx] || (partial && s.rng.IntN(2) == 0) {
+				continue
+			}
+			if !oneWay || dir == 0 {
+				links = append(links, [2]int{a.idx, b.idx})
+			}
+			if !oneWay || dir == 1 {
+				links = append(links, [2]int{b.idx, a.idx})
+			}
+		}
+	}
+	s.tracef("partition: %d nodes cut off (one-way=%v, %d links)", k, oneWay, len(links))
+	for _, l := range links {
+		s.net.blocked[l] = true
+	}
+	s.at(int64(100+s.rng.IntN(700))*ms, func() {
+		for _, l := range links {
+			delete(s.net.blocked, l)
+		}
+	})
+}
+
+// faultCorrupt flips a stored replica of an object on one node; the
+// object's other replicas stay intact.
+func (s *Sim) faultCorrupt() {
+	nd := s.pick(s.upMembers())
+	if nd == nil || len(nd.disk.current) == 0 {
+		return
+	}
+	oids := make([]uint64, 0, len(nd.disk.current))
+	for oid, o := range nd.disk.current {
+		if o.data != nil && !nd.disk.corrupt[oid] {
+			oids = append(oids, uint64(oid))
+		}
+	}
+	if len(oids) == 0 {
+		return
+	}
+	slices.Sort(oids)
+	oid := oids[s.rng.IntN(len(oids))]
+	for _, other := range s.nodes {
+		if other.disk.corrupt[coreOID(oid)] {
+			return // keep at most one bad replica per object
+		}
+	}
+	s.tracef("node %d: object %016x corrupted", nd.info.ID, oid)
+	nd.disk.corrupt[coreOID(oid)] = true
+}
+
+// heal ends every fault: the liveness phase.
+func (s *Sim) heal() {
+	if s.healed {
+		return
+	}
+	s.healed = true
+	s.tracef("healing all faults")
+	s.net = netState{}
+	for _, nd := range s.nodes {
+		nd.slow, nd.errP = 0, 0
+		if nd.started && !nd.up && !nd.left {
+			s.startNode(nd)
+		}
+	}
+}

@@ -1,0 +1,255 @@
+package sim
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+
+	"github.com/sheepdog-go/sheepdog/core"
+)
+
+const (
+	setupTimeout    = 30_000 * ms
+	convergeTimeout = 120_000 * ms
+	runTimeLimit    = 1_800_000 * ms
+)
+
+func (s *Sim) run() Result {
+	for i := 0; i < s.cfg.Nodes; i++ {
+		s.startNode(s.nodes[i])
+	}
+	done := false
+	s.at(10*ms, func() { s.setup(func() { done = true }) })
+	for !done && s.step() {
+		if s.now > runTimeLimit {
+			s.problem("run did not finish within %d s of simulated time", runTimeLimit/1_000_000)
+			break
+		}
+	}
+	res := Result{Seed: s.cfg.Seed, Ops: s.opsDone, Failed: s.opsFailed, SimTime: s.now, Events: s.events, TraceHash: s.hash}
+	res.Problems = s.problems
+	res.HTML = s.html
+	if len(s.problems) == 0 && !done {
+		res.Problems = append(res.Problems, "simulation stopped early")
+	}
+	return res
+}
+
+// waitFor polls cond every 10 ms; then runs when it holds, or a problem
+// is recorded after timeout.
+func (s *Sim) waitFor(what string, timeout int64, cond func() bool, then func()) {
+	deadline := s.now + timeout
+	var poll func()
+	poll = func() {
+		if cond() {
+			then()
+			return
+		}
+		if s.now >= deadline {
+			s.problem("timed out waiting for %s (%s)", what, s.describe())
+			then = nil
+			s.queue = s.queue[:0]
+			return
+		}
+		s.at(10*ms, poll)
+	}
+	poll()
+}
+
+// describe summarises the cluster for problem reports.
+func (s *Sim) describe() string {
+	out := ""
+	for _, nd := range s.nodes {
+		if !nd.started {
+			continue
+		}
+		if !nd.up {
+			out += fmt.Sprintf("[n%d down] ", nd.info.ID)
+			continue
+		}
+		r := nd.n.Recovery()
+		out += fmt.Sprintf("[n%d e%d serving=%v leader=%d members=%d rec=%d/%d fin=%v all=%v] ", nd.info.ID, nd.n.Epoch(),
+			nd.n.Serving(), nd.n.Leader(), len(nd.n.Cluster().Nodes), r.Remaining, r.Total, r.Finished, r.AllDone)
+	}
+	return out
+}
+
+// latest is the cluster state of the running node with the newest epoch.
+func (s *Sim) latest() *core.ClusterState {
+	var best *core.ClusterState
+	for _, nd := range s.liveNodes() {
+		if cs := nd.n.Cluster(); best == nil || cs.Epoch > best.Epoch {
+			best = cs
+		}
+	}
+	return best
+}
+
+// setup forms the cluster, formats it, creates the volumes and starts the
+// workload and the faults.
+func (s *Sim) setup(finish func()) {
+	members := func() bool {
+		cs := s.latest()
+		return cs != nil && len(cs.Nodes) == s.cfg.Nodes
+	}
+	s.waitFor("the initial nodes to join", setupTimeout, members, func() {
+		s.adminUntilOK("format", func() *core.Request {
+			return &core.Request{Type: core.ReqFormat, Copies: uint8(s.cfg.Copies), BlockShift: s.cfg.BlockShift}
+		}, func(core.Reply) { s.createVolumes(0, finish) })
+	})
+}
+
+// adminUntilOK sends an admin request to a random live node until it
+// succeeds.
+func (s *Sim) adminUntilOK(what string, mk func() *core.Request, then func(core.Reply)) {
+	deadline := s.now + setupTimeout
+	var try func()
+	try = func() {
+		if s.now > deadline {
+			s.problem("admin request %s never succeeded", what)
+			s.queue = s.queue[:0]
+			return
+		}
+		nd := s.pick(s.liveNodes())
+		gen := nd.gen
+		answered := false
+		s.request(nd, mk(), func(rep core.Reply) {
+			answered = true
+			if rep.Code == core.OK || rep.Code == core.ErrVDIExists && what != "format" {
+				then(rep)
+				return
+			}
+			s.at(20*ms, try)
+		})
+		// A crash loses the reply: try elsewhere.
+		s.at(setupTimeout/10, func() {
+			if !answered && (!nd.up || nd.gen != gen) {
+				try()
+			}
+		})
+	}
+	try()
+}
+
+func (s *Sim) createVolumes(i int, finish func()) {
+	if i == s.cfg.VDIs {
+		s.startWorkload(finish)
+		return
+	}
+	name := fmt.Sprintf("vdi%d", i)
+	s.adminUntilOK("create "+name, func() *core.Request {
+		return &core.Request{Type: core.ReqCreateVDI, Name: name, Size: s.cfg.VDISize}
+	}, func(core.Reply) {
+		v := s.latest().LookupVDI(name)
+		if v == nil {
+			s.problem("volume %s missing after create", name)
+			return
+		}
+		vol := &volume{idx: i, name: name, vid: v.ID, blocks: int(s.cfg.VDISize) / s.cfg.BlockSize,
+			writes: map[int][]*writeRec{}, blockShift: v.BlockShift}
+		s.objSizes[v.ID] = 1 << v.BlockShift
+		for len(vol.hot) < s.cfg.HotBlocks {
+			if b := s.rng.IntN(vol.blocks); !slices.Contains(vol.hot, b) {
+				vol.hot = append(vol.hot, b)
+			}
+		}
+		s.vdis = append(s.vdis, vol)
+		s.createVolumes(i+1, finish)
+	})
+}
+
+func (s *Sim) startWorkload(finish func()) {
+	s.tracef("workload starts")
+	s.finish = finish
+	id := 0
+	for _, v := range s.vdis {
+		for j := 0; j <= s.cfg.Clients; j++ {
+			c := &client{id: id, vol: v, observer: j == s.cfg.Clients}
+			id++
+			v.clients = append(v.clients, c)
+			s.at(int64(s.rng.IntN(5*ms)), func() { s.clientNext(c) })
+		}
+	}
+	if s.cfg.Faults&^(FaultDrift|FaultPowerLoss) != 0 {
+		s.at(50*ms, s.faultLoop)
+	}
+}
+
+// maybeWorkloadDone moves on to the checks once every client stopped.
+func (s *Sim) maybeWorkloadDone() {
+	if s.checking {
+		return
+	}
+	for _, v := range s.vdis {
+		for _, c := range v.clients {
+			if !c.stopped || c.pending != nil {
+				return
+			}
+		}
+	}
+	s.checking = true
+	s.heal()
+	s.waitConverged(func() {
+		s.checkRedundancy()
+		s.checkHistory()
+		if s.cfg.Faults.Has(FaultPowerLoss) {
+			s.powerLoss(s.finish)
+			return
+		}
+		s.finish()
+	})
+}
+
+// converged: every running node serves the same epoch, the members are
+// exactly the running nodes, and every member finished recovery.
+func (s *Sim) converged() bool {
+	live := s.liveNodes()
+	if len(live) == 0 {
+		return false
+	}
+	epoch := live[0].n.Epoch()
+	for _, nd := range live {
+		if !nd.n.Serving() || nd.n.Epoch() != epoch || !nd.n.Recovery().AllDone {
+			return false
+		}
+	}
+	cs := live[0].n.Cluster()
+	if len(cs.Nodes) != len(live) {
+		return false
+	}
+	for _, nd := range live {
+		if !cs.IsMember(nd.info.ID, nd.info.Incarnation) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Sim) waitConverged(then func()) {
+	s.waitFor("the cluster to converge", convergeTimeout, s.converged, func() {
+		// Let garbage collection finish, then check.
+		s.at(500*ms, func() {
+			if !s.converged() {
+				s.waitConverged(then)
+				return
+			}
+			then()
+		})
+	})
+}
+
+func (s *Sim) checkHistory() {
+	res := checkLinearizable(s.hist)
+	if res.OK {
+		return
+	}
+	s.problem("history not linearizable: %v", res)
+	if s.cfg.OutDir != "" {
+		path := filepath.Join(s.cfg.OutDir, fmt.Sprintf("seed-%d.html", s.cfg.Seed))
+		if err := res.WriteHTML(path); err != nil {
+			s.problem("write visualisation: %v", err)
+		} else {
+			s.html = path
+		}
+	}
+}

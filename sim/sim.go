@@ -1,0 +1,430 @@
+package sim
+
+import (
+	"container/heap"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/linearizability"
+)
+
+// Config describes one simulated run.
+type Config struct {
+	Seed       uint64
+	Nodes      int       // initial nodes
+	Spares     int       // extra nodes that may join (FaultJoin)
+	Copies     int       // replicas per object
+	VDIs       int       // volumes
+	Clients    int       // concurrent clients per volume
+	Ops        int       // client operations in the run
+	Faults     Faults    // fault kinds to inject
+	Bugs       core.Bugs // planted bugs
+	BlockShift uint8     // object size is 1<<BlockShift
+	VDISize    uint64    // bytes per volume
+	BlockSize  int       // register granularity of the checker
+	HotBlocks  int       // blocks per volume most operations go to
+	Codec      bool      // round-trip every message through its wire encoding
+	OutDir     string    // where to write the visualisation of a failing history
+	Trace      io.Writer // optional human-readable event log
+}
+
+// DefaultConfig is the configuration `sheepdog sim` starts from.
+func DefaultConfig() Config {
+	return Config{
+		Seed:       1,
+		Nodes:      5,
+		Spares:     2,
+		Copies:     3,
+		VDIs:       2,
+		Clients:    3,
+		Ops:        2000,
+		Faults:     AllFaults,
+		BlockShift: 12,
+		VDISize:    64 << 10,
+		BlockSize:  512,
+		HotBlocks:  6,
+	}
+}
+
+// Result is the outcome of one run.
+type Result struct {
+	Seed      uint64
+	Ops       int   // client operations completed successfully
+	Failed    int   // client operations that returned an error
+	SimTime   int64 // virtual microseconds
+	Events    int
+	TraceHash uint64
+	Problems  []string
+	HTML      string // visualisation written for a failing history
+}
+
+// OK reports whether every check passed.
+func (r *Result) OK() bool { return len(r.Problems) == 0 }
+
+// simTiming is the nodes' timing in the simulator (10 ms ticks).
+func simTiming() core.Timing {
+	t := core.DefaultTiming()
+	t.FailTicks = 30
+	t.LeaseTicks = 20
+	t.RetryTicks = 5
+	t.JoinTicks = 10
+	t.OpTimeoutTicks = 500
+	t.RecoveredTicks = 20
+	t.SnapshotEntries = 200
+	return t
+}
+
+const (
+	tickPeriod = 10_000 // µs
+	ms         = 1000
+)
+
+type evKind uint8
+
+const (
+	evTick evKind = iota
+	evDeliver
+	evDisk
+	evFunc
+)
+
+type event struct {
+	at   int64
+	seq  uint64
+	kind evKind
+	node *node
+	gen  int
+	from *node // evDeliver: the sender, and its generation when it sent
+	fgen int
+	msg  *core.Message
+	op   core.DiskOp
+	sync uint64 // DiskSync: the last write it covers
+	fn   func()
+}
+
+type eventQueue []*event
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(*event)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	return e
+}
+
+type node struct {
+	idx     int
+	info    core.NodeInfo
+	n       *core.Node
+	disk    *simDisk
+	up      bool
+	left    bool
+	started bool
+	gen     int
+	period  int64
+	slow    int64   // extra disk latency, µs
+	errP    float64 // probability a disk operation fails
+	crashAfterAck bool // crash right after acknowledging a write (a targeted crash)
+}
+
+// Sim is one simulated run.
+type Sim struct {
+	cfg    Config
+	rng    *rand.Rand
+	now    int64
+	seq    uint64
+	queue  eventQueue
+	nodes  []*node
+	byID   map[core.NodeID]*node
+	byAddr map[string]*node
+	seeds  []string
+	hash   uint64
+	events int
+
+	net   netState
+	vdis  []*volume
+	hist  *linearizability.History
+	reqs  map[uint64]func(core.Reply)
+	reqID uint64
+
+	opsStarted, opsDone, opsFailed int
+	nextValue                      uint64
+	healed                         bool
+	checking                       bool
+	finish                         func()
+	html                           string
+	leaves, joins                  int
+	problems                       []string
+	objSizes                       map[uint32]int
+}
+
+// Run executes one simulated run.
+func Run(cfg Config) Result {
+	s := newSim(cfg)
+	return s.run()
+}
+
+func newSim(cfg Config) *Sim {
+	s := &Sim{
+		cfg:      cfg,
+		rng:      rand.New(rand.NewPCG(cfg.Seed, 0x5eed)),
+		byID:     map[core.NodeID]*node{},
+		byAddr:   map[string]*node{},
+		hist:     linearizability.NewHistory(),
+		reqs:     map[uint64]func(core.Reply){},
+		hash:     14695981039346656037,
+		objSizes: map[uint32]int{},
+	}
+	for i := 0; i < cfg.Nodes+cfg.Spares; i++ {
+		info := core.NodeInfo{
+			ID:       core.NodeID(i + 1),
+			Addr:     fmt.Sprintf("10.0.0.%d:7000", i+1),
+			Zone:     uint32(i + 1),
+			VNodes:   64,
+			Capacity: 1 << 30,
+		}
+		nd := &node{idx: i, info: info, period: tickPeriod}
+		if cfg.Faults.Has(FaultDrift) {
+			// ±5% tick-rate drift, within core's MaxDrift bound.
+			nd.period = tickPeriod + int64(s.rng.IntN(1001)) - 500
+		}
+		nd.disk = newSimDisk(s.objSize)
+		s.nodes = append(s.nodes, nd)
+		s.byID[info.ID] = nd
+		s.byAddr[info.Addr] = nd
+	}
+	for _, nd := range s.nodes[:cfg.Nodes] {
+		s.seeds = append(s.seeds, nd.info.Addr)
+	}
+	return s
+}
+
+func (s *Sim) objSize(oid core.OID) int {
+	if sz, ok := s.objSizes[oid.VID()]; ok {
+		return sz
+	}
+	return 1 << s.cfg.BlockShift
+}
+
+// mix folds values into the trace hash (FNV-1a over 8-byte words).
+func (s *Sim) mix(vs ...uint64) {
+	h := s.hash
+	for _, v := range vs {
+		for i := 0; i < 8; i++ {
+			h ^= (v >> (8 * i)) & 0xff
+			h *= 1099511628211
+		}
+	}
+	s.hash = h
+}
+
+func (s *Sim) tracef(format string, args ...any) {
+	if s.cfg.Trace != nil {
+		fmt.Fprintf(s.cfg.Trace, "%10.3fms ", float64(s.now)/1000)
+		fmt.Fprintf(s.cfg.Trace, format, args...)
+		fmt.Fprintln(s.cfg.Trace)
+	}
+}
+
+func (s *Sim) push(e *event) {
+	s.seq++
+	e.seq = s.seq
+	heap.Push(&s.queue, e)
+}
+
+func (s *Sim) at(d int64, fn func()) { s.push(&event{at: s.now + max(d, 0), kind: evFunc, fn: fn}) }
+
+// step processes one event; false when the queue is empty.
+func (s *Sim) step() bool {
+	if len(s.queue) == 0 {
+		return false
+	}
+	e := heap.Pop(&s.queue).(*event)
+	s.now = e.at
+	s.events++
+	switch e.kind {
+	case evTick:
+		nd := e.node
+		if !nd.up || nd.gen != e.gen {
+			return true
+		}
+		s.mix(1, uint64(s.now), uint64(nd.idx))
+		nd.n.Step(core.Tick{})
+		s.flush(nd)
+		s.push(&event{at: s.now + nd.period, kind: evTick, node: nd, gen: nd.gen})
+	case evDeliver:
+		s.deliver(e)
+	case evDisk:
+		s.diskDone(e)
+	case evFunc:
+		e.fn()
+	}
+	return true
+}
+
+// flush carries out everything a node has ready.
+func (s *Sim) flush(nd *node) {
+	for nd.up && nd.n.HasReady() {
+		rd := nd.n.Ready()
+		nd.disk.persist(&rd)
+		for _, note := range rd.Notes {
+			s.tracef("%s", note)
+		}
+		for _, m := range rd.Messages {
+			s.send(nd, m)
+		}
+		for _, op := range rd.Disk {
+			s.submitDisk(nd, op)
+		}
+		replies := rd.Replies
+		nd.n.Advance()
+		for _, r := range replies {
+			s.mix(5, uint64(s.now), r.ID, uint64(r.Code))
+			if cb, ok := s.reqs[r.ID]; ok {
+				delete(s.reqs, r.ID)
+				cb(r)
+			}
+		}
+	}
+}
+
+// request submits a request to a node; cb gets the reply (or is dropped
+// if the node crashes first: the caller watches for that itself).
+func (s *Sim) request(nd *node, r *core.Request, cb func(core.Reply)) {
+	s.reqID++
+	r.ID = s.reqID
+	s.reqs[r.ID] = cb
+	s.mix(4, uint64(s.now), uint64(nd.idx), r.ID, uint64(r.Type))
+	nd.n.Step(r)
+	s.flush(nd)
+}
+
+func (s *Sim) submitDisk(nd *node, op core.DiskOp) {
+	lat := int64(20 + s.rng.IntN(180))
+	if nd.slow > 0 {
+		lat += nd.slow/2 + s.rng.Int64N(nd.slow)
+	}
+	if op.Kind == core.DiskSync || op.Sync {
+		lat += 100 + int64(s.rng.IntN(400))
+	}
+	e := &event{at: s.now + lat, kind: evDisk, node: nd, gen: nd.gen, op: op}
+	if op.Kind == core.DiskSync {
+		e.sync = nd.disk.seq
+	}
+	s.push(e)
+}
+
+func (s *Sim) diskDone(e *event) {
+	nd, op := e.node, e.op
+	if !nd.up || nd.gen != e.gen {
+		return
+	}
+	d := core.DiskDone{ID: op.ID}
+	if nd.errP > 0 && s.rng.Float64() < nd.errP {
+		d.Err = core.ErrIO
+	} else {
+		switch op.Kind {
+		case core.DiskRead:
+			d.Data, d.Meta, d.Err = nd.disk.read(op.OID, op.Off, op.Len)
+		case core.DiskWrite, core.DiskPut, core.DiskDelete:
+			seq := nd.disk.apply(&op)
+			if op.Sync {
+				nd.disk.sync(seq)
+			}
+		case core.DiskSync:
+			nd.disk.sync(e.sync)
+		}
+	}
+	s.mix(3, uint64(s.now), uint64(nd.idx), op.ID, uint64(op.Kind), uint64(d.Err))
+	nd.n.Step(d)
+	s.flush(nd)
+}
+
+// startNode boots (or reboots) a node from its disk.
+func (s *Sim) startNode(nd *node) {
+	nd.gen++
+	nd.info.Incarnation++
+	cfg := core.Config{
+		Self:    nd.info,
+		Rand:    rand.New(rand.NewPCG(s.cfg.Seed^uint64(nd.info.ID)<<20, nd.info.Incarnation)),
+		Timing:  simTiming(),
+		Bugs:    s.cfg.Bugs,
+		Raft:    nd.disk.raftState(),
+		Objects: nd.disk.objects(),
+	}
+	if nd.idx != 0 || nd.started {
+		cfg.Seeds = s.seeds
+	}
+	n, err := core.NewNode(cfg)
+	if err != nil {
+		s.problem("node %d failed to start: %v", nd.info.ID, err)
+		return
+	}
+	nd.n = n
+	nd.up = true
+	nd.started = true
+	s.tracef("node %d starts (incarnation %d)", nd.info.ID, nd.info.Incarnation)
+	s.mix(6, uint64(s.now), uint64(nd.idx), nd.info.Incarnation)
+	s.flush(nd)
+	s.push(&event{at: s.now + 1 + int64(s.rng.IntN(int(nd.period))), kind: evTick, node: nd, gen: nd.gen})
+}
+
+// crashNode stops a node; its unsynced writes may be lost.
+func (s *Sim) crashNode(nd *node) {
+	nd.up = false
+	nd.gen++
+	keep := 0
+	if len(nd.disk.log) > 0 {
+		keep = s.rng.IntN(len(nd.disk.log) + 1)
+	}
+	s.tracef("node %d crashes (keeps %d of %d unsynced writes)", nd.info.ID, keep, len(nd.disk.log))
+	s.mix(7, uint64(s.now), uint64(nd.idx), uint64(keep))
+	nd.disk.crash(keep)
+	nd.slow, nd.errP = 0, 0
+	s.nodeLost(nd)
+}
+
+func (s *Sim) problem(format string, args ...any) {
+	p := fmt.Sprintf(format, args...)
+	s.tracef("PROBLEM: %s", p)
+	s.problems = append(s.problems, p)
+}
+
+// liveNodes are the started, running nodes in index order.
+func (s *Sim) liveNodes() []*node {
+	var out []*node
+	for _, nd := range s.nodes {
+		if nd.up {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+func (s *Sim) pick(nodes []*node) *node {
+	if len(nodes) == 0 {
+		return nil
+	}
+	return nodes[s.rng.IntN(len(nodes))]
+}
+
+func sortedNodes(m map[*node]bool) []*node {
+	out := make([]*node, 0, len(m))
+	for nd := range m {
+		out = append(out, nd)
+	}
+	slices.SortFunc(out, func(a, b *node) int { return a.idx - b.idx })
+	return out
+}
