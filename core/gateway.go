@@ -14,8 +14,8 @@ import (
 
 type gateway struct {
 	vdis   map[uint32]*gwVDI
-	subs   map[uint64]*subOp   // sent, by message id
-	queues map[OID][]*subOp    // writes per object; the head is in flight
+	subs   map[uint64]*subOp // sent, by message id
+	queues map[OID][]*subOp  // writes per object; the head is in flight
 	dirty  map[uint32]map[OID]struct{}
 	wait   []*subOp // waiting for a newer epoch
 }
@@ -32,20 +32,24 @@ type clientOp struct {
 	buf      []byte
 	replied  bool
 	deadline int64
+	checked  uint64
+	repaired uint64
 }
 
 type subOp struct {
-	cop    *clientOp
-	oid    OID
-	op     Op
-	off    uint32
-	len    uint32
-	data   []byte
-	bufOff uint64
-	reqID  uint64
-	flags  uint32
-	msgID  uint64
-	done   bool
+	cop      *clientOp
+	oid      OID
+	op       Op
+	off      uint32
+	len      uint32
+	data     []byte
+	bufOff   uint64
+	repaired uint32
+	reqID    uint64
+	flags    uint32
+	msgID    uint64
+	done     bool
+	onDone   func() // runs after the sub-operation settled
 }
 
 func (g *gateway) init() {
@@ -198,6 +202,7 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 	}
 	switch m.Code {
 	case OK:
+		s.repaired = m.Len
 		g.complete(n, s, OK, m.Data)
 	case ErrStaleEpoch, ErrNotMember, ErrNotReady:
 		// The primary is in another epoch, or routing raced an epoch
@@ -238,7 +243,10 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	s.done = true
 	delete(g.subs, s.msgID)
 	cop := s.cop
-	if s.op == OpRead {
+	if s.op == OpCheck {
+		cop.checked++
+		cop.repaired += uint64(s.repaired)
+	} else if s.op == OpRead {
 		if code == OK {
 			copy(cop.buf[s.bufOff:s.bufOff+uint64(s.len)], data)
 		}
@@ -270,11 +278,14 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	cop.pending--
 	if cop.pending == 0 && !cop.replied {
 		cop.replied = true
-		r := Reply{ID: cop.req.ID, Code: cop.code}
+		r := Reply{ID: cop.req.ID, Code: cop.code, Checked: cop.checked, Repaired: cop.repaired}
 		if cop.code == OK {
 			r.Data = cop.buf
 		}
 		n.reply(r)
+	}
+	if s.onDone != nil {
+		s.onDone()
 	}
 }
 

@@ -148,6 +148,13 @@ func (n *Node) detectFailures() {
 	if n.now-n.leaderSince <= int64(n.t.FailTicks) {
 		return
 	}
+	n.markStable()
+	pending := 0 // removals proposed and not applied yet
+	for id, at := range n.leaveProposed {
+		if _, ok := n.cs.Member(id); ok && n.now-at < int64(n.t.RetryTicks) {
+			pending++
+		}
+	}
 	for _, m := range n.cs.Nodes {
 		if m.ID == n.id {
 			continue
@@ -159,6 +166,14 @@ func (n *Node) detectFailures() {
 		if at, ok := n.leaveProposed[m.ID]; ok && n.now-at < int64(n.t.RetryTicks) {
 			continue
 		}
+		if n.cs.Formatted && n.cs.Missing()+pending+1 >= n.cs.MinCopies() {
+			if n.now%int64(n.t.FailTicks) == 0 {
+				n.note(fmt.Sprintf("node %d: node %d is silent but %d members are gone since the last full recovery: keeping it (copies %d)",
+					n.id, m.ID, n.cs.Missing()+pending, n.cs.MinCopies()))
+			}
+			continue
+		}
+		pending++
 		n.leaveProposed[m.ID] = n.now
 		n.note(fmt.Sprintf("node %d: declaring node %d dead after %d silent ticks", n.id, m.ID, n.now-last))
 		n.propose(&Cmd{Type: CmdLeave, NodeID: m.ID, Inc: m.Incarnation, Term: n.term()}, func(Result) {})
@@ -252,4 +267,17 @@ func (n *Node) retrySnapshots() {
 			n.rn.ReportSnapshot(id, raft.SnapshotFailure)
 		}
 	}
+}
+
+// markStable records in the log that every member recovered the current
+// epoch, which lets removals start counting afresh.
+func (n *Node) markStable() {
+	if len(n.cs.Removed) == 0 || n.rec == nil || !n.rec.finished || !n.allDone() {
+		return
+	}
+	if n.stableProposed == n.epoch && n.now-n.stableAt < int64(n.t.RetryTicks) {
+		return
+	}
+	n.stableProposed, n.stableAt = n.epoch, n.now
+	n.propose(&Cmd{Type: CmdStable, Epoch: n.epoch, Term: n.term()}, func(Result) {})
 }

@@ -13,23 +13,23 @@ type MsgType uint8
 // refuses work from an older epoch and holds work from a newer one until
 // it has caught up.
 const (
-	MsgRaft        MsgType = iota + 1 // raft traffic of the cluster log
-	MsgJoin                           // a node asks to become (again) a member
-	MsgLeaseReq                       // a primary asks a co-replica for a read lease
-	MsgLeaseGrant                     // the co-replica promises not to serve a newer epoch's recovery before the lease ends
-	MsgIO                             // gateway → primary: one object operation
-	MsgIOResp                         //
-	MsgRepl                           // primary → replica: apply one versioned write
-	MsgReplResp                       //
-	MsgSync                           // gateway → replica: make these objects durable (flush)
-	MsgSyncResp                       //
-	MsgListReq                        // recovery: which objects placed on me do you hold, at which versions?
-	MsgListResp                       //
-	MsgFetchReq                       // recovery/repair: send me this object at at least this version
-	MsgFetchResp                      //
-	MsgRecovered                      // I hold every object the epoch places on me
-	MsgCheckReq                       // vdi check: version and digest of an object
-	MsgCheckResp                      //
+	MsgRaft       MsgType = iota + 1 // raft traffic of the cluster log
+	MsgJoin                          // a node asks to become (again) a member
+	MsgLeaseReq                      // a primary asks a co-replica for a read lease
+	MsgLeaseGrant                    // the co-replica promises not to serve a newer epoch's recovery before the lease ends
+	MsgIO                            // gateway → primary: one object operation
+	MsgIOResp                        //
+	MsgRepl                          // primary → replica: apply one versioned write
+	MsgReplResp                      //
+	MsgSync                          // gateway → replica: make these objects durable (flush)
+	MsgSyncResp                      //
+	MsgListReq                       // recovery: which objects placed on me do you hold, at which versions?
+	MsgListResp                      //
+	MsgFetchReq                      // recovery/repair: send me this object at at least this version
+	MsgFetchResp                     //
+	MsgRecovered                     // I hold every object the epoch places on me
+	MsgCheckReq                      // vdi check: version and digest of an object
+	MsgCheckResp                     //
 	msgTypeEnd
 )
 
@@ -53,11 +53,12 @@ type Op uint8
 
 // Object operations.
 const (
-	OpRead    Op = iota + 1
-	OpWrite      // data at Off
-	OpZero       // write zeros over [Off, Off+Len)
-	OpDiscard    // the whole object becomes a tombstone: reads return zeros, space is freed
-	OpConverge   // MsgRepl: make your copy the primary's (version Version) after a failed write
+	OpRead     Op = iota + 1
+	OpWrite       // data at Off
+	OpZero        // write zeros over [Off, Off+Len)
+	OpDiscard     // the whole object becomes a tombstone: reads return zeros, space is freed
+	OpConverge    // MsgRepl: make your copy the primary's (version Version) after a failed write
+	OpCheck       // MsgIO: verify every replica against the primary's copy and repair the ones that differ
 )
 
 func (o Op) String() string {
@@ -72,6 +73,8 @@ func (o Op) String() string {
 		return "discard"
 	case OpConverge:
 		return "converge"
+	case OpCheck:
+		return "check"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -81,25 +84,25 @@ type Code uint8
 
 // Result codes.
 const (
-	OK            Code = iota
-	ErrStaleEpoch      // the receiver is in a newer epoch (its epoch is in the response)
-	ErrNotMember       // the receiver is not a serving member of that epoch
-	ErrNotReady        // retry later (recovering, no lease, no leader, ...)
-	ErrIO              // disk error
-	ErrNoSpace         // a disk is full
-	ErrCorrupt         // checksum mismatch and no good replica
-	ErrNoObject        // the object is not there (fetch)
-	ErrInvalid         // malformed or impossible request
-	ErrNoVDI           // no such VDI
-	ErrVDIExists       // VDI name taken
-	ErrLocked          // VDI attached elsewhere
-	ErrNotFormatted    // cluster not formatted
-	ErrStale           // a superseded write (its attacher was replaced)
-	ErrTimeout         // gave up waiting
-	ErrShutdown        // the node is stopping
-	ErrPerm            // read-only VDI
-	ErrFull            // no free VDI id
-	ErrBusy            // an operation is already in progress
+	OK              Code = iota
+	ErrStaleEpoch        // the receiver is in a newer epoch (its epoch is in the response)
+	ErrNotMember         // the receiver is not a serving member of that epoch
+	ErrNotReady          // retry later (recovering, no lease, no leader, ...)
+	ErrIO                // disk error
+	ErrNoSpace           // a disk is full
+	ErrCorrupt           // checksum mismatch and no good replica
+	ErrNoObject          // the object is not there (fetch)
+	ErrInvalid           // malformed or impossible request
+	ErrNoVDI             // no such VDI
+	ErrVDIExists         // VDI name taken
+	ErrLocked            // VDI attached elsewhere
+	ErrNotFormatted      // cluster not formatted
+	ErrStale             // a superseded write (its attacher was replaced)
+	ErrTimeout           // gave up waiting
+	ErrShutdown          // the node is stopping
+	ErrPerm              // read-only VDI
+	ErrFull              // no free VDI id
+	ErrBusy              // an operation is already in progress
 	codeEnd
 )
 
@@ -132,8 +135,9 @@ func (c Code) Err() error {
 
 // Message flags.
 const (
-	FlagFUA     uint32 = 1 << iota // make this write durable before acknowledging it
-	FlagDeleted                    // the object is a tombstone
+	FlagFUA      uint32 = 1 << iota // make this write durable before acknowledging it
+	FlagDeleted                     // the object is a tombstone
+	FlagRepaired                    // MsgCheckResp: the copy was replaced
 )
 
 // ObjVersion is an entry of an object list.

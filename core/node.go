@@ -179,6 +179,8 @@ type Node struct {
 	leaveProposed   map[NodeID]int64
 	joinProposed    map[NodeID]int64
 	snapSent        map[NodeID]int64
+	stableProposed  uint32
+	stableAt        int64
 	lastJoinSent    int64
 
 	// cluster state and the current epoch
@@ -190,8 +192,8 @@ type Node struct {
 	held    []*Message
 
 	// local objects
-	objs      map[OID]*object
-	diskCB    map[uint64]func(DiskDone)
+	objs           map[OID]*object
+	diskCB         map[uint64]func(DiskDone)
 	writesInFlight int // local data writes in flight
 	oldWrites      int // of which issued in an older epoch
 
@@ -205,10 +207,11 @@ type Node struct {
 	// peer requests awaiting answers
 	calls map[uint64]*call
 
-	gw   gateway
-	rec  *recovery
-	done map[NodeID]bool // members that announced recovery of the current epoch
-	gced bool
+	gw     gateway
+	rec    *recovery
+	done   map[NodeID]bool // members that announced recovery of the current epoch
+	gced   bool
+	gcLeft bool // some objects to collect were busy
 }
 
 // NewNode creates a node from its configuration and restored state.

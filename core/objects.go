@@ -67,9 +67,11 @@ type object struct {
 	reading int       // local reads in flight
 
 	// replica role
-	applying   uint64     // version being written locally (0: none)
-	replWaits  []*Message // retransmissions waiting for that write
-	catchingUp bool       // fetching the object from its primary
+	applying    uint64     // version being written locally (0: none)
+	replWaits   []*Message // retransmissions waiting for that write
+	catchingUp  bool       // fetching the object from its primary
+	repairing   bool       // replacing a corrupted local copy
+	repairWaits []func(bool)
 
 	// any role
 	diskBusy bool     // a local write/put/delete is in flight
@@ -89,7 +91,7 @@ func (n *Node) obj(oid OID) *object {
 // idle reports whether o carries no state beyond its stored metadata.
 func (o *object) idle() bool {
 	return len(o.queue) == 0 && o.active == nil && o.reading == 0 && o.applying == 0 &&
-		len(o.replWaits) == 0 && !o.catchingUp && !o.diskBusy && len(o.waiting) == 0
+		len(o.replWaits) == 0 && !o.catchingUp && !o.repairing && !o.diskBusy && len(o.waiting) == 0
 }
 
 // forget drops the entry of an object that is neither stored nor busy.
@@ -168,7 +170,7 @@ func (n *Node) wake(oid OID) {
 	if o == nil {
 		return
 	}
-	if len(o.waiting) > 0 && !o.diskBusy && !o.catchingUp {
+	if len(o.waiting) > 0 && !o.diskBusy && !o.catchingUp && !o.repairing {
 		w := o.waiting
 		o.waiting = nil
 		for _, fn := range w {
@@ -239,3 +241,28 @@ func (n *Node) deleteLocal(oid OID) {
 }
 
 func versionEpoch(v uint64) uint32 { return uint32(v >> 32) }
+
+// Busy describes the objects with work pending, for problem reports.
+func (n *Node) Busy() []string {
+	var out []string
+	oids := make([]OID, 0)
+	for oid, o := range n.objs {
+		if !o.idle() {
+			oids = append(oids, oid)
+		}
+	}
+	slices.Sort(oids)
+	for _, oid := range oids {
+		o := n.objs[oid]
+		s := fmt.Sprintf("%v v=%x q=%d reading=%d applying=%x catchingUp=%v repairing=%v diskBusy=%v waiting=%d",
+			oid, o.meta.Version, len(o.queue), o.reading, o.applying, o.catchingUp, o.repairing, o.diskBusy, len(o.waiting))
+		if p := o.active; p != nil {
+			s += fmt.Sprintf(" active{op=%v acked=%v conv=%v dedup=%v local=%v}", p.m.Op, p.acked, p.converging, p.dedup, p.localDone)
+		}
+		if r := n.rec; r != nil {
+			s += fmt.Sprintf(" ready=%v", n.objectReady(oid))
+		}
+		out = append(out, s)
+	}
+	return out
+}

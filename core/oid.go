@@ -8,16 +8,16 @@ type OID uint64
 
 // Object id layout, as in Sheepdog.
 const (
-	VDISpaceShift        = 32
-	VDIBit           OID = 1 << 63 // inode object
-	VMStateBit       OID = 1 << 62
-	VDIAttrBit       OID = 1 << 61
-	LedgerBit        OID = 1 << 59
-	MaxVDIs              = 1 << 24
-	MaxDataObjs          = 1 << 20 // objects per VDI
-	DefaultBlockShift    = 22      // 4 MiB objects
-	MinBlockShift        = 9       // the simulator uses tiny objects
-	MaxBlockShift        = 31
+	VDISpaceShift         = 32
+	VDIBit            OID = 1 << 63 // inode object
+	VMStateBit        OID = 1 << 62
+	VDIAttrBit        OID = 1 << 61
+	LedgerBit         OID = 1 << 59
+	MaxVDIs               = 1 << 24
+	MaxDataObjs           = 1 << 20 // objects per VDI
+	DefaultBlockShift     = 22      // 4 MiB objects
+	MinBlockShift         = 9       // the simulator uses tiny objects
+	MaxBlockShift         = 31
 )
 
 // DataOID is the id of data object idx of VDI vid.
@@ -27,7 +27,9 @@ func DataOID(vid uint32, idx uint32) OID { return OID(uint64(vid)<<VDISpaceShift
 func InodeOID(vid uint32) OID { return VDIBit | OID(uint64(vid)<<VDISpaceShift) }
 
 // VID is the VDI id the object belongs to.
-func (o OID) VID() uint32 { return uint32((uint64(o) &^ uint64(VDIBit|VMStateBit|VDIAttrBit|LedgerBit)) >> VDISpaceShift & (MaxVDIs - 1)) }
+func (o OID) VID() uint32 {
+	return uint32((uint64(o) &^ uint64(VDIBit|VMStateBit|VDIAttrBit|LedgerBit)) >> VDISpaceShift & (MaxVDIs - 1))
+}
 
 // Index is the object's index within its VDI (data objects).
 func (o OID) Index() uint32 { return uint32(o) }

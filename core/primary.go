@@ -1,27 +1,45 @@
 package core
 
-import "slices"
+import (
+	"fmt"
+	"slices"
+)
+
+func slicesDelete(q []*primOp, p *primOp) []*primOp {
+	return slices.DeleteFunc(q, func(x *primOp) bool { return x == p })
+}
 
 // primOp is an object operation at its primary.
 type primOp struct {
-	m         *Message
-	reps      []NodeID
-	prev      uint64 // version the replicas must hold before applying
-	meta      ObjMeta
-	localDone bool
-	acked     []NodeID
-	calls     []uint64
+	m          *Message
+	reps       []NodeID
+	prev       uint64 // version the replicas must hold before applying
+	meta       ObjMeta
+	localDone  bool
+	acked      []NodeID
+	calls      []uint64
 	replied    bool
 	code       Code
 	converging bool
+	repaired   int
+	dedup      bool // verifying replicas before acknowledging a retry
+	verified   bool
 }
 
 func (n *Node) respondIO(p *primOp, code Code, data []byte) {
+	n.respondIOData(p, code, data, 0)
+}
+
+func (n *Node) respondIOCount(p *primOp, code Code, count uint32) {
+	n.respondIOData(p, code, nil, count)
+}
+
+func (n *Node) respondIOData(p *primOp, code Code, data []byte, count uint32) {
 	if p.replied {
 		return
 	}
 	p.replied = true
-	n.send(&Message{Type: MsgIOResp, To: p.m.From, ID: p.m.ID, Code: code, OID: p.m.OID, Op: p.m.Op, Data: data})
+	n.send(&Message{Type: MsgIOResp, To: p.m.From, ID: p.m.ID, Code: code, OID: p.m.OID, Op: p.m.Op, Data: data, Len: count})
 }
 
 func (n *Node) objectSize(oid OID) uint32 {
@@ -42,7 +60,7 @@ func (n *Node) handleIO(m *Message) {
 		return
 	}
 	size := n.objectSize(m.OID)
-	if m.Op != OpDiscard && (uint64(m.Off)+uint64(m.Len) > uint64(size) || (m.Op == OpWrite && len(m.Data) != int(m.Len))) {
+	if m.Op != OpDiscard && m.Op != OpCheck && (uint64(m.Off)+uint64(m.Len) > uint64(size) || (m.Op == OpWrite && len(m.Data) != int(m.Len))) {
 		n.respond(m, MsgIOResp, ErrInvalid)
 		return
 	}
@@ -75,7 +93,7 @@ func (n *Node) runPrimary(oid OID) {
 			n.whenReady(oid, func() { n.runPrimary(oid) })
 			return
 		}
-		if o.diskBusy || o.catchingUp {
+		if o.diskBusy || o.catchingUp || o.repairing {
 			return // wake runs us again
 		}
 		p := o.queue[0]
@@ -91,6 +109,10 @@ func (n *Node) runPrimary(oid OID) {
 			return
 		}
 		o.queue = o.queue[1:]
+		if p.m.Op == OpCheck {
+			n.primaryCheck(oid, o, p)
+			continue
+		}
 		n.primaryWrite(oid, o, p)
 	}
 	n.forget(oid)
@@ -106,13 +128,13 @@ func (n *Node) primaryRead(oid OID, o *object, p *primOp) {
 		case OK:
 			n.respondIO(p, OK, d.Data)
 		case ErrCorrupt:
+			o := n.obj(oid)
+			o.queue = append([]*primOp{p}, o.queue...)
 			n.repair(oid, func(ok bool) {
 				if !ok {
+					o.queue = slicesDelete(o.queue, p)
 					n.respondIO(p, ErrCorrupt, nil)
-					return
 				}
-				o := n.obj(oid)
-				o.queue = append([]*primOp{p}, o.queue...)
 				n.runPrimary(oid)
 			})
 		default:
@@ -149,14 +171,23 @@ func (n *Node) readLocal(oid OID, off, length uint32, cb func(DiskDone)) {
 
 func (n *Node) primaryWrite(oid OID, o *object, p *primOp) {
 	m := p.m
-	if m.ReqID != 0 && m.ReqID <= o.meta.ReqID {
-		// A retry of a write already applied, or a write superseded by
-		// a newer attacher: never apply it twice.
-		code := OK
-		if m.ReqID < o.meta.ReqID {
-			code = ErrStale
+	if m.ReqID != 0 && m.ReqID < o.meta.ReqID {
+		n.respondIO(p, ErrStale, nil) // superseded by a newer attacher's write
+		return
+	}
+	if m.ReqID != 0 && m.ReqID == o.meta.ReqID {
+		// A retry of a write this copy has: never apply it twice, but
+		// acknowledge it only once every replica holds this copy too
+		// (after a failure it may be the only one that has it).
+		if p.verified || len(p.reps) == 1 {
+			n.respondIO(p, OK, nil)
+			return
 		}
-		n.respondIO(p, code, nil)
+		p.dedup, p.converging, p.localDone = true, true, true
+		o.active = p
+		for _, r := range p.reps[1:] {
+			n.converge(oid, p, r)
+		}
 		return
 	}
 	seq := uint64(1)
@@ -238,6 +269,14 @@ func (n *Node) finishWrite(oid OID, p *primOp) {
 	if !p.localDone || len(p.acked) < len(p.reps)-1 {
 		return
 	}
+	if p.dedup {
+		// Replicas verified: decide again whether the write is applied.
+		o.active = nil
+		p.verified, p.dedup, p.converging, p.acked = true, false, false, nil
+		o.queue = append([]*primOp{p}, o.queue...)
+		n.runPrimary(oid)
+		return
+	}
 	n.respondIO(p, p.code, nil)
 	if p.code != OK && !p.converging {
 		// Some copies may have the write and others not: bring every
@@ -283,7 +322,7 @@ func (n *Node) converge(oid OID, p *primOp, r NodeID) {
 // handleConverge makes the local copy equal to the primary's.
 func (n *Node) handleConverge(m *Message) {
 	o := n.obj(m.OID)
-	if o.diskBusy || o.catchingUp || o.reading > 0 {
+	if o.diskBusy || o.catchingUp || o.repairing || o.reading > 0 {
 		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
 		return
 	}
@@ -293,7 +332,9 @@ func (n *Node) handleConverge(m *Message) {
 	case m.Version == 0:
 		n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) { n.respond(m, MsgReplResp, c) })
 	default:
-		n.catchUp(m.OID, m.From, m.Version, func() { n.handleRepl(m) })
+		// Take the primary's current copy once (it may be newer than the
+		// version asked for, if this message is an old retransmission).
+		n.catchUpFrom(m.OID, m.From, m.Version, func(c Code) { n.respond(m, MsgReplResp, c) })
 	}
 }
 
@@ -324,7 +365,7 @@ func (n *Node) handleRepl(m *Message) {
 		o.replWaits = append(o.replWaits, m)
 		return
 	}
-	if o.diskBusy || o.catchingUp || o.reading > 0 {
+	if o.diskBusy || o.catchingUp || o.repairing || o.reading > 0 {
 		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
 		return
 	}
@@ -351,30 +392,62 @@ func (n *Node) handleRepl(m *Message) {
 }
 
 // catchUp replaces the local copy of oid with from's copy (at least
-// version min), then runs then.
+// version min), then runs then (after a pause if that failed).
 func (n *Node) catchUp(oid OID, from NodeID, min uint64, then func()) {
+	n.catchUpFrom(oid, from, min, func(c Code) {
+		if c != OK {
+			n.after(int64(n.t.RetryTicks), then)
+			return
+		}
+		then()
+	})
+}
+
+// catchUpFrom replaces the local copy of oid with from's copy (at least
+// version min) and reports how that went.
+func (n *Node) catchUpFrom(oid OID, from NodeID, min uint64, done func(Code)) {
 	o := n.obj(oid)
 	o.catchingUp = true
 	epoch := n.epoch
 	n.rpc(&Message{Type: MsgFetchReq, To: from, OID: oid, Version: min}, func(resp *Message) {
 		if resp.Code != OK || epoch != n.epoch {
 			o.catchingUp = false
-			n.after(int64(n.t.RetryTicks), then)
 			n.wake(oid)
+			code := resp.Code
+			if code == OK {
+				code = ErrStaleEpoch
+			}
+			done(code)
 			return
 		}
 		meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
-		n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta}, func(Code) {
+		n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta, Sync: true}, func(c Code) {
 			o.catchingUp = false
-			then()
+			done(c)
 		})
 	})
 }
 
 // repair replaces a corrupted local copy of oid with a co-replica's copy
-// of the same version.
+// of the same version (or, if no co-replica has that version intact, the
+// newest intact one). The object takes no other operation meanwhile;
+// concurrent callers share one repair.
 func (n *Node) repair(oid OID, done func(bool)) {
 	o := n.obj(oid)
+	o.repairWaits = append(o.repairWaits, done)
+	if o.repairing {
+		return
+	}
+	o.repairing = true
+	finish := func(ok bool) {
+		o.repairing = false
+		ws := o.repairWaits
+		o.repairWaits = nil
+		for _, w := range ws {
+			w(ok)
+		}
+		n.wake(oid)
+	}
 	want := o.meta.Version
 	var others []NodeID
 	for _, r := range n.placement(oid) {
@@ -382,22 +455,51 @@ func (n *Node) repair(oid OID, done func(bool)) {
 			others = append(others, r)
 		}
 	}
-	n.note("repairing corrupted object " + oid.String())
+	n.note(fmt.Sprintf("node %d: repairing corrupted object %v", n.id, oid))
+	epoch := n.epoch
+	put := func(resp *Message) {
+		meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
+		n.whenDiskIdle(oid, func() {
+			n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta, Sync: true}, func(c Code) { finish(c == OK) })
+		})
+	}
+	// Second pass: the newest intact copy any co-replica has.
+	fallback := func() {
+		var best *Message
+		left := len(others)
+		if left == 0 {
+			finish(false)
+			return
+		}
+		for _, r := range others {
+			n.rpc(&Message{Type: MsgFetchReq, To: r, OID: oid}, func(resp *Message) {
+				if resp.Code == OK && (best == nil || resp.Version > best.Version) {
+					best = resp
+				}
+				left--
+				if left > 0 {
+					return
+				}
+				if best == nil || epoch != n.epoch {
+					finish(false)
+					return
+				}
+				put(best)
+			})
+		}
+	}
 	var try func(i int)
 	try = func(i int) {
 		if i >= len(others) {
-			done(false)
+			fallback()
 			return
 		}
 		n.rpc(&Message{Type: MsgFetchReq, To: others[i], OID: oid, Version: want}, func(resp *Message) {
-			if resp.Code != OK {
+			if resp.Code != OK || resp.Version != want {
 				try(i + 1)
 				return
 			}
-			meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
-			n.whenIdle(oid, func() {
-				n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta, Sync: true}, func(c Code) { done(c == OK) })
-			})
+			put(resp)
 		})
 	}
 	try(0)
@@ -420,7 +522,7 @@ func (n *Node) handleFetch(m *Message) {
 		n.respond(m, MsgFetchResp, ErrNoObject)
 		return
 	}
-	if o.diskBusy || o.catchingUp {
+	if o.diskBusy || o.catchingUp || o.repairing {
 		o.waiting = append(o.waiting, func() { n.handleFetch(m) })
 		return
 	}
@@ -436,7 +538,17 @@ func (n *Node) handleFetch(m *Message) {
 		answer(OK, nil)
 		return
 	}
-	n.readLocal(m.OID, 0, n.objectSize(m.OID), func(d DiskDone) { answer(d.Err, d.Data) })
+	n.readLocal(m.OID, 0, n.objectSize(m.OID), func(d DiskDone) {
+		answer(d.Err, d.Data)
+		if d.Err == ErrCorrupt {
+			// Someone needs this copy and it is bad: replace it now,
+			// unless a write is under way (that write's own repair path
+			// takes over).
+			if o := n.objs[m.OID]; o != nil && (o.active == nil || o.active.converging) {
+				n.repair(m.OID, func(bool) {})
+			}
+		}
+	})
 }
 
 // handleSync makes the listed objects durable here (a gateway's flush).
@@ -451,17 +563,4 @@ func (n *Node) handleSync(m *Message) {
 		}
 	}
 	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgSyncResp, d.Err) })
-}
-
-func (n *Node) handleCheck(m *Message) {
-	o := n.objs[m.OID]
-	r := n.respond(m, MsgCheckResp, OK)
-	if o == nil || !o.present {
-		r.Code = ErrNoObject
-		return
-	}
-	r.Version, r.ReqID = o.meta.Version, o.meta.ReqID
-	if o.meta.Deleted {
-		r.Flags |= FlagDeleted
-	}
 }

@@ -16,9 +16,11 @@ import (
 // Until an object is recovered, the node neither serves nor applies I/O
 // on it; such I/O moves the object to the front of the queue.
 
+// candidate is one version of an object and the members holding it.
 type candidate struct {
 	version uint64
 	holders []NodeID
+	older   *candidate // the next lower version, if the newest proves unreadable
 }
 
 type recovery struct {
@@ -139,15 +141,23 @@ func (n *Node) requestList(r *recovery, from NodeID) {
 	})
 }
 
+// merge adds a holder of version v, keeping versions newest first.
 func (r *recovery) merge(oid OID, v uint64, holder NodeID) {
 	c := r.cands[oid]
-	switch {
-	case c == nil:
-		r.cands[oid] = &candidate{version: v, holders: []NodeID{holder}}
-	case v > c.version:
-		c.version, c.holders = v, []NodeID{holder}
-	case v == c.version:
-		c.holders = append(c.holders, holder)
+	if c == nil || v > c.version {
+		r.cands[oid] = &candidate{version: v, holders: []NodeID{holder}, older: c}
+		return
+	}
+	for {
+		if v == c.version {
+			c.holders = append(c.holders, holder)
+			return
+		}
+		if c.older == nil || v > c.older.version {
+			c.older = &candidate{version: v, holders: []NodeID{holder}, older: c.older}
+			return
+		}
+		c = c.older
 	}
 }
 
@@ -169,7 +179,9 @@ func (n *Node) maybeListsDone(r *recovery) {
 		if o := n.objs[oid]; o != nil && o.present && o.meta.Version >= c.version {
 			continue
 		}
-		slices.Sort(c.holders)
+		for x := c; x != nil; x = x.older {
+			slices.Sort(x.holders)
+		}
 		r.want[oid] = c
 		r.order = append(r.order, oid)
 	}
@@ -231,15 +243,34 @@ func (n *Node) pumpRecovery() {
 	n.maybeFinished(r)
 }
 
-// fetch pulls oid from one of its holders, starting at a random one.
+// fetch pulls oid from one of its holders, starting at a random one. A
+// holder whose copy turns out corrupted or gone is dropped; when no holder
+// of the newest version is left, the next version is fetched instead.
 func (n *Node) fetch(r *recovery, oid OID, attempt int) {
 	c := r.want[oid]
+	for len(c.holders) == 0 {
+		if c.older == nil || !n.newerThanLocal(oid, c.older.version) {
+			delete(r.inflight, oid)
+			delete(r.want, oid)
+			n.note(fmt.Sprintf("node %d: no readable copy of %v newer than ours", n.id, oid))
+			n.runWaiters(r, oid)
+			n.pumpRecovery()
+			return
+		}
+		c = c.older
+		r.want[oid] = c
+	}
 	if attempt == 0 {
 		attempt = n.rand.IntN(len(c.holders)) + 1
 	}
 	holder := c.holders[attempt%len(c.holders)]
 	n.rpc(&Message{Type: MsgFetchReq, To: holder, OID: oid, Version: c.version}, func(resp *Message) {
 		if n.rec != r {
+			return
+		}
+		if resp.Code == ErrCorrupt || resp.Code == ErrNoObject {
+			c.holders = slices.DeleteFunc(c.holders, func(id NodeID) bool { return id == holder })
+			n.fetch(r, oid, attempt)
 			return
 		}
 		if resp.Code != OK {
@@ -276,6 +307,11 @@ func (n *Node) fetch(r *recovery, oid OID, attempt int) {
 			})
 		})
 	})
+}
+
+func (n *Node) newerThanLocal(oid OID, v uint64) bool {
+	o := n.objs[oid]
+	return o == nil || !o.present || o.meta.Version < v
 }
 
 func (n *Node) maybeFinished(r *recovery) {
@@ -333,6 +369,13 @@ func (n *Node) maybeGC() {
 		return
 	}
 	n.gced = true
+	n.collect()
+}
+
+// collect deletes local objects this epoch does not place here; busy ones
+// are retried on later ticks.
+func (n *Node) collect() {
+	n.gcLeft = false
 	var buf []NodeID
 	for _, oid := range n.localObjects() {
 		c := n.copiesOf(oid)
@@ -344,13 +387,21 @@ func (n *Node) maybeGC() {
 		}
 		if o := n.objs[oid]; o.idle() {
 			n.deleteLocal(oid)
+		} else {
+			n.gcLeft = true
 		}
 	}
 }
 
 func (n *Node) tickRecovery() {
-	if n.rec != nil && n.rec.finished && !n.allDone() && n.now%int64(n.t.RecoveredTicks) == 0 {
+	if n.rec == nil || !n.rec.finished || n.now%int64(n.t.RecoveredTicks) != 0 {
+		return
+	}
+	if !n.allDone() {
 		n.announceRecovered()
+	}
+	if n.gced && n.gcLeft {
+		n.collect()
 	}
 }
 

@@ -20,13 +20,14 @@ const (
 	ReqAttach            // VID: take the attach lock for this node; Force takes it over
 	ReqDetach            // VID
 	ReqShutdown          // stop every node of the cluster
+	ReqCheck             // VID: verify every object's replicas and repair those that differ or are corrupted
 	reqTypeEnd
 )
 
 var reqNames = [...]string{
 	ReqRead: "read", ReqWrite: "write", ReqFlush: "flush", ReqTrim: "trim", ReqZero: "zero",
 	ReqFormat: "format", ReqCreateVDI: "create", ReqDeleteVDI: "delete", ReqResizeVDI: "resize",
-	ReqAttach: "attach", ReqDetach: "detach", ReqShutdown: "shutdown",
+	ReqAttach: "attach", ReqDetach: "detach", ReqShutdown: "shutdown", ReqCheck: "check",
 }
 
 func (t ReqType) String() string {
@@ -62,12 +63,17 @@ type Reply struct {
 	Data []byte // ReqRead
 	VID  uint32
 	Gen  uint64 // ReqAttach: attach generation
+
+	Checked  uint64 // ReqCheck: objects verified
+	Repaired uint64 // ReqCheck: replicas repaired
 }
 
 func (n *Node) request(r *Request) {
 	switch r.Type {
 	case ReqRead, ReqWrite, ReqTrim, ReqZero:
 		n.clientIO(r)
+	case ReqCheck:
+		n.clientCheck(r)
 	case ReqFlush:
 		n.clientFlush(r)
 	case ReqFormat:

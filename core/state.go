@@ -21,6 +21,7 @@ const (
 	CmdAttach                       // take a VDI's attach lock
 	CmdDetach                       // release it
 	CmdShutdown                     // stop every node cleanly
+	CmdStable                       // every member recovered epoch Epoch: removals start counting afresh
 	cmdTypeEnd
 )
 
@@ -41,6 +42,7 @@ type Cmd struct {
 	VID        uint32
 	Force      bool
 	Term       uint64 // leader decisions (join, leave): the term they were made in
+	Epoch      uint32 // CmdStable
 	stale      bool   // set at apply time: a deposed leader's decision
 }
 
@@ -61,6 +63,7 @@ func (c *Cmd) marshal() []byte {
 	e.u32(c.VID)
 	e.bool(c.Force)
 	e.u64(c.Term)
+	e.u32(c.Epoch)
 	return e.b
 }
 
@@ -82,6 +85,7 @@ func unmarshalCmd(b []byte) (*Cmd, error) {
 		VID:        d.u32(),
 		Force:      d.bool(),
 		Term:       d.u64(),
+		Epoch:      d.u32(),
 	}
 	if err := d.done(); err != nil {
 		return nil, fmt.Errorf("core: decode cluster log entry: %w", err)
@@ -156,9 +160,15 @@ type ClusterState struct {
 	History    []EpochRecord
 	AttachGen  uint64
 	Shutdown   bool
-	vdis       map[uint32]*VDI
-	names      map[string]uint32 // live VDIs only
-	recent     map[NodeID][]propResult
+	// Removed lists the members removed since every member last finished
+	// recovery. Fewer than the smallest copy count may be removed in that
+	// window: removing more could drop every replica of an object, and the
+	// cluster would then serve zeros for it. Past that, a silent node stays
+	// a member and I/O that needs it waits for it to come back.
+	Removed []NodeID
+	vdis    map[uint32]*VDI
+	names   map[string]uint32 // live VDIs only
+	recent  map[NodeID][]propResult
 }
 
 // NewClusterState returns the empty state before the first entry.
@@ -256,7 +266,13 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		if !s.IsMember(c.NodeID, c.Inc) {
 			return Result{}
 		}
+		if !s.CanRemove() {
+			return Result{Code: ErrBusy}
+		}
 		s.removeNode(c.NodeID)
+		if s.Formatted && !slices.Contains(s.Removed, c.NodeID) {
+			s.Removed = append(s.Removed, c.NodeID)
+		}
 		s.newEpoch(c.Time)
 		return Result{}
 	case CmdVDICreate:
@@ -308,6 +324,11 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		return Result{VID: v.ID}
 	case CmdShutdown:
 		s.Shutdown = true
+		return Result{}
+	case CmdStable:
+		if c.Epoch == s.Epoch {
+			s.Removed = nil
+		}
 		return Result{}
 	}
 	return Result{Code: ErrInvalid}
@@ -368,6 +389,33 @@ func (s *ClusterState) autoVNodes(n NodeInfo) uint16 {
 	return uint16(min(max(v+0.5, 1), 65535))
 }
 
+// MinCopies is the smallest replica count of any live VDI (or the
+// cluster's default).
+func (s *ClusterState) MinCopies() int {
+	c := int(s.Copies)
+	for _, vid := range s.names {
+		c = min(c, int(s.vdis[vid].Copies))
+	}
+	return c
+}
+
+// Missing counts the nodes removed since the last full recovery that
+// have not come back (a node that rejoined brought its data back).
+func (s *ClusterState) Missing() int {
+	cnt := 0
+	for _, id := range s.Removed {
+		if _, ok := s.Member(id); !ok {
+			cnt++
+		}
+	}
+	return cnt
+}
+
+// CanRemove reports whether one more member may be removed now.
+func (s *ClusterState) CanRemove() bool {
+	return !s.Formatted || s.Missing()+1 < s.MinCopies()
+}
+
 func (s *ClusterState) removeNode(id NodeID) {
 	s.Nodes = slices.DeleteFunc(s.Nodes, func(n NodeInfo) bool { return n.ID == id })
 }
@@ -394,6 +442,10 @@ func (s *ClusterState) marshal() []byte {
 	e.u32(s.Epoch)
 	e.u64(s.AttachGen)
 	e.bool(s.Shutdown)
+	e.u32(uint32(len(s.Removed)))
+	for _, id := range s.Removed {
+		e.u64(uint64(id))
+	}
 	e.u32(uint32(len(s.Nodes)))
 	for _, n := range s.Nodes {
 		encodeNode(&e, n)
@@ -459,6 +511,9 @@ func unmarshalClusterState(b []byte) (*ClusterState, error) {
 	s.Epoch = d.u32()
 	s.AttachGen = d.u64()
 	s.Shutdown = d.bool()
+	for i, n := 0, d.count(8); i < n; i++ {
+		s.Removed = append(s.Removed, NodeID(d.u64()))
+	}
 	for i, n := 0, d.count(38); i < n; i++ {
 		s.Nodes = append(s.Nodes, decodeNode(&d))
 	}

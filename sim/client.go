@@ -45,15 +45,15 @@ type client struct {
 
 type pendingOp struct {
 	abandoned bool // the client gave up waiting; a late reply still settles a write
-	kind   core.ReqType
-	first  int
-	blocks int
-	values []uint64
-	hids   []linearizability.OpID
-	recs   []*writeRec
-	gw     *node
-	gwGen  int
-	call   int64
+	kind      core.ReqType
+	first     int
+	blocks    int
+	values    []uint64
+	hids      []linearizability.OpID
+	recs      []*writeRec
+	gw        *node
+	gwGen     int
+	call      int64
 }
 
 // tornBit marks the value of a read whose block mixed two writes: no
@@ -181,7 +181,11 @@ func (s *Sim) clientNext(c *client) {
 		// moves the volume to another node, taking the attach lock over
 		// (as a VM restarted elsewhere would): its later reads then see
 		// the cluster through another gateway.
-		s.at(int64(300+s.rng.IntN(700))*ms, func() {
+		wait := int64(300+s.rng.IntN(700)) * ms
+		if c.observer {
+			wait = int64(30+s.rng.IntN(70)) * ms // a reader just tries elsewhere
+		}
+		s.at(wait, func() {
 			if c.pending != op {
 				return
 			}
@@ -205,9 +209,11 @@ func (s *Sim) clientDone(c *client, op *pendingOp, rep core.Reply) {
 	if op.abandoned {
 		if op.kind != core.ReqRead {
 			if rep.Code == core.OK {
+				// The write took effect by now, but the client never saw
+				// it complete: no flush of the client covers it.
 				for i, id := range op.hids {
 					s.hist.Complete(id, 0, s.now)
-					op.recs[i].ret, op.recs[i].ok = s.now, true
+					op.recs[i].ret = s.now
 				}
 			} else {
 				s.resolveLost(op)

@@ -25,7 +25,8 @@ func (s *Sim) impaired() int {
 			if _, ok := cs.Member(nd.info.ID); ok && !nd.left || member {
 				cnt++
 			}
-		case s.isolated(nd) || !nd.n.Serving() || !nd.n.Recovery().Finished:
+		case s.isolated(nd) || !nd.n.Serving() || !nd.n.Recovery().Finished || len(nd.disk.corrupt) > 0:
+			// (a node holding a corrupted replica counts until it is repaired)
 			cnt++
 		}
 	}
@@ -51,7 +52,7 @@ func (s *Sim) faultLoop() {
 	if s.healed || s.checking {
 		return
 	}
-	if s.opsStarted >= s.cfg.Ops*7/10 {
+	if s.opsStarted >= s.cfg.Ops*7/10 || s.now-s.workloadStart > faultPhaseLimit {
 		s.heal()
 		return
 	}
@@ -213,6 +214,16 @@ func (s *Sim) faultPartition(budget int, oneWay bool) {
 	partial := s.rng.IntN(2) == 0
 	dir := s.rng.IntN(2)
 	var links [][2]int
+	if lead := s.leader(); lead != nil && !cut[lead.idx] && s.rng.IntN(3) == 0 {
+		// Cut the nodes off from the leader only: they stop learning
+		// new epochs but keep talking to everyone else.
+		for idx := range cut {
+			links = append(links, [2]int{idx, lead.idx}, [2]int{lead.idx, idx})
+		}
+		partial = true
+		oneWay = false
+		goto apply
+	}
 	for _, a := range s.nodes {
 		for _, b := range s.nodes {
 			if !cut[a.idx] || cut[b.idx] || (partial && s.rng.IntN(2) == 0) {
@@ -226,11 +237,12 @@ func (s *Sim) faultPartition(budget int, oneWay bool) {
 			}
 		}
 	}
+apply:
 	s.tracef("partition: %d nodes cut off (one-way=%v, %d links)", k, oneWay, len(links))
 	for _, l := range links {
 		s.net.blocked[l] = true
 	}
-	s.at(int64(100+s.rng.IntN(700))*ms, func() {
+	s.at(int64(100+s.rng.IntN(1400))*ms, func() {
 		for _, l := range links {
 			delete(s.net.blocked, l)
 		}
@@ -255,10 +267,18 @@ func (s *Sim) faultCorrupt() {
 	}
 	slices.Sort(oids)
 	oid := oids[s.rng.IntN(len(oids))]
+	o := nd.disk.current[coreOID(oid)]
+	intact := false
 	for _, other := range s.nodes {
 		if other.disk.corrupt[coreOID(oid)] {
 			return // keep at most one bad replica per object
 		}
+		if oc := other.disk.current[coreOID(oid)]; other != nd && other.up && oc != nil && oc.meta == o.meta {
+			intact = true
+		}
+	}
+	if !intact {
+		return // the only copy of this version: corrupting it is data loss, not a test
 	}
 	s.tracef("node %d: object %016x corrupted", nd.info.ID, oid)
 	nd.disk.corrupt[coreOID(oid)] = true
@@ -278,4 +298,14 @@ func (s *Sim) heal() {
 			s.startNode(nd)
 		}
 	}
+}
+
+// leader is the running node that leads the cluster log, if any.
+func (s *Sim) leader() *node {
+	for _, nd := range s.liveNodes() {
+		if nd.n.IsLeader() && !s.isolated(nd) {
+			return nd
+		}
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ const (
 	setupTimeout    = 30_000 * ms
 	convergeTimeout = 120_000 * ms
 	runTimeLimit    = 1_800_000 * ms
+	faultPhaseLimit = 60_000 * ms // faults stop after this even if the workload is slow
 )
 
 func (s *Sim) run() Result {
@@ -121,10 +122,16 @@ func (s *Sim) adminUntilOK(what string, mk func() *core.Request, then func(core.
 			}
 			s.at(20*ms, try)
 		})
-		// A crash loses the reply: try elsewhere.
+		// A crash loses the reply: try elsewhere. A live node must answer.
 		s.at(setupTimeout/10, func() {
 			if !answered && (!nd.up || nd.gen != gen) {
 				try()
+			}
+		})
+		s.at(setupTimeout, func() {
+			if !answered && nd.up && nd.gen == gen {
+				s.problem("admin request %s to node %d never answered", what, nd.info.ID)
+				s.queue = s.queue[:0]
 			}
 		})
 	}
@@ -160,6 +167,7 @@ func (s *Sim) createVolumes(i int, finish func()) {
 
 func (s *Sim) startWorkload(finish func()) {
 	s.tracef("workload starts")
+	s.workloadStart = s.now
 	s.finish = finish
 	id := 0
 	for _, v := range s.vdis {
@@ -190,6 +198,13 @@ func (s *Sim) maybeWorkloadDone() {
 	s.checking = true
 	s.heal()
 	s.waitConverged(func() {
+		s.checkVolumes(0, s.afterCheck)
+	})
+}
+
+// afterCheck runs the end-of-run checks once every volume was verified.
+func (s *Sim) afterCheck() {
+	s.waitConverged(func() {
 		s.checkRedundancy()
 		s.checkHistory()
 		if s.cfg.Faults.Has(FaultPowerLoss) {
@@ -197,6 +212,23 @@ func (s *Sim) maybeWorkloadDone() {
 			return
 		}
 		s.finish()
+	})
+}
+
+// checkVolumes runs `vdi check` on every volume: it repairs silently
+// corrupted replicas, which the redundancy check then verifies.
+func (s *Sim) checkVolumes(i int, then func()) {
+	if i == len(s.vdis) {
+		then()
+		return
+	}
+	v := s.vdis[i]
+	s.adminUntilOK("check "+v.name, func() *core.Request {
+		return &core.Request{Type: core.ReqCheck, VID: v.vid}
+	}, func(rep core.Reply) {
+		s.tracef("volume %d checked: %d objects, %d replicas repaired", v.idx, rep.Checked, rep.Repaired)
+		s.repaired += int(rep.Repaired)
+		s.checkVolumes(i+1, then)
 	})
 }
 

@@ -125,18 +125,18 @@ func (q *eventQueue) Pop() any {
 }
 
 type node struct {
-	idx     int
-	info    core.NodeInfo
-	n       *core.Node
-	disk    *simDisk
-	up      bool
-	left    bool
-	started bool
-	gen     int
-	period  int64
-	slow    int64   // extra disk latency, µs
-	errP    float64 // probability a disk operation fails
-	crashAfterAck bool // crash right after acknowledging a write (a targeted crash)
+	idx           int
+	info          core.NodeInfo
+	n             *core.Node
+	disk          *simDisk
+	up            bool
+	left          bool
+	started       bool
+	gen           int
+	period        int64
+	slow          int64   // extra disk latency, µs
+	errP          float64 // probability a disk operation fails
+	crashAfterAck bool    // crash right after acknowledging a write (a targeted crash)
 }
 
 // Sim is one simulated run.
@@ -166,6 +166,8 @@ type Sim struct {
 	finish                         func()
 	html                           string
 	leaves, joins                  int
+	repaired                       int
+	workloadStart                  int64
 	problems                       []string
 	objSizes                       map[uint32]int
 }

@@ -1,0 +1,160 @@
+package core
+
+// Checking a VDI (`vdi check`): every object goes through its primary,
+// which orders the check like a write. The primary verifies its own copy
+// (checksums, repairing it from a co-replica if corrupted), then asks each
+// replica to verify its copy against the primary's version; a replica
+// whose copy is corrupted, missing or at another version replaces it with
+// the primary's.
+
+const checkWindow = 32
+
+func (n *Node) clientCheck(r *Request) {
+	fail := func(c Code) { n.reply(Reply{ID: r.ID, Code: c}) }
+	if !n.serving {
+		fail(ErrNotReady)
+		return
+	}
+	v := n.cs.VDI(r.VID)
+	if v == nil || v.Deleted {
+		fail(ErrNoVDI)
+		return
+	}
+	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks)}
+	total := v.Objects()
+	cop.pending = int(total)
+	if total == 0 {
+		n.reply(Reply{ID: r.ID})
+		return
+	}
+	n.after(int64(n.t.OpTimeoutTicks), func() { n.gw.timeout(n, cop) })
+	next := uint32(0)
+	var launch func()
+	launch = func() {
+		for next < total && int(next)-int(total)+cop.pending < checkWindow {
+			s := &subOp{cop: cop, oid: DataOID(v.ID, next), op: OpCheck, len: uint32(1) << v.BlockShift}
+			s.onDone = launch
+			next++
+			n.gw.dispatch(n, s)
+		}
+	}
+	launch()
+}
+
+// primaryCheck runs OpCheck at the primary, exclusively.
+func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
+	o.active = p
+	finish := func(code Code) {
+		if o.active != p {
+			return
+		}
+		o.active = nil
+		n.respondIOCount(p, code, uint32(p.repaired))
+		n.runPrimary(oid)
+	}
+	verifyReplicas := func() {
+		others := p.reps[1:]
+		if len(others) == 0 {
+			finish(OK)
+			return
+		}
+		left := len(others)
+		epoch := n.epoch
+		for _, r := range others {
+			id := n.rpc(&Message{Type: MsgCheckReq, To: r, OID: oid, Version: o.meta.Version}, func(resp *Message) {
+				if o.active != p || epoch != n.epoch {
+					return
+				}
+				switch resp.Code {
+				case OK:
+				case ErrNotReady:
+					finish(ErrNotReady)
+					return
+				default:
+					if p.code == OK {
+						p.code = resp.Code
+					}
+				}
+				if resp.Flags&FlagRepaired != 0 {
+					p.repaired++
+				}
+				left--
+				if left == 0 {
+					finish(p.code)
+				}
+			})
+			p.calls = append(p.calls, id)
+		}
+	}
+	if !o.present || o.meta.Deleted {
+		verifyReplicas()
+		return
+	}
+	n.readLocal(oid, 0, n.objectSize(oid), func(d DiskDone) {
+		switch d.Err {
+		case OK:
+			verifyReplicas()
+		case ErrCorrupt:
+			n.repair(oid, func(ok bool) {
+				if !ok {
+					finish(ErrCorrupt)
+					return
+				}
+				p.repaired++
+				verifyReplicas()
+			})
+		default:
+			finish(d.Err)
+		}
+	})
+}
+
+// handleCheck verifies the local copy against the primary's version and
+// replaces it with the primary's copy if it is corrupted or differs.
+func (n *Node) handleCheck(m *Message) {
+	if !n.epochGate(m, MsgCheckResp) {
+		return
+	}
+	if !n.objectReady(m.OID) {
+		n.whenReady(m.OID, func() { n.handleCheck(m) })
+		return
+	}
+	o := n.obj(m.OID)
+	if o.diskBusy || o.catchingUp || o.repairing {
+		o.waiting = append(o.waiting, func() { n.handleCheck(m) })
+		return
+	}
+	fix := func() {
+		n.catchUpFrom(m.OID, m.From, m.Version, func(c Code) {
+			r := n.respond(m, MsgCheckResp, c)
+			if c == OK {
+				r.Flags |= FlagRepaired
+			}
+		})
+	}
+	switch {
+	case !o.present && m.Version == 0:
+		n.respond(m, MsgCheckResp, OK)
+	case m.Version == 0:
+		n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) {
+			r := n.respond(m, MsgCheckResp, c)
+			r.Flags |= FlagRepaired
+		})
+	case !o.present || o.meta.Version != m.Version:
+		fix()
+	case o.meta.Deleted:
+		n.respond(m, MsgCheckResp, OK)
+	default:
+		n.readLocal(m.OID, 0, n.objectSize(m.OID), func(d DiskDone) {
+			switch d.Err {
+			case OK:
+				n.respond(m, MsgCheckResp, OK)
+			case ErrCorrupt:
+				n.note("object " + m.OID.String() + " is corrupted here: replacing it with the primary's copy")
+				fix()
+			default:
+				n.respond(m, MsgCheckResp, d.Err)
+			}
+		})
+	}
+}

@@ -1,0 +1,59 @@
+package sim
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/sheepdog-go/sheepdog/linearizability"
+)
+
+// TestDebugSeed replays one seed with a full trace, for investigating a
+// failure: SIM_SEED=52 SIM_BLOCK=23 go test ./sim -run TestDebugSeed -v
+// It runs the default fault set (SIM_FAULTS overrides) and always passes
+// unless the replay itself fails to run.
+func TestDebugSeed(t *testing.T) {
+	seed, err := strconv.ParseUint(os.Getenv("SIM_SEED"), 10, 64)
+	if err != nil {
+		seed = 1
+	}
+	cfg := DefaultConfig()
+	cfg.Seed = seed
+	if f := os.Getenv("SIM_FAULTS"); f != "" {
+		if cfg.Faults, err = ParseFaults(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := os.Getenv("SIM_TRACE_FILE")
+	if out == "" {
+		out = os.DevNull
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg.Trace = f
+	s := newSim(cfg)
+	res := s.run()
+	t.Logf("problems: %v", res.Problems)
+	block, err := strconv.ParseUint(os.Getenv("SIM_BLOCK"), 10, 64)
+	if err != nil {
+		return
+	}
+	for _, op := range s.hist.Ops() {
+		if op.Block != block {
+			continue
+		}
+		k := "w"
+		if op.Kind == linearizability.Read {
+			k = "r"
+		}
+		ret := fmt.Sprint(op.Return)
+		if op.Return == linearizability.Pending {
+			ret = "?"
+		}
+		t.Logf("%s v=%#x call=%d ret=%s %s", k, op.Value, op.Call, ret, op.Note)
+	}
+}
