@@ -113,6 +113,12 @@ func (r *Ring) Place(dst []NodeID, oid OID, copies int) []NodeID {
 	if pos == len(r.vnodes) {
 		pos = 0
 	}
+	return r.placeFrom(dst, pos, copies)
+}
+
+// placeFrom walks the ring from vnode pos.
+func (r *Ring) placeFrom(dst []NodeID, pos int, copies int) []NodeID {
+	n := r.EffectiveCopies(copies)
 	start := len(dst)
 	var zoneBuf [16]uint32
 	zones := zoneBuf[:0]

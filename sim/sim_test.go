@@ -1,20 +1,217 @@
 package sim
 
 import (
+	"context"
+	"flag"
+	"fmt"
 	"os"
+	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
-func TestSmokeNoFaults(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Faults = 0
-	cfg.Ops = 200
-	if os.Getenv("SIM_TRACE") != "" {
-		cfg.Trace = os.Stderr
+var (
+	flagSeeds  = flag.Int("sim.seeds", 200, "seeds TestSeeds runs")
+	flagFirst  = flag.Uint64("sim.first", 1, "first seed of TestSeeds")
+	flagFaults = flag.String("sim.faults", "all", "faults of TestSeeds")
+	flagOps    = flag.Int("sim.ops", 2000, "client operations per run in TestSeeds")
+)
+
+func batch(t *testing.T, cfg Config, first uint64, runs int) Summary {
+	t.Helper()
+	return Batch{Config: cfg, First: first, Runs: runs}.Run(context.Background(), nil)
+}
+
+func describeFailures(s Summary) string {
+	var b strings.Builder
+	for _, r := range s.Failures {
+		fmt.Fprintf(&b, "\n  seed %d: %s\n    replay: %s", r.Seed, strings.Join(r.Problems, "; "), ReplayCommand(Config{Seed: r.Seed}))
 	}
-	res := Run(cfg)
-	t.Logf("ops=%d failed=%d simtime=%dms events=%d hash=%x", res.Ops, res.Failed, res.SimTime/1000, res.Events, res.TraceHash)
-	for _, p := range res.Problems {
-		t.Error(p)
+	return b.String()
+}
+
+// TestSeeds runs the default configuration with every fault on many seeds:
+// every run must pass every check.
+func TestSeeds(t *testing.T) {
+	faults, err := ParseFaults(*flagFaults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Faults = faults
+	cfg.Ops = *flagOps
+	s := batch(t, cfg, *flagFirst, *flagSeeds)
+	t.Log(s)
+	if len(s.Failures) > 0 {
+		t.Fatalf("%d of %d seeds failed:%s", len(s.Failures), s.Runs, describeFailures(s))
+	}
+}
+
+// TestRegressionSeeds replays every seed that failed during development,
+// with the faults it failed under. The bug each one found is noted.
+func TestRegressionSeeds(t *testing.T) {
+	tests := []struct {
+		seed   uint64
+		faults string
+		found  string
+	}{
+		{9, "partition", "a deposed leader's queued 'leave' proposals removed live nodes"},
+		{11, "partition", "same"},
+		{13, "oneway", "a leader that hears nobody declared everyone dead"},
+		{24, "oneway", "same"},
+		{6, "diskerror", "a failed write left replicas diverged"},
+		{12, "diskerror", "same"},
+		{2, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a lost snapshot message left a new node stuck"},
+		{13, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "the only seed address had left"},
+		{53, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a lost 'recovered' announcement blocked garbage collection"},
+		{52, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a partition split the cluster and the leader removed more nodes than copies allow"},
+		{269, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "nodes that came back still counted as removed"},
+		{120, "all", "concurrent repairs overwrote a write acknowledged meanwhile"},
+		{60, "all", "recovery waited forever for a version whose only copy was corrupted"},
+		{67, "all", "a corrupted replica plus two failures: the sim exceeded its fault budget"},
+		{72, "all", "a late-settled write was counted as flushed"},
+		{98, "all", "a retransmitted converge request looped forever"},
+		{867, "all", "an object busy during garbage collection was never collected"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
+			t.Parallel()
+			cfg := DefaultConfig()
+			cfg.Seed = tt.seed
+			f, err := ParseFaults(tt.faults)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Faults = f
+			if r := Run(cfg); !r.OK() {
+				t.Fatalf("seed %d (found: %s) fails again: %v\nreplay: %s", tt.seed, tt.found, r.Problems, ReplayCommand(cfg))
+			}
+		})
+	}
+}
+
+// TestPlantedBugs proves the checks can fail: each planted bug must be
+// caught within 200 seeds of the default configuration.
+func TestPlantedBugs(t *testing.T) {
+	for _, p := range Plants {
+		t.Run(p.Name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Bugs = p.Bugs
+			const chunk = 16
+			for first := uint64(1); first <= 200; first += chunk {
+				s := batch(t, cfg, first, int(min(chunk, 201-first)))
+				if len(s.Failures) > 0 {
+					r := s.Failures[0]
+					t.Logf("%s caught by seed %d: %s", p.Name, r.Seed, r.Problems[0])
+					return
+				}
+			}
+			t.Fatalf("planted bug %s (%s) not caught in 200 seeds", p.Name, p.Doc)
+		})
+	}
+}
+
+// TestDeterminism: the same seed gives the same trace, byte for byte
+// (its hash), also with every message round-tripped through its wire
+// encoding; different seeds give different traces.
+func TestDeterminism(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"default", func(*Config) {}},
+		{"codec", func(c *Config) { c.Codec = true }},
+		{"no faults", func(c *Config) { c.Faults = 0 }},
+		{"planted bug", func(c *Config) { c.Bugs.ReadAny = true }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var hashes [][]uint64
+			for rep := 0; rep < 2; rep++ {
+				var hs []uint64
+				for seed := uint64(1); seed <= 3; seed++ {
+					cfg := DefaultConfig()
+					cfg.Seed = seed
+					cfg.Ops = 500
+					tt.mod(&cfg)
+					hs = append(hs, Run(cfg).TraceHash)
+				}
+				hashes = append(hashes, hs)
+			}
+			if diff := cmp.Diff(hashes[0], hashes[1]); diff != "" {
+				t.Fatalf("same seeds, different traces (-first +second):\n%s", diff)
+			}
+			if hashes[0][0] == hashes[0][1] || hashes[0][1] == hashes[0][2] {
+				t.Fatalf("different seeds gave the same trace hash: %x", hashes[0])
+			}
+		})
+	}
+}
+
+// TestCodecRuns runs seeds with every message encoded and decoded, which
+// checks the wire format against everything the core sends.
+func TestCodecRuns(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Codec = true
+	cfg.Ops = 1000
+	s := batch(t, cfg, 1000, 8)
+	if len(s.Failures) > 0 {
+		t.Fatalf("failures with the codec:%s", describeFailures(s))
+	}
+}
+
+// TestFailureWritesVisualisation: a failing run names its replay command
+// and writes porcupine's visualisation.
+func TestFailureWritesVisualisation(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Bugs.SkipRecovery = true
+	cfg.OutDir = dir
+	for seed := uint64(1); seed <= 50; seed++ {
+		cfg.Seed = seed
+		r := Run(cfg)
+		if r.OK() || r.HTML == "" {
+			continue
+		}
+		b, err := os.ReadFile(r.HTML)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "<html") && !strings.Contains(string(b), "<!DOCTYPE") {
+			t.Fatalf("%s does not look like HTML", r.HTML)
+		}
+		if cmd := ReplayCommand(cfg); !strings.Contains(cmd, fmt.Sprintf("--seed %d", seed)) || !strings.Contains(cmd, "--plant skip-recovery") {
+			t.Fatalf("replay command %q", cmd)
+		}
+		return
+	}
+	t.Fatal("no failing run with a visualisation in 50 seeds of skip-recovery")
+}
+
+func TestParseFaults(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Faults
+		err  bool
+	}{
+		{"all", AllFaults, false},
+		{"none", 0, false},
+		{"crash,loss", FaultCrash | FaultLoss, false},
+		{"crash, partition", FaultCrash | FaultPartition, false},
+		{"bogus", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseFaults(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ParseFaults(%q) = %v, %v", tt.in, got, err)
+		}
+		if err == nil {
+			back, _ := ParseFaults(got.String())
+			if back != got {
+				t.Errorf("round trip of %q: %v", tt.in, back)
+			}
+		}
 	}
 }
