@@ -21,6 +21,8 @@ func (n *Node) dispatch(m *Message) {
 		n.stepRaft(m)
 	case MsgJoin:
 		n.handleJoin(m)
+	case MsgJoinAck:
+		n.handleJoinAck(m)
 	case MsgLeaseReq:
 		n.handleLeaseReq(m)
 	case MsgIO:

@@ -55,6 +55,15 @@ func (n *Node) handleJoin(m *Message) {
 	if _, known := n.addrs[info.ID]; !known || n.isLeader {
 		n.addrs[info.ID] = info.Addr
 	}
+	// Tell the joiner where everyone is: it needs the leader's address to
+	// answer raft before it has the cluster state.
+	if info.ID != n.id {
+		nodes := append([]NodeInfo(nil), n.cs.Nodes...)
+		if _, ok := n.cs.Member(n.id); !ok {
+			nodes = append(nodes, n.self)
+		}
+		n.send(&Message{Type: MsgJoinAck, To: info.ID, ToAddr: info.Addr, Nodes: nodes})
+	}
 	if n.isLeader {
 		n.pendingJoins[info.ID] = joinRequest{info: info, auto: m.Flags&1 != 0, at: n.now}
 		return
@@ -140,7 +149,7 @@ func (n *Node) admitJoins() {
 			continue
 		}
 		n.joinProposed[id] = n.now
-		n.propose(&Cmd{Type: CmdJoin, Node: j.info, AutoVNodes: j.auto, Term: n.term()}, func(Result) {})
+		n.propose(&Cmd{Type: CmdJoin, Node: j.info, AutoVNodes: j.auto, Term: n.term(), Time: n.wall}, func(Result) {})
 	}
 }
 
@@ -176,7 +185,7 @@ func (n *Node) detectFailures() {
 		pending++
 		n.leaveProposed[m.ID] = n.now
 		n.note(fmt.Sprintf("node %d: declaring node %d dead after %d silent ticks", n.id, m.ID, n.now-last))
-		n.propose(&Cmd{Type: CmdLeave, NodeID: m.ID, Inc: m.Incarnation, Term: n.term()}, func(Result) {})
+		n.propose(&Cmd{Type: CmdLeave, NodeID: m.ID, Inc: m.Incarnation, Term: n.term(), Time: n.wall}, func(Result) {})
 	}
 }
 
@@ -214,8 +223,11 @@ func (n *Node) reconcileVoters() {
 	if live < target {
 		learners := slices.Clone(n.conf.Learners)
 		slices.Sort(learners)
+		st := n.rn.Status()
 		for _, l := range learners {
-			if isMember(l) && n.now-n.lastHeard[NodeID(l)] <= int64(n.t.ElectionTicks) {
+			// Only a learner that has caught up with the log becomes a
+			// voter: a lagging one would stall commits.
+			if pr, ok := st.Progress[l]; ok && isMember(l) && pr.Match >= st.Commit && n.now-n.lastHeard[NodeID(l)] <= int64(n.t.ElectionTicks) {
 				propose(raftpb.ConfChangeAddNode, l)
 				return
 			}
@@ -280,4 +292,15 @@ func (n *Node) markStable() {
 	}
 	n.stableProposed, n.stableAt = n.epoch, n.now
 	n.propose(&Cmd{Type: CmdStable, Epoch: n.epoch, Term: n.term()}, func(Result) {})
+}
+
+// handleJoinAck learns the members' addresses from a node it asked to join.
+func (n *Node) handleJoinAck(m *Message) {
+	for _, info := range m.Nodes {
+		if info.ID != n.id && info.Addr != "" {
+			if _, ok := n.addrs[info.ID]; !ok {
+				n.addrs[info.ID] = info.Addr
+			}
+		}
+	}
 }

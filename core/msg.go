@@ -30,6 +30,7 @@ const (
 	MsgRecovered                     // I hold every object the epoch places on me
 	MsgCheckReq                      // vdi check: version and digest of an object
 	MsgCheckResp                     //
+	MsgJoinAck                       // answer to MsgJoin: the members and their addresses
 	msgTypeEnd
 )
 
@@ -38,7 +39,7 @@ var msgTypeNames = [...]string{
 	MsgIO: "io", MsgIOResp: "io-resp", MsgRepl: "repl", MsgReplResp: "repl-resp",
 	MsgSync: "sync", MsgSyncResp: "sync-resp", MsgListReq: "list-req", MsgListResp: "list-resp",
 	MsgFetchReq: "fetch-req", MsgFetchResp: "fetch-resp", MsgRecovered: "recovered",
-	MsgCheckReq: "check-req", MsgCheckResp: "check-resp",
+	MsgCheckReq: "check-req", MsgCheckResp: "check-resp", MsgJoinAck: "join-ack",
 }
 
 func (t MsgType) String() string {
@@ -167,6 +168,7 @@ type Message struct {
 	ReqID   uint64 // client write id, for de-duplication of retries
 	Data    []byte
 	Node    *NodeInfo       // MsgJoin
+	Nodes   []NodeInfo      // MsgJoinAck
 	Objects []ObjVersion    // MsgListResp
 	OIDs    []OID           // MsgSync
 	Raft    *raftpb.Message // MsgRaft
@@ -178,7 +180,7 @@ func (m *Message) String() string {
 
 // Size estimates the encoded size, for accounting.
 func (m *Message) Size() int {
-	n := 64 + len(m.Data) + len(m.Objects)*17 + len(m.OIDs)*8 + len(m.ToAddr)
+	n := 64 + len(m.Data) + len(m.Objects)*17 + len(m.OIDs)*8 + len(m.ToAddr) + len(m.Nodes)*64
 	if m.Raft != nil {
 		n += m.Raft.Size()
 	}
@@ -220,6 +222,10 @@ func (m *Message) Marshal() ([]byte, error) {
 	e.u32(uint32(len(m.OIDs)))
 	for _, o := range m.OIDs {
 		e.u64(uint64(o))
+	}
+	e.u32(uint32(len(m.Nodes)))
+	for _, n := range m.Nodes {
+		encodeNode(&e, n)
 	}
 	if m.Raft != nil {
 		b, err := m.Raft.Marshal()
@@ -273,6 +279,12 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		m.OIDs = make([]OID, n)
 		for i := range m.OIDs {
 			m.OIDs[i] = OID(d.u64())
+		}
+	}
+	if n := d.count(38); n > 0 {
+		m.Nodes = make([]NodeInfo, n)
+		for i := range m.Nodes {
+			m.Nodes[i] = decodeNode(&d)
 		}
 	}
 	if rb := d.bytes(); rb != nil {

@@ -108,8 +108,10 @@ func (r *Ready) Empty() bool {
 // Event is an input to Step: Tick, *Message, DiskDone or *Request.
 type Event interface{ isEvent() }
 
-// Tick advances the node's clock by one tick.
-type Tick struct{}
+// Tick advances the node's clock by one tick. Unix, if set, is the
+// driver's wall-clock time in seconds, used only to timestamp cluster log
+// entries (epoch history, creation times).
+type Tick struct{ Unix int64 }
 
 func (Tick) isEvent()     {}
 func (*Message) isEvent() {}
@@ -150,6 +152,7 @@ type Node struct {
 	bugs   Bugs
 	rand   *rand.Rand
 	now    int64
+	wall   int64 // last wall-clock time a tick brought (unix seconds)
 	out    Ready
 	nextID uint64
 
@@ -279,6 +282,9 @@ func (n *Node) Step(ev Event) {
 	}
 	switch e := ev.(type) {
 	case Tick:
+		if e.Unix != 0 {
+			n.wall = e.Unix
+		}
 		n.tick()
 	case *Message:
 		n.recv(e)

@@ -9,8 +9,8 @@ import (
 	"github.com/sheepdog-go/sheepdog/core"
 )
 
-// simObj is one stored object. data is nil for an object that reads as
-// zeros; it is never modified in place (writes copy), so records can share.
+// simObj is one stored object; data is nil for an object that reads as
+// zeros.
 type simObj struct {
 	meta core.ObjMeta
 	data []byte
@@ -18,15 +18,14 @@ type simObj struct {
 
 // diskRec is one completed write not yet known to be durable.
 type diskRec struct {
-	seq  uint64
-	kind core.DiskKind
-	oid  core.OID
-	obj  *simObj // the object's state after this write (nil: deleted)
+	seq uint64
+	op  core.DiskOp // the core never modifies the data it hands over
 }
 
 // simDisk models a node's local store: completed writes are visible at
-// once but survive a crash only once synced; a crash keeps a prefix of the
-// unsynced writes, as the production store's journal does.
+// once (current) but survive a crash only once synced (durable); a crash
+// keeps a prefix of the unsynced writes, as the production store's
+// journal does.
 type simDisk struct {
 	objSize func(core.OID) int
 	durable map[core.OID]*simObj
@@ -99,45 +98,54 @@ func (d *simDisk) read(oid core.OID, off, n uint32) ([]byte, core.ObjMeta, core.
 	return out, o.meta, core.OK
 }
 
-// apply executes a completed write and returns its record sequence.
-func (d *simDisk) apply(op *core.DiskOp) uint64 {
-	var next *simObj
+// applyTo executes a write on one of the two views, in place.
+func (d *simDisk) applyTo(objs map[core.OID]*simObj, op *core.DiskOp) {
 	switch op.Kind {
 	case core.DiskWrite:
-		size := d.objSize(op.OID)
-		old := d.current[op.OID]
-		data := make([]byte, size)
-		if old != nil && old.data != nil && !old.meta.Deleted {
-			copy(data, old.data)
+		o := objs[op.OID]
+		if o == nil {
+			o = &simObj{}
+			objs[op.OID] = o
 		}
-		end := int(op.Off) + int(op.Len)
-		if end > size {
-			end = size
+		if o.data == nil || o.meta.Deleted {
+			o.data = make([]byte, d.objSize(op.OID))
 		}
+		end := min(int(op.Off)+int(op.Len), len(o.data))
 		if op.Data != nil {
-			copy(data[op.Off:end], op.Data)
+			copy(o.data[op.Off:end], op.Data)
 		} else {
-			clear(data[op.Off:end])
+			clear(o.data[op.Off:end])
 		}
-		next = &simObj{meta: op.Meta, data: data}
+		o.meta = op.Meta
 	case core.DiskPut:
-		var data []byte
-		if len(op.Data) > 0 && !op.Meta.Deleted {
-			data = make([]byte, d.objSize(op.OID))
-			copy(data, op.Data)
+		o := objs[op.OID]
+		if o == nil {
+			o = &simObj{}
+			objs[op.OID] = o
 		}
-		next = &simObj{meta: op.Meta, data: data}
-		delete(d.corrupt, op.OID)
+		o.meta = op.Meta
+		if len(op.Data) > 0 && !op.Meta.Deleted {
+			if o.data == nil {
+				o.data = make([]byte, d.objSize(op.OID))
+			}
+			n := copy(o.data, op.Data)
+			clear(o.data[n:])
+		} else {
+			o.data = nil
+		}
 	case core.DiskDelete:
-		delete(d.corrupt, op.OID)
+		delete(objs, op.OID)
 	}
-	if next == nil {
-		delete(d.current, op.OID)
-	} else {
-		d.current[op.OID] = next
+}
+
+// apply executes a completed write and returns its record sequence.
+func (d *simDisk) apply(op *core.DiskOp) uint64 {
+	d.applyTo(d.current, op)
+	if op.Kind == core.DiskPut || op.Kind == core.DiskDelete {
+		delete(d.corrupt, op.OID)
 	}
 	d.seq++
-	d.log = append(d.log, diskRec{seq: d.seq, kind: op.Kind, oid: op.OID, obj: next})
+	d.log = append(d.log, diskRec{seq: d.seq, op: *op})
 	return d.seq
 }
 
@@ -145,12 +153,7 @@ func (d *simDisk) apply(op *core.DiskOp) uint64 {
 func (d *simDisk) sync(upto uint64) {
 	i := 0
 	for i < len(d.log) && d.log[i].seq <= upto {
-		r := d.log[i]
-		if r.obj == nil {
-			delete(d.durable, r.oid)
-		} else {
-			d.durable[r.oid] = r.obj
-		}
+		d.applyTo(d.durable, &d.log[i].op)
 		i++
 	}
 	d.log = d.log[i:]
@@ -165,7 +168,11 @@ func (d *simDisk) crash(keep int) {
 	d.log = nil
 	d.current = make(map[core.OID]*simObj, len(d.durable))
 	for oid, o := range d.durable {
-		d.current[oid] = o
+		c := &simObj{meta: o.meta}
+		if o.data != nil {
+			c.data = append([]byte(nil), o.data...)
+		}
+		d.current[oid] = c
 	}
 }
 

@@ -78,11 +78,11 @@ func (s *Sim) deliver(e *event) {
 	if e.from != nil && e.from.gen != e.fgen && e.from != to && s.rng.IntN(2) == 0 {
 		return // the sender crashed with the message still in its buffers
 	}
-	m := *e.msg // each delivery gets its own copy
+	m := e.msg // the core never modifies a message it receives or sent
 	if from := s.byID[m.From]; from != nil && from != to && s.linkBlocked(from, to) {
 		return
 	}
 	s.mix(8, uint64(s.now), uint64(to.idx), uint64(m.Type), uint64(m.From), m.ID)
-	to.n.Step(&m)
+	to.n.Step(m)
 	s.flush(to)
 }

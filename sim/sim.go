@@ -80,6 +80,7 @@ func simTiming() core.Timing {
 const (
 	tickPeriod = 10_000 // µs
 	ms         = 1000
+	simEpoch   = 1_767_225_600 // the wall clock simulated runs start at (2026-01-01)
 )
 
 type evKind uint8
@@ -263,7 +264,7 @@ func (s *Sim) step() bool {
 			return true
 		}
 		s.mix(1, uint64(s.now), uint64(nd.idx))
-		nd.n.Step(core.Tick{})
+		nd.n.Step(core.Tick{Unix: simEpoch + s.now/1_000_000})
 		s.flush(nd)
 		s.push(&event{at: s.now + nd.period, kind: evTick, node: nd, gen: nd.gen})
 	case evDeliver:

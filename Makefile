@@ -1,0 +1,56 @@
+# sheepdog: distributed block storage for QEMU/KVM.
+GO       ?= go
+BIN      := bin/sheepdog
+NODES    ?= 3
+DIR      ?= $(CURDIR)/.sheepdog-local
+SIM_RUNS ?= 1000
+SIM_OPS  ?= 2000
+# Debian packages the tests drive as real clients.
+TEST_PKGS := qemu-utils libnbd-bin fio
+# Packages that start goroutines run again under the race detector.
+RACE_PKGS := ./net/... ./nbd/... ./disk/... ./daemon/... ./linearizability/... ./cmd/...
+
+.PHONY: all build run test deps sim bench lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/sheepdog
+
+# A local cluster of $(NODES) nodes (real TCP on loopback, real disk) with
+# an NBD export ready for QEMU.
+run: build
+	./$(BIN) local --nodes $(NODES) --dir $(DIR)
+
+# Every test, with the real clients installed first.
+test: deps build
+	$(GO) vet ./...
+	$(GO) test ./... -count=1 -timeout 30m
+	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
+	$(GO) test -race -count=1 -run 'TestDeterminism|TestRegressionSeeds' ./sim/
+
+# Installs the Debian packages the tests need, when missing.
+deps:
+	@missing=""; \
+	for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# A longer seeded fault run: $(SIM_RUNS) seeds x $(SIM_OPS) operations, every fault.
+sim: build
+	./$(BIN) sim --seed 1 --runs $(SIM_RUNS) --ops $(SIM_OPS) --faults all --out sim-out
+
+# Performance against a baseline measured in the same run, as ratios.
+bench: deps build
+	./scripts/bench.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; else echo "staticcheck not installed: skipped"; fi
+
+clean:
+	rm -rf bin sim-out

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/sheepdog-go/sheepdog/daemon"
+)
+
+// listFlag collects a comma-separated or repeated flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+func newLogger(e *env, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level: %v", err)
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func sheepCommand() *command {
+	var (
+		cfg      daemon.Config
+		join     listFlag
+		zone     uint
+		logLevel string
+	)
+	return &command{
+		name:  "sheep",
+		short: "run a storage node in the foreground",
+		long: `Runs one sheep. Without --join and with an empty --dir it starts a new
+cluster; with --join it joins the cluster of that member. Restarted with the
+same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.Dir, "dir", "", "data directory (required)")
+			fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7000", "peer and admin address")
+			fs.StringVar(&cfg.NBD, "nbd", "", "NBD address for QEMU and other NBD clients (none if empty)")
+			fs.Var(&join, "join", "address of a member to join through (repeatable)")
+			fs.UintVar(&zone, "zone", 0, "failure zone; replicas go to distinct zones (default: one zone per node)")
+			fs.IntVar(&cfg.VNodes, "vnodes", 0, "virtual nodes on the ring (default: weighted by capacity)")
+			fs.BoolVar(&cfg.Gateway, "gateway", false, "store no data: only serve clients")
+			fs.StringVar(&cfg.Metrics, "metrics", "", "Prometheus /metrics address (none if empty)")
+			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+		},
+		run: func(ctx context.Context, e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("sheep takes no arguments (got %q)", args)
+			}
+			if cfg.Dir == "" {
+				return usagef("sheep: --dir is required")
+			}
+			log, err := newLogger(e, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Join, cfg.Zone, cfg.Logger = join, uint32(zone), log
+			d, err := daemon.New(cfg)
+			if err != nil {
+				return err
+			}
+			if err := d.Run(ctx); err != nil {
+				return fmt.Errorf("sheep: %w", err)
+			}
+			return nil
+		},
+	}
+}
+
+// exists reports whether path exists.
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

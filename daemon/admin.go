@@ -1,0 +1,617 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	sdnet "github.com/sheepdog-go/sheepdog/net"
+)
+
+// AdminRequest is one admin RPC (JSON over the admin channel of the
+// transport, on the node's --listen address).
+type AdminRequest struct {
+	Cmd        string `json:"cmd"`
+	Name       string `json:"name,omitempty"`
+	Size       uint64 `json:"size,omitempty"`
+	Copies     int    `json:"copies,omitempty"`
+	BlockShift int    `json:"block_size_shift,omitempty"`
+	Prealloc   bool   `json:"prealloc,omitempty"`
+	Force      bool   `json:"force,omitempty"`
+	Offset     uint64 `json:"offset,omitempty"`
+	Length     uint64 `json:"length,omitempty"`
+	Data       []byte `json:"data,omitempty"`
+	Session    string `json:"session,omitempty"`
+	Last       bool   `json:"last,omitempty"`
+	VID        uint32 `json:"vid,omitempty"`
+}
+
+// NodeRow describes a member for `node list`.
+type NodeRow struct {
+	Index       int    `json:"index"`
+	ID          string `json:"id"`
+	Addr        string `json:"addr"`
+	NBD         string `json:"nbd,omitempty"`
+	VNodes      int    `json:"vnodes"`
+	Zone        uint32 `json:"zone"`
+	Incarnation uint64 `json:"incarnation"`
+	Capacity    uint64 `json:"capacity"`
+}
+
+// ClusterInfo answers `cluster info`.
+type ClusterInfo struct {
+	Formatted  bool        `json:"formatted"`
+	Copies     int         `json:"copies"`
+	BlockShift int         `json:"block_size_shift"`
+	CTime      int64       `json:"ctime"`
+	Epoch      uint32      `json:"epoch"`
+	Leader     string      `json:"leader"`
+	Voters     []string    `json:"voters"`
+	Nodes      []NodeRow   `json:"nodes"`
+	History    []EpochInfo `json:"history"`
+	Shutdown   bool        `json:"shutdown"`
+}
+
+// EpochInfo is one epoch of the history.
+type EpochInfo struct {
+	Epoch uint32   `json:"epoch"`
+	Time  int64    `json:"time"`
+	Nodes []string `json:"nodes"`
+}
+
+// NodeStatus answers `node info` and feeds `node recovery`.
+type NodeStatus struct {
+	NodeRow
+	Epoch     uint32 `json:"epoch"`
+	Serving   bool   `json:"serving"`
+	Leader    bool   `json:"leader"`
+	Objects   int    `json:"objects"`
+	Used      uint64 `json:"used"`
+	Free      uint64 `json:"free"`
+	Listing   bool   `json:"recovery_listing"`
+	Total     int    `json:"recovery_total"`
+	Remaining int    `json:"recovery_remaining"`
+	Finished  bool   `json:"recovery_finished"`
+	AllDone   bool   `json:"recovery_all_done"`
+	Dir       string `json:"dir"`
+}
+
+// VDIRow describes a VDI for `vdi list`.
+type VDIRow struct {
+	Name       string `json:"name"`
+	ID         uint32 `json:"vid"`
+	Size       uint64 `json:"size"`
+	Used       uint64 `json:"used"`
+	Shared     uint64 `json:"shared"`
+	CTime      int64  `json:"ctime"`
+	Copies     int    `json:"copies"`
+	BlockShift int    `json:"block_size_shift"`
+	Attached   string `json:"attached,omitempty"`
+}
+
+// CheckReport answers `vdi check`.
+type CheckReport struct {
+	Name       string   `json:"name"`
+	Objects    uint64   `json:"objects"`   // object slots in the VDI
+	Allocated  int      `json:"allocated"` // objects written at least once
+	Replicated int      `json:"replicated"`
+	Copies     int      `json:"copies"`
+	Repaired   uint64   `json:"repaired"`
+	Problems   []string `json:"problems,omitempty"`
+}
+
+// objectRow is one stored object, for cluster-wide checks.
+type objectRow struct {
+	OID     uint64 `json:"oid"`
+	Version uint64 `json:"version"`
+	Deleted bool   `json:"deleted,omitempty"`
+}
+
+// holder is one node's copy of an object.
+type holder struct {
+	Node    core.NodeID
+	Version uint64
+	Deleted bool
+}
+
+type adminState struct {
+	mu       sync.Mutex
+	sessions map[string]*writeSession
+}
+
+type writeSession struct {
+	vid  uint32
+	used time.Time
+}
+
+func newAdminState() *adminState { return &adminState{sessions: map[string]*writeSession{}} }
+
+const sessionIdle = time.Minute
+
+// reaper detaches the VDIs of `vdi write` sessions whose client went away.
+func (a *adminState) reaper(ctx context.Context, d *Daemon) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		var stale []*writeSession
+		for id, s := range a.sessions {
+			if time.Since(s.used) > sessionIdle {
+				stale = append(stale, s)
+				delete(a.sessions, id)
+			}
+		}
+		a.mu.Unlock()
+		for _, s := range stale {
+			d.log.Warn("vdi write session abandoned: detaching", "vid", fmt.Sprintf("%06x", s.vid))
+			_, _ = d.Do(ctx, &core.Request{Type: core.ReqDetach, VID: s.vid})
+		}
+	}
+}
+
+func (d *Daemon) onAdmin(ctx context.Context, payload []byte) ([]byte, error) {
+	var r AdminRequest
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return nil, fmt.Errorf("malformed admin request: %w", err)
+	}
+	out, err := d.admin1(ctx, &r)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := out.([]byte); ok {
+		return b, nil
+	}
+	return json.Marshal(out)
+}
+
+func (d *Daemon) do(ctx context.Context, r *core.Request) (core.Reply, error) {
+	r.Time = time.Now().Unix()
+	rep, err := d.Do(ctx, r)
+	if err != nil {
+		return rep, err
+	}
+	if rep.Code != core.OK {
+		return rep, rep.Code
+	}
+	return rep, nil
+}
+
+func (d *Daemon) vdiByName(ctx context.Context, name string) (core.VDI, error) {
+	var v core.VDI
+	found := false
+	if err := d.Query(ctx, func(n *core.Node) {
+		if x := n.Cluster().LookupVDI(name); x != nil {
+			v, found = *x, true
+		}
+	}); err != nil {
+		return v, err
+	}
+	if !found {
+		return v, fmt.Errorf("no VDI named %q", name)
+	}
+	return v, nil
+}
+
+func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
+	switch r.Cmd {
+	case "cluster.format":
+		copies, shift := r.Copies, r.BlockShift
+		if copies == 0 {
+			copies = 3
+		}
+		if shift == 0 {
+			shift = core.DefaultBlockShift
+		}
+		if copies < 1 || copies > 16 || shift < 20 || shift > core.MaxBlockShift {
+			return nil, fmt.Errorf("invalid format: copies must be 1..16 and block size shift 20..%d", core.MaxBlockShift)
+		}
+		_, err := d.do(ctx, &core.Request{Type: core.ReqFormat, Copies: uint8(copies), BlockShift: uint8(shift)})
+		if errors.Is(err, core.ErrInvalid) {
+			return nil, errors.New("cannot format: the cluster has VDIs")
+		}
+		return map[string]string{"status": "formatted"}, err
+	case "cluster.info":
+		return d.clusterInfo(ctx)
+	case "cluster.shutdown":
+		_, err := d.do(ctx, &core.Request{Type: core.ReqShutdown})
+		return map[string]string{"status": "shutting down"}, err
+	case "node.list":
+		ci, err := d.clusterInfo(ctx)
+		return ci.Nodes, err
+	case "node.info", "node.status":
+		return d.nodeStatus(ctx)
+	case "node.recovery":
+		return d.fanOut(ctx, "node.status")
+	case "node.objects":
+		return d.objectRows(ctx, r.VID)
+	case "peer.msg":
+		m, err := core.UnmarshalMessage(r.Data)
+		if err != nil {
+			return nil, fmt.Errorf("bad peer message: %w", err)
+		}
+		if m.Type != core.MsgJoin {
+			return nil, errors.New("only join messages come through the admin channel")
+		}
+		d.post(event{msg: m})
+		return map[string]string{}, nil
+	case "vdi.create":
+		if r.Copies < 0 || r.Copies > 16 || (r.BlockShift != 0 && (r.BlockShift < 20 || r.BlockShift > core.MaxBlockShift)) {
+			return nil, errors.New("invalid copies or block size shift")
+		}
+		rep, err := d.do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: r.Name, Size: r.Size, Copies: uint8(r.Copies), BlockShift: uint8(r.BlockShift)})
+		if err != nil {
+			return nil, vdiErr(r.Name, err)
+		}
+		if r.Prealloc {
+			if err := d.prealloc(ctx, rep.VID, r.Size); err != nil {
+				return nil, fmt.Errorf("VDI %q created, but preallocating failed: %w", r.Name, err)
+			}
+		}
+		return map[string]any{"vid": rep.VID}, nil
+	case "vdi.delete":
+		_, err := d.do(ctx, &core.Request{Type: core.ReqDeleteVDI, Name: r.Name, Force: r.Force})
+		return map[string]string{}, vdiErr(r.Name, err)
+	case "vdi.resize":
+		_, err := d.do(ctx, &core.Request{Type: core.ReqResizeVDI, Name: r.Name, Size: r.Size})
+		if errors.Is(err, core.ErrInvalid) {
+			return nil, fmt.Errorf("cannot resize %q to %d bytes: a VDI can only grow, up to 4 TiB at 4 MiB objects", r.Name, r.Size)
+		}
+		return map[string]string{}, vdiErr(r.Name, err)
+	case "vdi.list":
+		return d.vdiList(ctx)
+	case "vdi.read":
+		v, err := d.vdiByName(ctx, r.Name)
+		if err != nil {
+			return nil, err
+		}
+		if r.Length > 8<<20 {
+			return nil, errors.New("read at most 8 MiB per request")
+		}
+		if r.Offset >= v.Size {
+			return []byte{}, nil
+		}
+		n := min(r.Length, v.Size-r.Offset)
+		rep, err := d.do(ctx, &core.Request{Type: core.ReqRead, VID: v.ID, Off: r.Offset, Len: n})
+		if err != nil {
+			return nil, err
+		}
+		return rep.Data, nil
+	case "vdi.write":
+		return d.vdiWrite(ctx, r)
+	case "vdi.check":
+		return d.vdiCheck(ctx, r.Name)
+	}
+	return nil, fmt.Errorf("unknown admin command %q", r.Cmd)
+}
+
+func vdiErr(name string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, core.ErrNoVDI):
+		return fmt.Errorf("no VDI named %q", name)
+	case errors.Is(err, core.ErrVDIExists):
+		return fmt.Errorf("VDI %q exists already", name)
+	case errors.Is(err, core.ErrLocked):
+		return fmt.Errorf("VDI %q is attached (in use); detach it first", name)
+	case errors.Is(err, core.ErrNotFormatted):
+		return errors.New("the cluster is not formatted: run 'sheepdog cluster format' first")
+	case errors.Is(err, core.ErrInvalid):
+		return fmt.Errorf("invalid request for VDI %q (name, size or copies)", name)
+	}
+	return err
+}
+
+func (d *Daemon) prealloc(ctx context.Context, vid uint32, size uint64) error {
+	if _, err := d.do(ctx, &core.Request{Type: core.ReqAttach, VID: vid}); err != nil {
+		return err
+	}
+	defer d.do(context.Background(), &core.Request{Type: core.ReqDetach, VID: vid})
+	const step = 64 << 20
+	for off := uint64(0); off < size; off += step {
+		if _, err := d.do(ctx, &core.Request{Type: core.ReqZero, VID: vid, Off: off, Len: min(step, size-off), NoHole: true}); err != nil {
+			return err
+		}
+	}
+	_, err := d.do(ctx, &core.Request{Type: core.ReqFlush, VID: vid})
+	return err
+}
+
+func (d *Daemon) vdiWrite(ctx context.Context, r *AdminRequest) (any, error) {
+	v, err := d.vdiByName(ctx, r.Name)
+	if err != nil {
+		return nil, err
+	}
+	if r.Session == "" {
+		return nil, errors.New("vdi write needs a session id")
+	}
+	if r.Offset+uint64(len(r.Data)) > v.Size {
+		return nil, fmt.Errorf("write of %d bytes at %d goes past the end of %q (%d bytes)", len(r.Data), r.Offset, r.Name, v.Size)
+	}
+	d.admin.mu.Lock()
+	s := d.admin.sessions[r.Session]
+	d.admin.mu.Unlock()
+	if s == nil {
+		if _, err := d.do(ctx, &core.Request{Type: core.ReqAttach, VID: v.ID}); err != nil {
+			return nil, vdiErr(r.Name, err)
+		}
+		s = &writeSession{vid: v.ID}
+		d.admin.mu.Lock()
+		d.admin.sessions[r.Session] = s
+		d.admin.mu.Unlock()
+	}
+	s.used = time.Now()
+	if len(r.Data) > 0 {
+		if _, err := d.do(ctx, &core.Request{Type: core.ReqWrite, VID: v.ID, Off: r.Offset, Len: uint64(len(r.Data)), Data: r.Data}); err != nil {
+			return nil, err
+		}
+	}
+	if r.Last {
+		d.admin.mu.Lock()
+		delete(d.admin.sessions, r.Session)
+		d.admin.mu.Unlock()
+		_, ferr := d.do(ctx, &core.Request{Type: core.ReqFlush, VID: v.ID})
+		_, derr := d.do(ctx, &core.Request{Type: core.ReqDetach, VID: v.ID})
+		if ferr != nil {
+			return nil, fmt.Errorf("flush: %w", ferr)
+		}
+		if derr != nil {
+			return nil, fmt.Errorf("detach: %w", derr)
+		}
+	}
+	return map[string]int{"written": len(r.Data)}, nil
+}
+
+func (d *Daemon) clusterInfo(ctx context.Context) (ClusterInfo, error) {
+	var ci ClusterInfo
+	err := d.Query(ctx, func(n *core.Node) {
+		cs := n.Cluster()
+		ci = ClusterInfo{Formatted: cs.Formatted, Copies: int(cs.Copies), BlockShift: int(cs.BlockShift), CTime: cs.CTime,
+			Epoch: cs.Epoch, Leader: fmt.Sprintf("%x", uint64(n.Leader())), Shutdown: cs.Shutdown}
+		for _, v := range n.Voters() {
+			ci.Voters = append(ci.Voters, fmt.Sprintf("%x", v))
+		}
+		for i, m := range cs.Nodes {
+			ci.Nodes = append(ci.Nodes, nodeRow(i, m))
+		}
+		for _, h := range cs.History {
+			e := EpochInfo{Epoch: h.Epoch, Time: h.Time}
+			for _, id := range h.Nodes {
+				e.Nodes = append(e.Nodes, fmt.Sprintf("%x", uint64(id)))
+			}
+			ci.History = append(ci.History, e)
+		}
+	})
+	return ci, err
+}
+
+func nodeRow(i int, m core.NodeInfo) NodeRow {
+	return NodeRow{Index: i, ID: fmt.Sprintf("%x", uint64(m.ID)), Addr: m.Addr, NBD: m.NBDAddr, VNodes: int(m.VNodes), Zone: m.Zone,
+		Incarnation: m.Incarnation, Capacity: m.Capacity}
+}
+
+func (d *Daemon) nodeStatus(ctx context.Context) (NodeStatus, error) {
+	var st NodeStatus
+	err := d.Query(ctx, func(n *core.Node) {
+		r := n.Recovery()
+		st = NodeStatus{NodeRow: nodeRow(-1, d.self), Epoch: n.Epoch(), Serving: n.Serving(), Leader: n.IsLeader(),
+			Objects: len(n.Objects()), Listing: r.Listing, Total: r.Total, Remaining: r.Remaining, Finished: r.Finished, AllDone: r.AllDone,
+			Dir: d.dataPath()}
+		for i, m := range n.Cluster().Nodes {
+			if m.ID == d.self.ID {
+				st.Index = i
+			}
+		}
+	})
+	if err != nil {
+		return st, err
+	}
+	if used, free, err := d.store.Usage(); err == nil {
+		st.Used, st.Free = used, free
+	}
+	return st, nil
+}
+
+func (d *Daemon) objectRows(ctx context.Context, vid uint32) ([]objectRow, error) {
+	var rows []objectRow
+	err := d.Query(ctx, func(n *core.Node) {
+		for _, o := range n.Objects() {
+			if vid == 0 || o.OID.VID() == vid {
+				rows = append(rows, objectRow{OID: uint64(o.OID), Version: o.Meta.Version, Deleted: o.Meta.Deleted})
+			}
+		}
+	})
+	return rows, err
+}
+
+// members returns the current members' addresses, this node included.
+func (d *Daemon) members(ctx context.Context) ([]core.NodeInfo, error) {
+	var ms []core.NodeInfo
+	err := d.Query(ctx, func(n *core.Node) { ms = slices.Clone(n.Cluster().Nodes) })
+	return ms, err
+}
+
+// callMember runs an admin command on a member (locally for this node).
+func (d *Daemon) callMember(ctx context.Context, m core.NodeInfo, r *AdminRequest) ([]byte, error) {
+	if m.ID == d.self.ID {
+		out, err := d.admin1(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(out)
+	}
+	c, err := sdnet.Dial(ctx, m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	b, _ := json.Marshal(r)
+	return c.Call(ctx, b)
+}
+
+// fanOut asks every member for its status.
+func (d *Daemon) fanOut(ctx context.Context, cmd string) ([]NodeStatus, error) {
+	ms, err := d.members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]NodeStatus, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			b, err := d.callMember(cctx, m, &AdminRequest{Cmd: cmd})
+			if err == nil {
+				err = json.Unmarshal(b, &out[i])
+			}
+			if err != nil {
+				out[i] = NodeStatus{NodeRow: nodeRow(i, m)}
+				out[i].Dir = "unreachable: " + err.Error()
+			}
+			out[i].Index = i
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// clusterObjects collects every member's objects of vid (0: all).
+func (d *Daemon) clusterObjects(ctx context.Context, vid uint32) (map[uint64][]holder, []core.NodeInfo, error) {
+	ms, err := d.members(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	per := make([][]objectRow, len(ms))
+	errs := make([]error, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			b, err := d.callMember(cctx, m, &AdminRequest{Cmd: "node.objects", VID: vid})
+			if err == nil {
+				err = json.Unmarshal(b, &per[i])
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	out := map[uint64][]holder{}
+	for i := range ms {
+		if errs[i] != nil {
+			return nil, nil, fmt.Errorf("node %s: %w", ms[i].Addr, errs[i])
+		}
+		for _, r := range per[i] {
+			out[r.OID] = append(out[r.OID], holder{Node: ms[i].ID, Version: r.Version, Deleted: r.Deleted})
+		}
+	}
+	return out, ms, nil
+}
+
+func (d *Daemon) vdiList(ctx context.Context) ([]VDIRow, error) {
+	var vdis []core.VDI
+	if err := d.Query(ctx, func(n *core.Node) { vdis = n.Cluster().VDIs() }); err != nil {
+		return nil, err
+	}
+	objs, _, err := d.clusterObjects(ctx, 0)
+	used := map[uint32]uint64{}
+	if err == nil {
+		for oid, holders := range objs {
+			o := core.OID(oid)
+			if !o.IsData() {
+				continue
+			}
+			for _, h := range holders {
+				if !h.Deleted {
+					used[o.VID()]++
+					break
+				}
+			}
+		}
+	}
+	rows := make([]VDIRow, 0, len(vdis))
+	for _, v := range vdis {
+		row := VDIRow{Name: v.Name, ID: v.ID, Size: v.Size, Used: min(used[v.ID]*v.ObjectSize(), v.Size), CTime: v.CTime, Copies: int(v.Copies), BlockShift: int(v.BlockShift)}
+		if v.Owner != 0 {
+			row.Attached = fmt.Sprintf("%x", uint64(v.Owner))
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// vdiCheck verifies (and repairs) every object of a VDI, then confirms
+// that each stored object has its full set of identical replicas.
+func (d *Daemon) vdiCheck(ctx context.Context, name string) (CheckReport, error) {
+	v, err := d.vdiByName(ctx, name)
+	if err != nil {
+		return CheckReport{}, err
+	}
+	rep, err := d.do(ctx, &core.Request{Type: core.ReqCheck, VID: v.ID})
+	if err != nil {
+		return CheckReport{}, fmt.Errorf("check %q: %w", name, err)
+	}
+	cr := CheckReport{Name: name, Objects: rep.Checked, Repaired: rep.Repaired}
+	objs, _, err := d.clusterObjects(ctx, v.ID)
+	if err != nil {
+		return cr, err
+	}
+	var ring *core.Ring
+	_ = d.Query(ctx, func(n *core.Node) { ring = n.Ring() })
+	want := ring.EffectiveCopies(int(v.Copies))
+	cr.Copies = want
+	oids := make([]uint64, 0, len(objs))
+	for oid := range objs {
+		oids = append(oids, oid)
+	}
+	slices.Sort(oids)
+	for _, oid := range oids {
+		holders := objs[oid]
+		cr.Allocated++
+		place := ring.Place(nil, core.OID(oid), int(v.Copies))
+		ok := len(holders) == want
+		for _, h := range holders {
+			if h.Version != holders[0].Version || !slices.Contains(place, h.Node) {
+				ok = false
+			}
+		}
+		if ok {
+			cr.Replicated++
+		} else if len(cr.Problems) < 20 {
+			cr.Problems = append(cr.Problems, fmt.Sprintf("object %016x: %d replicas, want %d identical ones on %v", oid, len(holders), want, place))
+		}
+	}
+	return cr, nil
+}
+
+// sendToAddress delivers a message to a node known only by address
+// (joining through a seed) over that address's admin channel.
+func (d *Daemon) sendToAddress(addr string, b []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := sdnet.Dial(ctx, addr)
+	if err != nil {
+		d.log.Debug("cannot reach seed", "addr", addr, "err", err)
+		return
+	}
+	defer c.Close()
+	req, _ := json.Marshal(&AdminRequest{Cmd: "peer.msg", Data: b})
+	if _, err := c.Call(ctx, req); err != nil {
+		d.log.Debug("seed refused join", "addr", addr, "err", err)
+	}
+}

@@ -1,0 +1,122 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sheepdog-go/sheepdog/core"
+)
+
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type testCluster struct {
+	t      testing.TB
+	ds     []*Daemon
+	cfgs   []Config
+	cancel []context.CancelFunc
+	done   []chan error
+}
+
+func logger(t testing.TB) *slog.Logger {
+	if os.Getenv("SHEEPDOG_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func startCluster(t testing.TB, n int) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t}
+	dir := t.TempDir()
+	var first string
+	for i := 0; i < n; i++ {
+		cfg := Config{Dir: filepath.Join(dir, fmt.Sprintf("n%d", i)), Listen: freeAddr(t), NBD: freeAddr(t), Logger: logger(t)}
+		if i == 0 {
+			first = cfg.Listen
+		} else {
+			cfg.Join = []string{first}
+		}
+		c.cfgs = append(c.cfgs, cfg)
+		c.ds = append(c.ds, nil)
+		c.cancel = append(c.cancel, nil)
+		c.done = append(c.done, nil)
+		c.start(i)
+	}
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+func (c *testCluster) start(i int) {
+	d, err := New(c.cfgs[i])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	c.ds[i], c.cancel[i], c.done[i] = d, cancel, done
+}
+
+func (c *testCluster) stop(i int) {
+	if c.cancel[i] == nil {
+		return
+	}
+	c.cancel[i]()
+	if err := <-c.done[i]; err != nil {
+		c.t.Errorf("node %d: %v", i, err)
+	}
+	c.cancel[i] = nil
+}
+
+func (c *testCluster) stopAll() {
+	for i := range c.ds {
+		c.stop(i)
+	}
+}
+
+func (c *testCluster) waitFor(what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestClusterForms(t *testing.T) {
+	c := startCluster(t, 3)
+	c.waitFor("3 members everywhere", func() bool {
+		for _, d := range c.ds {
+			s := d.Status()
+			if s == nil || s.Members != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	ctx := context.Background()
+	if _, err := c.ds[1].do(ctx, &core.Request{Type: core.ReqFormat, Copies: 3, BlockShift: 22}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,425 @@
+package daemon
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/disk"
+	sdnet "github.com/sheepdog-go/sheepdog/net"
+)
+
+// Config configures a sheep.
+type Config struct {
+	Dir      string   // data directory
+	Listen   string   // peer and admin address host:port
+	NBD      string   // NBD front end address ("" for none)
+	Join     []string // addresses of members to join through (empty: start a new cluster unless the directory has one)
+	Zone     uint32   // 0: one zone per node
+	VNodes   int      // ring weight; 0: weighted by capacity
+	Gateway  bool     // hold no data (0 vnodes)
+	Metrics  string   // Prometheus address ("" for none)
+	Tick     time.Duration
+	Timing   core.Timing // zero: core.DefaultTiming()
+	Logger   *slog.Logger
+	Capacity uint64 // 0: the filesystem's size
+}
+
+// Daemon is a running sheep.
+type Daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	store *disk.Store
+	tr    *sdnet.Transport
+	self  core.NodeInfo
+
+	node  *core.Node // owned by the loop goroutine
+	inbox chan event
+	local []*core.Message // messages to self, handled by the loop
+
+	pending map[uint64]chan core.Reply // loop-owned
+	nextReq atomic.Uint64
+	workers []chan core.DiskOp
+	syncs   chan core.DiskOp
+	wg      sync.WaitGroup
+
+	metrics *metrics
+	admin   *adminState
+	status  atomic.Pointer[Status]
+	stopped chan struct{}
+	cancel  context.CancelFunc
+	stopErr error
+}
+
+type event struct {
+	msg   *core.Message
+	disk  *core.DiskDone
+	req   *core.Request
+	reply chan core.Reply
+	query func(*core.Node)
+}
+
+const (
+	inboxSize   = 1 << 16
+	diskWorkers = 16
+	batchMax    = 512
+)
+
+// nodeID derives a stable, non-zero node id from the listen address.
+func nodeID(addr string) core.NodeID {
+	h := fnv.New64a()
+	h.Write([]byte(addr))
+	id := h.Sum64() &^ (1 << 63)
+	if id == 0 {
+		id = 1
+	}
+	return core.NodeID(id)
+}
+
+// New opens the node's directory and prepares it to run.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Tick == 0 {
+		cfg.Tick = 10 * time.Millisecond
+	}
+	if cfg.Timing.ElectionTicks == 0 {
+		cfg.Timing = core.DefaultTiming()
+	}
+	if cfg.Listen == "" {
+		return nil, errors.New("daemon: --listen is required")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Dir, err)
+	}
+	store, err := disk.Open(cfg.Dir, disk.Options{Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: open store in %s: %w", cfg.Dir, err)
+	}
+	d := &Daemon{cfg: cfg, store: store, pending: map[uint64]chan core.Reply{}, inbox: make(chan event, inboxSize), stopped: make(chan struct{})}
+	if err := d.identity(); err != nil {
+		store.Close()
+		return nil, err
+	}
+	d.log = cfg.Logger.With("node", fmt.Sprintf("%x", uint64(d.self.ID)), "addr", cfg.Listen)
+	d.metrics = newMetrics()
+	d.admin = newAdminState()
+	return d, nil
+}
+
+// identity loads or creates the node's id and bumps its incarnation.
+func (d *Daemon) identity() error {
+	get := func(key string) (uint64, bool, error) {
+		b, err := d.store.GetMeta(key)
+		if errors.Is(err, disk.ErrNotFound) {
+			return 0, false, nil
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("daemon: read %s: %w", key, err)
+		}
+		v, err := strconv.ParseUint(string(b), 10, 64)
+		if err != nil {
+			return 0, false, fmt.Errorf("daemon: bad %s %q: %w", key, b, err)
+		}
+		return v, true, nil
+	}
+	put := func(key string, v uint64) error {
+		if err := d.store.PutMeta(key, []byte(strconv.FormatUint(v, 10))); err != nil {
+			return fmt.Errorf("daemon: write %s: %w", key, err)
+		}
+		return nil
+	}
+	id, ok, err := get("node-id")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		id = uint64(nodeID(d.cfg.Listen))
+		if err := put("node-id", id); err != nil {
+			return err
+		}
+	}
+	inc, _, err := get("incarnation")
+	if err != nil {
+		return err
+	}
+	inc++
+	if err := put("incarnation", inc); err != nil {
+		return err
+	}
+	capacity := d.cfg.Capacity
+	if capacity == 0 {
+		used, free, err := d.store.Usage()
+		if err == nil {
+			capacity = used + free
+		}
+	}
+	zone := d.cfg.Zone
+	if zone == 0 {
+		zone = uint32(id) | 1
+	}
+	vn := d.cfg.VNodes
+	if d.cfg.Gateway {
+		vn = 0
+	} else if vn == 0 {
+		vn = core.DefaultVNodes
+	}
+	d.self = core.NodeInfo{ID: core.NodeID(id), Addr: d.cfg.Listen, NBDAddr: d.cfg.NBD, Zone: zone, VNodes: uint16(min(vn, 65535)),
+		Incarnation: inc, Capacity: capacity}
+	return nil
+}
+
+// Self describes this node.
+func (d *Daemon) Self() core.NodeInfo { return d.self }
+
+// Run serves until ctx is done, a cluster shutdown is ordered, or a fatal
+// error occurs.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	d.cancel = cancel
+	defer cancel()
+	rs, err := d.store.LoadRaft()
+	if err != nil {
+		return fmt.Errorf("daemon: load raft log: %w", err)
+	}
+	objs := d.store.List()
+	infos := make([]core.ObjectInfo, len(objs))
+	for i, o := range objs {
+		infos[i] = core.ObjectInfo{OID: core.OID(o.OID), Meta: core.ObjMeta{Version: o.Meta.Version, ReqID: o.Meta.ReqID, Deleted: o.Meta.Deleted}}
+	}
+	var seed [8]byte
+	binary.LittleEndian.PutUint64(seed[:], uint64(time.Now().UnixNano()))
+	// Without --join and without a log of its own, a node starts a new
+	// cluster; with a log it rejoins the cluster that log describes.
+	seeds := d.cfg.Join
+	n, err := core.NewNode(core.Config{
+		Self:       d.self,
+		AutoVNodes: d.cfg.VNodes == 0 && !d.cfg.Gateway,
+		Seeds:      seeds,
+		Rand:       rand.New(rand.NewPCG(uint64(d.self.ID), binary.LittleEndian.Uint64(seed[:]))),
+		Timing:     d.cfg.Timing,
+		Raft:       core.RaftState{HardState: rs.HardState, Snapshot: rs.Snapshot, Entries: rs.Entries},
+		Objects:    infos,
+	})
+	if err != nil {
+		return fmt.Errorf("daemon: start node: %w", err)
+	}
+	d.node = n
+	tr, err := sdnet.Listen(sdnet.Config{
+		ListenAddr: d.cfg.Listen,
+		NodeID:     uint64(d.self.ID),
+		Logger:     d.log,
+		OnMessage:  d.onMessage,
+		OnRequest:  d.onAdmin,
+	})
+	if err != nil {
+		return fmt.Errorf("daemon: listen on %s: %w", d.cfg.Listen, err)
+	}
+	d.tr = tr
+	d.startDisk()
+	var frontends sync.WaitGroup
+	stopFront, err := d.startFrontends(ctx, &frontends)
+	if err != nil {
+		tr.Close()
+		d.stopDisk()
+		return err
+	}
+	d.log.Info("sheep started", "incarnation", d.self.Incarnation, "zone", d.self.Zone, "vnodes", d.self.VNodes,
+		"objects", len(infos), "nbd", d.cfg.NBD, "join", d.cfg.Join)
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		d.loop(ctx)
+	}()
+	<-ctx.Done()
+	// Front ends first (their in-flight requests still need the loop),
+	// then the loop, the transport and the disk.
+	stopFront()
+	frontends.Wait()
+	close(d.stopped)
+	<-loopDone
+	tr.Close()
+	d.stopDisk()
+	if err := d.store.Close(); err != nil {
+		d.log.Error("closing the store", "err", err)
+	}
+	d.log.Info("sheep stopped")
+	return d.stopErr
+}
+
+// Stop ends Run as if its context were cancelled.
+func (d *Daemon) Stop() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+}
+
+func (d *Daemon) onMessage(from uint64, payload []byte) {
+	m, err := core.UnmarshalMessage(payload)
+	if err != nil {
+		d.log.Warn("dropping malformed peer message", "from", fmt.Sprintf("%x", from), "err", err)
+		return
+	}
+	if uint64(m.From) != from {
+		d.log.Warn("dropping peer message with a forged sender", "from", fmt.Sprintf("%x", from), "claims", fmt.Sprintf("%x", uint64(m.From)))
+		return
+	}
+	d.post(event{msg: m})
+}
+
+// post hands an event to the loop; it gives up once the daemon stops.
+func (d *Daemon) post(ev event) bool {
+	select {
+	case d.inbox <- ev:
+		return true
+	case <-d.stopped:
+		return false
+	}
+}
+
+func (d *Daemon) loop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopped:
+			d.failPending()
+			return
+		case <-t.C:
+			d.node.Step(core.Tick{Unix: time.Now().Unix()})
+		case ev := <-d.inbox:
+			d.handle(ev)
+		}
+	drain:
+		for i := 0; i < batchMax; i++ {
+			select {
+			case ev := <-d.inbox:
+				d.handle(ev)
+			default:
+				break drain
+			}
+		}
+		if err := d.process(); err != nil {
+			d.log.Error("fatal: cannot persist the cluster log", "err", err)
+			d.stopErr = err
+			d.cancel()
+		}
+	}
+}
+
+func (d *Daemon) handle(ev event) {
+	switch {
+	case ev.msg != nil:
+		d.node.Step(ev.msg)
+	case ev.disk != nil:
+		d.node.Step(*ev.disk)
+	case ev.req != nil:
+		id := d.nextReq.Add(1)
+		ev.req.ID = id
+		d.pending[id] = ev.reply
+		d.node.Step(ev.req)
+	case ev.query != nil:
+		ev.query(d.node)
+	}
+}
+
+// process carries out everything the node has ready.
+func (d *Daemon) process() error {
+	for {
+		for len(d.local) > 0 {
+			m := d.local[0]
+			d.local = d.local[1:]
+			d.node.Step(m)
+		}
+		if !d.node.HasReady() {
+			break
+		}
+		rd := d.node.Ready()
+		if !raft.IsEmptySnap(rd.Snapshot) || len(rd.Entries) > 0 || !raft.IsEmptyHardState(rd.HardState) {
+			if err := d.store.SaveRaft(rd.HardState, rd.Entries, rd.Snapshot); err != nil {
+				return fmt.Errorf("save raft state: %w", err)
+			}
+		}
+		if rd.CompactIndex > 0 {
+			if err := d.store.CompactRaft(rd.CompactIndex); err != nil {
+				d.log.Warn("compacting the raft log", "err", err)
+			}
+		}
+		for _, note := range rd.Notes {
+			d.log.Info(note)
+		}
+		for _, m := range rd.Messages {
+			d.sendMsg(m)
+		}
+		for _, op := range rd.Disk {
+			d.submitDisk(op)
+		}
+		for _, r := range rd.Replies {
+			if ch, ok := d.pending[r.ID]; ok {
+				delete(d.pending, r.ID)
+				ch <- r
+			}
+		}
+		d.node.Advance()
+	}
+	d.publishStatus()
+	if d.node.ShutdownRequested() {
+		d.log.Info("cluster shutdown ordered: stopping")
+		go func() {
+			time.Sleep(200 * time.Millisecond) // let the replies and log entries go out
+			d.cancel()
+		}()
+	}
+	return nil
+}
+
+func (d *Daemon) failPending() {
+	for id, ch := range d.pending {
+		ch <- core.Reply{ID: id, Code: core.ErrShutdown}
+		delete(d.pending, id)
+	}
+}
+
+// sendMsg delivers one outgoing message.
+func (d *Daemon) sendMsg(m *core.Message) {
+	if m.To == d.self.ID || (m.To == 0 && m.ToAddr == d.cfg.Listen) {
+		d.local = append(d.local, m)
+		return
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		d.log.Error("encoding a message", "type", m.Type, "err", err)
+		return
+	}
+	if m.To == 0 {
+		// Joining through a seed whose id we do not know: the admin
+		// channel of that address carries it.
+		go d.sendToAddress(m.ToAddr, b)
+		return
+	}
+	lane := uint64(m.OID)
+	if m.Type == core.MsgRaft {
+		lane = 0
+	}
+	d.metrics.msgsSent.Inc()
+	if err := d.tr.Send(uint64(m.To), m.ToAddr, lane, b); err != nil {
+		d.metrics.msgsDropped.Inc()
+	}
+}
+
+// dataPath is the node's directory (for the CLI).
+func (d *Daemon) dataPath() string { return filepath.Clean(d.cfg.Dir) }

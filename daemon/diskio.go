@@ -1,0 +1,124 @@
+package daemon
+
+import (
+	"errors"
+	"hash/maphash"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/disk"
+)
+
+var oidSeed = maphash.MakeSeed()
+
+// zeros backs writes of zeros; the store only reads it.
+var zeros = make([]byte, 4<<20)
+
+func (d *Daemon) startDisk() {
+	d.workers = make([]chan core.DiskOp, diskWorkers)
+	for i := range d.workers {
+		ch := make(chan core.DiskOp, 1024)
+		d.workers[i] = ch
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			for op := range ch {
+				d.complete(op, d.execDisk(op))
+			}
+		}()
+	}
+	d.syncs = make(chan core.DiskOp, 1024)
+	for i := 0; i < 4; i++ {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			for op := range d.syncs {
+				res := core.DiskDone{ID: op.ID}
+				if err := d.store.Sync(); err != nil {
+					d.log.Error("sync failed", "err", err)
+					res.Err = diskCode(err)
+				}
+				d.complete(op, res)
+			}
+		}()
+	}
+}
+
+func (d *Daemon) stopDisk() {
+	for _, ch := range d.workers {
+		close(ch)
+	}
+	close(d.syncs)
+	d.wg.Wait()
+}
+
+// submitDisk queues op on its object's worker: one object's operations
+// run in the order they were issued.
+func (d *Daemon) submitDisk(op core.DiskOp) {
+	if op.Kind == core.DiskSync {
+		d.syncs <- op
+		return
+	}
+	w := maphash.Comparable(oidSeed, op.OID) % uint64(len(d.workers))
+	d.workers[w] <- op
+}
+
+func (d *Daemon) complete(op core.DiskOp, res core.DiskDone) {
+	d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()
+	if res.Err != core.OK {
+		d.metrics.diskErrors.WithLabelValues(op.Kind.String(), res.Err.String()).Inc()
+	}
+	d.post(event{disk: &res})
+}
+
+func (d *Daemon) execDisk(op core.DiskOp) core.DiskDone {
+	res := core.DiskDone{ID: op.ID}
+	meta := disk.ObjectMeta{Version: op.Meta.Version, ReqID: op.Meta.ReqID, Deleted: op.Meta.Deleted}
+	var err error
+	switch op.Kind {
+	case core.DiskRead:
+		buf := make([]byte, op.Len)
+		var m disk.ObjectMeta
+		m, err = d.store.Read(uint64(op.OID), int64(op.Off), buf)
+		res.Data = buf
+		res.Meta = core.ObjMeta{Version: m.Version, ReqID: m.ReqID, Deleted: m.Deleted}
+	case core.DiskWrite:
+		data := op.Data
+		if data == nil {
+			if int(op.Len) <= len(zeros) {
+				data = zeros[:op.Len]
+			} else {
+				data = make([]byte, op.Len)
+			}
+		}
+		err = d.store.Write(uint64(op.OID), meta, int64(op.Off), data, op.Sync)
+	case core.DiskPut:
+		err = d.store.Put(uint64(op.OID), meta, op.Data, op.Sync)
+	case core.DiskDelete:
+		err = d.store.Delete(uint64(op.OID))
+		if errors.Is(err, disk.ErrNotFound) {
+			err = nil
+		}
+	}
+	if err != nil {
+		if !errors.Is(err, disk.ErrNotFound) {
+			d.log.Warn("disk operation failed", "op", op.Kind, "oid", op.OID, "err", err)
+		}
+		res.Err = diskCode(err)
+	}
+	return res
+}
+
+// diskCode maps a store error to the core's result code.
+func diskCode(err error) core.Code {
+	switch {
+	case err == nil:
+		return core.OK
+	case errors.Is(err, disk.ErrCorrupt):
+		return core.ErrCorrupt
+	case errors.Is(err, disk.ErrNoSpace):
+		return core.ErrNoSpace
+	case errors.Is(err, disk.ErrNotFound):
+		return core.ErrNoObject
+	}
+	return core.ErrIO
+}

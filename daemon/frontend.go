@@ -1,0 +1,111 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/nbd"
+)
+
+// ErrStopped is returned for requests made while the daemon stops.
+var ErrStopped = errors.New("daemon: stopping")
+
+// Do submits a request to the node and waits for its reply. The reply's
+// Code carries the outcome; the error is only for a daemon that stops or
+// a cancelled ctx.
+func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
+	ch := make(chan core.Reply, 1)
+	select {
+	case d.inbox <- event{req: r, reply: ch}:
+	case <-d.stopped:
+		return core.Reply{}, ErrStopped
+	case <-ctx.Done():
+		return core.Reply{}, ctx.Err()
+	}
+	select {
+	case rep := <-ch:
+		return rep, nil
+	case <-ctx.Done():
+		return core.Reply{}, ctx.Err()
+	}
+}
+
+// Query runs fn on the loop goroutine, where it may read the node.
+func (d *Daemon) Query(ctx context.Context, fn func(n *core.Node)) error {
+	done := make(chan struct{})
+	select {
+	case d.inbox <- event{query: func(n *core.Node) { fn(n); close(done) }}:
+	case <-d.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startFrontends starts the NBD server and the metrics endpoint; the
+// returned function stops them (their in-flight requests finish).
+func (d *Daemon) startFrontends(ctx context.Context, wg *sync.WaitGroup) (func(), error) {
+	fctx, cancel := context.WithCancel(context.Background())
+	var closers []func()
+	stop := func() {
+		cancel()
+		for _, c := range closers {
+			c()
+		}
+	}
+	if d.cfg.NBD != "" {
+		ln, err := net.Listen("tcp", d.cfg.NBD)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("daemon: NBD listen on %s: %w", d.cfg.NBD, err)
+		}
+		srv := &nbd.Server{Backend: &backend{d: d}, Logger: d.log.With("frontend", "nbd")}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(fctx, ln); err != nil {
+				d.log.Error("NBD server", "err", err)
+			}
+		}()
+	}
+	if d.cfg.Metrics != "" {
+		ln, err := net.Listen("tcp", d.cfg.Metrics)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("daemon: metrics listen on %s: %w", d.cfg.Metrics, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", d.metrics.handler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("metrics server", "err", err)
+			}
+		}()
+		closers = append(closers, func() {
+			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			defer c()
+			_ = hs.Shutdown(sctx)
+		})
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.admin.reaper(fctx, d)
+	}()
+	return stop, nil
+}

@@ -1,0 +1,61 @@
+package daemon
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the node's Prometheus metrics; each daemon has its own
+// registry (several run in one process with `sheepdog local`).
+type metrics struct {
+	reg         *prometheus.Registry
+	ioRequests  *prometheus.CounterVec
+	ioErrors    *prometheus.CounterVec
+	ioBytes     *prometheus.CounterVec
+	ioLatency   *prometheus.HistogramVec
+	diskOps     *prometheus.CounterVec
+	diskErrors  *prometheus.CounterVec
+	msgsSent    prometheus.Counter
+	msgsDropped prometheus.Counter
+	epoch       prometheus.Gauge
+	members     prometheus.Gauge
+	recTotal    prometheus.Gauge
+	recLeft     prometheus.Gauge
+	recDone     prometheus.Gauge
+	objects     prometheus.Gauge
+	leader      prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	m.ioRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_requests_total", Help: "Front-end I/O requests by operation."}, []string{"op"})
+	m.ioErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_errors_total", Help: "Front-end I/O requests that failed, by operation and result."}, []string{"op", "code"})
+	m.ioBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_bytes_total", Help: "Bytes requested by front-end I/O, by operation."}, []string{"op"})
+	m.ioLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sheepdog_io_latency_seconds", Help: "Front-end I/O latency.",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}, []string{"op"})
+	m.diskOps = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_disk_operations_total", Help: "Local store operations."}, []string{"op"})
+	m.diskErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_disk_errors_total", Help: "Local store operations that failed."}, []string{"op", "code"})
+	m.msgsSent = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_peer_messages_sent_total", Help: "Messages sent to peers."})
+	m.msgsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_peer_messages_dropped_total", Help: "Messages to peers dropped by back-pressure."})
+	m.epoch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_epoch", Help: "Current epoch."})
+	m.members = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_members", Help: "Members of the current epoch."})
+	m.recTotal = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_recovery_objects", Help: "Objects this node fetches in the current epoch's recovery."})
+	m.recLeft = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_recovery_remaining_objects", Help: "Objects still to fetch."})
+	m.recDone = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_recovery_finished", Help: "1 once this node recovered the current epoch."})
+	m.objects = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_objects", Help: "Objects stored on this node."})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_cluster_leader", Help: "1 if this node leads the cluster log."})
+	for _, c := range []prometheus.Collector{m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.msgsSent, m.msgsDropped,
+		m.epoch, m.members, m.recTotal, m.recLeft, m.recDone, m.objects, m.leader,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,164 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/nbd"
+)
+
+// backend serves VDIs to the NBD server: export name = VDI name.
+type backend struct{ d *Daemon }
+
+func (b *backend) lookup(ctx context.Context, name string) (core.VDI, bool, error) {
+	var v core.VDI
+	var ok bool
+	err := b.d.Query(ctx, func(n *core.Node) {
+		if x := n.Cluster().LookupVDI(name); x != nil {
+			v, ok = *x, true
+		}
+	})
+	return v, ok, err
+}
+
+func (b *backend) Open(ctx context.Context, name string) (nbd.Volume, error) {
+	if strings.Contains(name, "@") {
+		return nil, fmt.Errorf("%w: %q: snapshots are not supported yet", nbd.ErrUnknownExport, name)
+	}
+	v, ok, err := b.lookup(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: no VDI named %q", nbd.ErrUnknownExport, name)
+	}
+	rep, err := b.d.Do(ctx, &core.Request{Type: core.ReqAttach, VID: v.ID, Time: time.Now().Unix()})
+	if err != nil {
+		return nil, err
+	}
+	switch rep.Code {
+	case core.OK:
+	case core.ErrLocked:
+		return nil, fmt.Errorf("%w: VDI %q is attached elsewhere (one attacher at a time)", nbd.ErrBusy, name)
+	default:
+		return nil, fmt.Errorf("attach VDI %q: %w", name, rep.Code)
+	}
+	b.d.log.Info("VDI attached", "vdi", name, "vid", fmt.Sprintf("%06x", v.ID))
+	return &volume{d: b.d, vid: v.ID, size: v.Size, name: name, objSize: v.ObjectSize()}, nil
+}
+
+func (b *backend) List(ctx context.Context) ([]nbd.Export, error) {
+	var out []nbd.Export
+	err := b.d.Query(ctx, func(n *core.Node) {
+		for _, v := range n.Cluster().VDIs() {
+			out = append(out, nbd.Export{Name: v.Name, Description: fmt.Sprintf("sheepdog VDI %06x, %d bytes, %d copies", v.ID, v.Size, v.Copies)})
+		}
+	})
+	return out, err
+}
+
+// volume is one attached VDI.
+type volume struct {
+	d       *Daemon
+	vid     uint32
+	size    uint64
+	objSize uint64
+	name    string
+	once    sync.Once
+}
+
+func (v *volume) Size() uint64   { return v.size }
+func (v *volume) ReadOnly() bool { return false }
+
+func (v *volume) Description() string {
+	return fmt.Sprintf("sheepdog VDI %s (%06x)", v.name, v.vid)
+}
+
+// do runs one request and records its metrics.
+func (v *volume) do(ctx context.Context, r *core.Request) (core.Reply, error) {
+	r.VID = v.vid
+	start := time.Now()
+	rep, err := v.d.Do(ctx, r)
+	op := r.Type.String()
+	v.d.metrics.ioLatency.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	v.d.metrics.ioRequests.WithLabelValues(op).Inc()
+	v.d.metrics.ioBytes.WithLabelValues(op).Add(float64(r.Len))
+	if err != nil {
+		return rep, err
+	}
+	if rep.Code != core.OK {
+		v.d.metrics.ioErrors.WithLabelValues(op, rep.Code.String()).Inc()
+		return rep, codeErr(rep.Code)
+	}
+	return rep, nil
+}
+
+func (v *volume) ReadAt(ctx context.Context, p []byte, off uint64) error {
+	rep, err := v.do(ctx, &core.Request{Type: core.ReqRead, Off: off, Len: uint64(len(p))})
+	if err != nil {
+		return err
+	}
+	copy(p, rep.Data)
+	return nil
+}
+
+func (v *volume) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
+	// The node may keep retrying a write after answering (a timed-out
+	// write stays queued so later writes cannot overtake it), so it gets
+	// its own copy of a buffer the server reuses.
+	data := append([]byte(nil), p...)
+	_, err := v.do(ctx, &core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: data, FUA: fua})
+	return err
+}
+
+func (v *volume) Flush(ctx context.Context) error {
+	_, err := v.do(ctx, &core.Request{Type: core.ReqFlush})
+	return err
+}
+
+func (v *volume) Trim(ctx context.Context, off, length uint64, fua bool) error {
+	_, err := v.do(ctx, &core.Request{Type: core.ReqTrim, Off: off, Len: length, FUA: fua})
+	return err
+}
+
+func (v *volume) Zero(ctx context.Context, off, length uint64, f nbd.ZeroFlags) error {
+	if f.FastZero && (f.NoHole || off%v.objSize != 0 || length%v.objSize != 0) {
+		return nbd.ErrNotFast // only whole objects are zeroed without writing data
+	}
+	_, err := v.do(ctx, &core.Request{Type: core.ReqZero, Off: off, Len: length, NoHole: f.NoHole, FUA: f.FUA})
+	return err
+}
+
+func (v *volume) Close() error {
+	var err error
+	v.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var rep core.Reply
+		rep, err = v.d.Do(ctx, &core.Request{Type: core.ReqDetach, VID: v.vid, Time: time.Now().Unix()})
+		if err == nil && rep.Code != core.OK {
+			err = fmt.Errorf("detach VDI %q: %w", v.name, rep.Code)
+		}
+		v.d.log.Info("VDI detached", "vdi", v.name, "err", err)
+	})
+	return err
+}
+
+// codeErr maps a core result to the NBD server's errors.
+func codeErr(c core.Code) error {
+	switch c {
+	case core.OK:
+		return nil
+	case core.ErrNoSpace:
+		return fmt.Errorf("%w: %v", nbd.ErrNoSpace, c)
+	case core.ErrInvalid:
+		return fmt.Errorf("%w: %v", nbd.ErrInvalid, c)
+	case core.ErrPerm, core.ErrLocked:
+		return fmt.Errorf("%w: %v", nbd.ErrPermission, c)
+	}
+	return fmt.Errorf("sheepdog: %w", c)
+}
