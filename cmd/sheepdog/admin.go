@@ -527,4 +527,3 @@ func rangeArgs(cmd string, args []string) (string, uint64, *uint64, error) {
 	}
 	return args[0], off, length, nil
 }
-
