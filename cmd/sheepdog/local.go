@@ -19,7 +19,7 @@ func localCommand() *command {
 		dir, host, vdiName       string
 		vdiSize                  string
 		copies                   int
-		logLevel                 string
+		logLevel, pprofAddr      string
 	)
 	return &command{
 		name:  "local",
@@ -37,6 +37,7 @@ the same --dir it brings the same cluster back.`,
 			fs.IntVar(&copies, "copies", 3, "replicas per object when formatting")
 			fs.StringVar(&vdiName, "vdi", "vm0", "VDI created on first start")
 			fs.StringVar(&vdiSize, "vdi-size", "10G", "size of that VDI")
+			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
@@ -52,6 +53,9 @@ the same --dir it brings the same cluster back.`,
 			}
 			log, err := newLogger(e, logLevel)
 			if err != nil {
+				return err
+			}
+			if err := servePprof(pprofAddr); err != nil {
 				return err
 			}
 			first := filepath.Join(dir, "node0")

@@ -5,6 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 
@@ -34,10 +37,11 @@ func newLogger(e *env, level string) (*slog.Logger, error) {
 
 func sheepCommand() *command {
 	var (
-		cfg      daemon.Config
-		join     listFlag
-		zone     uint
-		logLevel string
+		cfg       daemon.Config
+		join      listFlag
+		zone      uint
+		logLevel  string
+		pprofAddr string
 	)
 	return &command{
 		name:  "sheep",
@@ -54,6 +58,7 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.IntVar(&cfg.VNodes, "vnodes", 0, "virtual nodes on the ring (default: weighted by capacity)")
 			fs.BoolVar(&cfg.Gateway, "gateway", false, "store no data: only serve clients")
 			fs.StringVar(&cfg.Metrics, "metrics", "", "Prometheus /metrics address (none if empty)")
+			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
@@ -65,6 +70,9 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			}
 			log, err := newLogger(e, logLevel)
 			if err != nil {
+				return err
+			}
+			if err := servePprof(pprofAddr); err != nil {
 				return err
 			}
 			cfg.Join, cfg.Zone, cfg.Logger = join, uint32(zone), log
@@ -84,4 +92,22 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// servePprof exposes net/http/pprof for profiling a running node.
+func servePprof(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go func() { _ = http.Serve(ln, mux) }()
+	return nil
 }
