@@ -187,12 +187,13 @@ type Node struct {
 	lastJoinSent    int64
 
 	// cluster state and the current epoch
-	cs      *ClusterState
-	epoch   uint32
-	ring    *Ring
-	serving bool
-	stopped bool
-	held    []*Message
+	cs       *ClusterState
+	epoch    uint32
+	ring     *Ring
+	serving  bool
+	stopped  bool
+	shutdown bool
+	held     []*Message
 
 	// local objects
 	objs           map[OID]*object
@@ -453,8 +454,9 @@ func (n *Node) Cluster() *ClusterState { return n.cs }
 // Ring returns the current epoch's placement.
 func (n *Node) Ring() *Ring { return n.ring }
 
-// ShutdownRequested reports whether the cluster was told to shut down.
-func (n *Node) ShutdownRequested() bool { return n.cs.Shutdown }
+// ShutdownRequested reports whether the cluster was told to shut down
+// while this node was serving.
+func (n *Node) ShutdownRequested() bool { return n.shutdown }
 
 // Voters returns the raft voter ids.
 func (n *Node) Voters() []uint64 { return slices.Clone(n.conf.Voters) }

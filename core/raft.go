@@ -260,7 +260,12 @@ func (n *Node) applyCmd(c *Cmd) {
 			n.dropVDI(res.VID)
 		}
 	case CmdShutdown:
-		n.note(fmt.Sprintf("node %d: cluster shutdown", n.id))
+		// Only the nodes serving when the order is applied stop: a node
+		// replaying its log after the restart must not stop again.
+		if n.serving {
+			n.shutdown = true
+			n.note(fmt.Sprintf("node %d: cluster shutdown", n.id))
+		}
 	}
 	if n.cs.Epoch != before || n.cs.Formatted != wasFormatted {
 		n.clusterChanged()

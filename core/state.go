@@ -259,6 +259,7 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		}
 		s.removeNode(n.ID)
 		s.Nodes = append(s.Nodes, n)
+		s.Shutdown = false // nodes coming back after a shutdown
 		slices.SortFunc(s.Nodes, func(a, b NodeInfo) int { return cmpU64(uint64(a.ID), uint64(b.ID)) })
 		s.newEpoch(c.Time)
 		return Result{}

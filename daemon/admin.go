@@ -223,8 +223,35 @@ func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
 	case "cluster.info":
 		return d.clusterInfo(ctx)
 	case "cluster.shutdown":
-		_, err := d.do(ctx, &core.Request{Type: core.ReqShutdown})
-		return map[string]string{"status": "shutting down"}, err
+		// The order goes through the cluster log (every node that applies
+		// it stops); members are also told directly, in case one would
+		// not hear of the commit before the others stop.
+		ms, err := d.members(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := d.do(ctx, &core.Request{Type: core.ReqShutdown}); err != nil {
+			return nil, err
+		}
+		for _, m := range ms {
+			if m.ID != d.self.ID {
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, _ = d.callMember(cctx, m, &AdminRequest{Cmd: "node.stop"})
+				cancel()
+			}
+		}
+		go func() {
+			time.Sleep(time.Second)
+			d.Stop()
+		}()
+		return map[string]string{"status": "shutting down"}, nil
+	case "node.stop":
+		d.log.Info("stop requested by the cluster shutdown")
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			d.Stop()
+		}()
+		return map[string]string{"status": "stopping"}, nil
 	case "node.list":
 		ci, err := d.clusterInfo(ctx)
 		return ci.Nodes, err

@@ -62,6 +62,8 @@ type Daemon struct {
 	stopped chan struct{}
 	cancel  context.CancelFunc
 	stopErr error
+
+	shuttingDown bool // loop-owned
 }
 
 type event struct {
@@ -377,10 +379,11 @@ func (d *Daemon) process() error {
 		d.node.Advance()
 	}
 	d.publishStatus()
-	if d.node.ShutdownRequested() {
+	if d.node.ShutdownRequested() && !d.shuttingDown {
+		d.shuttingDown = true
 		d.log.Info("cluster shutdown ordered: stopping")
 		go func() {
-			time.Sleep(200 * time.Millisecond) // let the replies and log entries go out
+			time.Sleep(time.Second) // let the replies and log entries go out
 			d.cancel()
 		}()
 	}

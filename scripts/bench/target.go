@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// target is one NBD server under test.
+type target struct {
+	Name     string   `json:"name"`     // baseline, 3-node, 1-node
+	URI      string   `json:"uri"`      // what fio attaches to
+	Command  []string `json:"command"`  // how it was started (first process)
+	Settings string   `json:"settings"` // one-line description for the report
+	procs    []*proc
+}
+
+// baselineFlags are qemu-nbd's settings for the baseline, besides the
+// address, the export name and the file.
+var baselineFlags = []string{
+	"--format=raw",
+	"--cache=writeback",   // host page cache; NBD FLUSH is fdatasync (as sheepdog's journal)
+	"--aio=threads",       // qemu-nbd's default, stated explicitly
+	"--discard=ignore",    // fio sends no trims; keep the file layout fixed
+	"--detect-zeroes=off", // write what fio writes
+	"--shared=1",          // one client, like a sheepdog VDI
+	"--persistent",        // keep serving after each fio run disconnects
+}
+
+// startBaseline serves a sparse raw file of cfg.size with qemu-nbd.
+func startBaseline(sup *supervisor, cfg *config, dir, logDir string) (*target, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	file := filepath.Join(dir, "base.raw")
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	err = f.Truncate(cfg.size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	argv := append([]string{cfg.qemuNBD, "--bind=127.0.0.1", fmt.Sprintf("--port=%d", ports[0]), "--export-name=base"}, baselineFlags...)
+	argv = append(argv, file)
+	p, err := sup.start("baseline/qemu-nbd", filepath.Join(logDir, "baseline-qemu-nbd.log"), argv...)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{
+		Name:     "baseline",
+		URI:      "nbd://" + addr + "/base",
+		Command:  argv,
+		Settings: fmt.Sprintf("qemu-nbd, sparse raw file of %s, %s", formatSize(cfg.size), strings.Join(baselineFlags, " ")),
+		procs:    []*proc{p},
+	}
+	err = poll(sup.ctx, 10*time.Second, t.procs, "qemu-nbd to listen on "+addr, func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return t, err
+}
+
+// startCluster starts a sheepdog cluster of n nodes, formats it with the
+// given number of copies and creates the VDI "bench" of cfg.size.
+func startCluster(sup *supervisor, cfg *config, name string, n, copies int, dir, logDir string) (*target, error) {
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{Name: name}
+	listen := make([]string, n)
+	for i := 0; i < n; i++ {
+		listen[i] = fmt.Sprintf("127.0.0.1:%d", ports[2*i])
+		nbdAddr := fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])
+		argv := []string{cfg.bin, "sheep",
+			"--dir", filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
+			"--listen", listen[i], "--nbd", nbdAddr, "--log-level", cfg.logLevel}
+		if i > 0 {
+			argv = append(argv, "--join", listen[0])
+		}
+		node := fmt.Sprintf("%s/n%d", name, i+1)
+		p, err := sup.start(node, filepath.Join(logDir, strings.ReplaceAll(node, "/", "-")+".log"), argv...)
+		if err != nil {
+			return t, err
+		}
+		t.procs = append(t.procs, p)
+		if i == 0 {
+			t.URI = "nbd://" + nbdAddr + "/bench"
+			t.Command = argv
+			// The others join through node 1: wait until it answers.
+			if err := waitMembers(sup.ctx, cfg, t, listen[0], 1); err != nil {
+				return t, err
+			}
+		}
+	}
+	for _, a := range listen {
+		if err := waitMembers(sup.ctx, cfg, t, a, n); err != nil {
+			return t, err
+		}
+	}
+	// Format, then create the VDI; both may fail for a moment while the
+	// cluster settles, so each is retried briefly.
+	err = poll(sup.ctx, 15*time.Second, t.procs, fmt.Sprintf("cluster format --copies %d", copies), func() error {
+		_, err := admin(sup.ctx, cfg, "cluster", "format", "-a", listen[0], "--copies", fmt.Sprint(copies))
+		return err
+	})
+	if err != nil {
+		return t, err
+	}
+	err = poll(sup.ctx, 15*time.Second, t.procs, "cluster info to say formatted", func() error {
+		out, err := admin(sup.ctx, cfg, "cluster", "info", "-a", listen[0], "--json")
+		if err != nil {
+			return err
+		}
+		var info struct {
+			Formatted bool `json:"formatted"`
+			Copies    int  `json:"copies"`
+		}
+		if err := json.Unmarshal(out, &info); err != nil {
+			return fmt.Errorf("cluster info --json: %w", err)
+		}
+		if !info.Formatted || info.Copies != copies {
+			return fmt.Errorf("formatted=%v copies=%d", info.Formatted, info.Copies)
+		}
+		return nil
+	})
+	if err != nil {
+		return t, err
+	}
+	err = poll(sup.ctx, 15*time.Second, t.procs, "vdi create bench "+formatSize(cfg.size), func() error {
+		_, err := admin(sup.ctx, cfg, "vdi", "create", "-a", listen[0], "bench", formatSize(cfg.size))
+		return err
+	})
+	if err != nil {
+		return t, err
+	}
+	t.Settings = fmt.Sprintf("%d sheep process(es), copies=%d, VDI bench of %s (thin), --log-level %s; fio attaches to node 1",
+		n, copies, formatSize(cfg.size), cfg.logLevel)
+	return t, nil
+}
+
+// waitMembers polls `node list --json` on addr until it lists n members.
+func waitMembers(ctx context.Context, cfg *config, t *target, addr string, n int) error {
+	return poll(ctx, 30*time.Second, t.procs, fmt.Sprintf("node %s to list %d member(s)", addr, n), func() error {
+		out, err := admin(ctx, cfg, "node", "list", "-a", addr, "--json")
+		if err != nil {
+			return err
+		}
+		var members []json.RawMessage
+		if err := json.Unmarshal(out, &members); err != nil {
+			return fmt.Errorf("node list --json: %w", err)
+		}
+		if len(members) != n {
+			return fmt.Errorf("%d member(s) listed", len(members))
+		}
+		return nil
+	})
+}
+
+// admin runs one sheepdog admin command and returns its stdout; a
+// non-zero exit becomes an error carrying the command and its output.
+func admin(ctx context.Context, cfg *config, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	argv := append([]string{cfg.bin}, args...)
+	out, errOut, err := command(ctx, argv...)
+	if err != nil {
+		msg := strings.TrimSpace(string(errOut) + " " + string(out))
+		return nil, fmt.Errorf("`%s`: %v: %s", strings.Join(args, " "), err, msg)
+	}
+	return out, nil
+}
+
+// errExited is returned by poll when one of the processes has exited.
+var errExited = errors.New("process exited")
+
+// poll calls f every 200ms until it succeeds, the timeout passes, ctx
+// ends or one of procs exits.
+func poll(ctx context.Context, timeout time.Duration, procs []*proc, what string, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, p := range procs {
+			if p.exited() {
+				return fmt.Errorf("waiting for %s: %w: %s: %v (log: %s)", what, errExited, p.name, p.err, p.logPath)
+			}
+		}
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waiting for %s: gave up after %s: %w", what, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
