@@ -611,12 +611,12 @@ func TestE2ELocalCluster(t *testing.T) {
 	needTools(t, "qemu-img")
 	bin := sheepdogBinary(t)
 	dir := t.TempDir()
-	port, nbdPort := freePort(t), freePort(t)
-	_, p1, _ := net.SplitHostPort(port)
-	_, p2, _ := net.SplitHostPort(nbdPort)
-	// The nodes use consecutive ports from these.
+	// The nodes use consecutive ports: find runs of free ones below the
+	// ephemeral range, where other tests' connections do not land.
+	p1, p2 := freeRun(t, 3), freeRun(t, 3)
+	nbdPort := "127.0.0.1:" + p2
 	cmd := exec.Command(bin, "local", "--nodes", "3", "--dir", dir, "--port", p1, "--nbd-port", p2, "--vdi-size", "1G")
-	var out bytes.Buffer
+	var out lockedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -639,4 +639,48 @@ func TestE2ELocalCluster(t *testing.T) {
 	if _, err := cmd.Process.Wait(); err != nil {
 		t.Fatalf("local did not stop cleanly: %v\n%s", err, out.String())
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// freeRun finds n consecutive free loopback ports in 20000-29999.
+func freeRun(t *testing.T, n int) string {
+	t.Helper()
+	for try := 0; try < 200; try++ {
+		var buf [2]byte
+		_, _ = rand.Read(buf[:])
+		base := 20000 + int(buf[0])<<8%9000 + int(buf[1])%900
+		var ls []net.Listener
+		for i := 0; i < n; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if len(ls) == n {
+			return fmt.Sprint(base)
+		}
+	}
+	t.Fatal("no free port range")
+	return ""
 }
