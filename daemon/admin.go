@@ -125,8 +125,9 @@ type adminState struct {
 }
 
 type writeSession struct {
-	vid  uint32
-	used time.Time
+	vid     uint32
+	used    time.Time
+	release func()
 }
 
 func newAdminState() *adminState { return &adminState{sessions: map[string]*writeSession{}} }
@@ -155,6 +156,7 @@ func (a *adminState) reaper(ctx context.Context, d *Daemon) {
 		for _, s := range stale {
 			d.log.Warn("vdi write session abandoned: detaching", "vid", fmt.Sprintf("%06x", s.vid))
 			_, _ = d.Do(ctx, &core.Request{Type: core.ReqDetach, VID: s.vid})
+			s.release()
 		}
 	}
 }
@@ -340,6 +342,11 @@ func vdiErr(name string, err error) error {
 }
 
 func (d *Daemon) prealloc(ctx context.Context, vid uint32, size uint64) error {
+	release, ok := d.claim(vid)
+	if !ok {
+		return errors.New("attached by another client of this node")
+	}
+	defer release()
 	if _, err := d.do(ctx, &core.Request{Type: core.ReqAttach, VID: vid}); err != nil {
 		return err
 	}
@@ -369,10 +376,15 @@ func (d *Daemon) vdiWrite(ctx context.Context, r *AdminRequest) (any, error) {
 	s := d.admin.sessions[r.Session]
 	d.admin.mu.Unlock()
 	if s == nil {
+		release, ok := d.claim(v.ID)
+		if !ok {
+			return nil, fmt.Errorf("VDI %q is attached by another client of this node", r.Name)
+		}
 		if _, err := d.do(ctx, &core.Request{Type: core.ReqAttach, VID: v.ID}); err != nil {
+			release()
 			return nil, vdiErr(r.Name, err)
 		}
-		s = &writeSession{vid: v.ID}
+		s = &writeSession{vid: v.ID, release: release}
 		d.admin.mu.Lock()
 		d.admin.sessions[r.Session] = s
 		d.admin.mu.Unlock()
@@ -389,6 +401,7 @@ func (d *Daemon) vdiWrite(ctx context.Context, r *AdminRequest) (any, error) {
 		d.admin.mu.Unlock()
 		_, ferr := d.do(ctx, &core.Request{Type: core.ReqFlush, VID: v.ID})
 		_, derr := d.do(ctx, &core.Request{Type: core.ReqDetach, VID: v.ID})
+		s.release()
 		if ferr != nil {
 			return nil, fmt.Errorf("flush: %w", ferr)
 		}

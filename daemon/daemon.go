@@ -64,6 +64,9 @@ type Daemon struct {
 	stopErr error
 
 	shuttingDown bool // loop-owned
+
+	openMu sync.Mutex
+	open   map[uint32]bool // VDIs a local client holds
 }
 
 type event struct {

@@ -11,8 +11,31 @@ import (
 	"github.com/sheepdog-go/sheepdog/nbd"
 )
 
-// backend serves VDIs to the NBD server: export name = VDI name.
-type backend struct{ d *Daemon }
+// backend serves VDIs to the NBD server: export name = VDI name. The
+// cluster's attach lock keeps other nodes out; open keeps a second client
+// of this node out.
+type backend struct {
+	d *Daemon
+}
+
+// claim reserves vid for one local client (NBD or `vdi write`); the
+// returned function gives it back.
+func (d *Daemon) claim(vid uint32) (func(), bool) {
+	d.openMu.Lock()
+	defer d.openMu.Unlock()
+	if d.open == nil {
+		d.open = map[uint32]bool{}
+	}
+	if d.open[vid] {
+		return nil, false
+	}
+	d.open[vid] = true
+	return func() {
+		d.openMu.Lock()
+		delete(d.open, vid)
+		d.openMu.Unlock()
+	}, true
+}
 
 func (b *backend) lookup(ctx context.Context, name string) (core.VDI, bool, error) {
 	var v core.VDI
@@ -36,19 +59,26 @@ func (b *backend) Open(ctx context.Context, name string) (nbd.Volume, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: no VDI named %q", nbd.ErrUnknownExport, name)
 	}
+	release, ok := b.d.claim(v.ID)
+	if !ok {
+		return nil, fmt.Errorf("%w: VDI %q is attached by another client of this node (one attacher at a time)", nbd.ErrBusy, name)
+	}
 	rep, err := b.d.Do(ctx, &core.Request{Type: core.ReqAttach, VID: v.ID, Time: time.Now().Unix()})
 	if err != nil {
+		release()
 		return nil, err
 	}
 	switch rep.Code {
 	case core.OK:
 	case core.ErrLocked:
+		release()
 		return nil, fmt.Errorf("%w: VDI %q is attached elsewhere (one attacher at a time)", nbd.ErrBusy, name)
 	default:
+		release()
 		return nil, fmt.Errorf("attach VDI %q: %w", name, rep.Code)
 	}
 	b.d.log.Info("VDI attached", "vdi", name, "vid", fmt.Sprintf("%06x", v.ID))
-	return &volume{d: b.d, vid: v.ID, size: v.Size, name: name, objSize: v.ObjectSize()}, nil
+	return &volume{d: b.d, vid: v.ID, size: v.Size, name: name, objSize: v.ObjectSize(), release: release}, nil
 }
 
 func (b *backend) List(ctx context.Context) ([]nbd.Export, error) {
@@ -69,6 +99,7 @@ type volume struct {
 	objSize uint64
 	name    string
 	once    sync.Once
+	release func()
 }
 
 func (v *volume) Size() uint64   { return v.size }
@@ -143,6 +174,7 @@ func (v *volume) Close() error {
 		if err == nil && rep.Code != core.OK {
 			err = fmt.Errorf("detach VDI %q: %w", v.name, rep.Code)
 		}
+		v.release()
 		v.d.log.Info("VDI detached", "vdi", v.name, "err", err)
 	})
 	return err

@@ -353,7 +353,11 @@ func TestE2EThreeNodesWithRealClients(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	out2, err := exec.Command("qemu-img", "info", c.nbdURI(1, "test")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out2), "attached elsewhere") {
-		t.Fatalf("second attach: err=%v output:\n%s", err, out2)
+		t.Fatalf("second attach through another node: err=%v output:\n%s", err, out2)
+	}
+	out2, err = exec.Command("qemu-img", "info", c.nbdURI(0, "test")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out2), "another client of this node") {
+		t.Fatalf("second attach through the same node: err=%v output:\n%s", err, out2)
 	}
 }
 

@@ -40,16 +40,17 @@
 // report gives the median of each metric over the rounds, which ignores a
 // single disturbed run, plus the IOPS spread ((max-min)/median) as a
 // measure of the noise. Before each fio run the harness calls sync(2) and
-// waits until the targets' processes are idle, so the leftovers of one run
-// (dirty-page writeback, sheepdog's journal applier) are not billed to the
-// next.
+// waits until the targets' processes are back to the CPU use they had at
+// rest (measured once at startup), so the leftovers of one run (dirty-page
+// writeback, sheepdog's journal applier) are not billed to the next.
 //
 // Ratios are median(target)/median(baseline): higher is better for IOPS and
 // bandwidth, lower is better for latency.
 //
 // Missing a target is a result, not a failure: the exit status is 0 when
 // the report is complete, 1 when the harness itself failed (a process did
-// not start, fio failed), 2 on bad flags and 130 when interrupted. All
+// not start, fio failed), 2 on bad flags and 130 when interrupted (`go
+// run` itself turns any non-zero status into 1). All
 // processes are started in their own process groups and stopped (SIGTERM,
 // then SIGKILL) on every exit path, including Ctrl-C.
 package main
@@ -196,16 +197,23 @@ func main() {
 }
 
 // run performs the whole benchmark and returns the exit status.
-func run(cfg *config) (status int) {
+func run(cfg *config) int {
 	sup := newSupervisor()
 	defer sup.stopSignals()
 
+	var b *bench
 	fail := func(err error) int {
 		if sup.ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted")
 			return 130
 		}
+		if b != nil {
+			b.printLogTails()
+		}
 		fmt.Fprintln(os.Stderr, "bench: FAILED:", err)
+		if !cfg.keep {
+			fmt.Fprintln(os.Stderr, "bench: the work directory is removed; rerun with --keep to keep logs and fio output")
+		}
 		return 1
 	}
 
@@ -245,21 +253,21 @@ func run(cfg *config) (status int) {
 		}
 	}
 
-	b := &bench{cfg: cfg, sup: sup, work: work, start: time.Now()}
+	b = &bench{cfg: cfg, sup: sup, work: work, start: time.Now()}
 	b.machine = describeMachine(cfg, work)
 	b.printHeader()
 
 	if err := b.startTargets(); err != nil {
-		b.printLogTails()
 		return fail(err)
 	}
 	b.printTargets()
+	b.idle = calibrateIdle(sup.ctx, b.allProcs())
+	fmt.Printf("idle CPU use of all target processes together: %d%% of one CPU (settling waits for this + %d%%)\n",
+		b.idle*int64(time.Second/idleWindow), idleMargin*int64(time.Second/idleWindow))
 	if err := b.prefill(); err != nil {
-		b.printLogTails()
 		return fail(err)
 	}
 	if err := b.measure(); err != nil {
-		b.printLogTails()
 		return fail(err)
 	}
 	b.machine.LoadAvgEnd = loadAvg()
@@ -284,6 +292,7 @@ type bench struct {
 	targets  []*target // baseline first
 	prefills []prefillResult
 	samples  map[string]map[string][]sample // job ID -> target name -> runs
+	idle     int64                          // CPU ticks per idleWindow of all target processes at rest
 	settles  []time.Duration
 	noisy    int // settles that timed out before the targets were idle
 }
@@ -359,16 +368,16 @@ func (b *bench) measure() error {
 				if err := b.checkAlive(); err != nil {
 					return err
 				}
-				settled := b.settle()
+				note := b.settle()
 				out := filepath.Join(b.work, "fio", fmt.Sprintf("%s-%s-run%d.json", j.ID, t.Name, r+1))
 				s, err := runFio(b.sup.ctx, b.cfg, t.URI, j, true, out)
 				if err != nil {
 					return fmt.Errorf("%s on %s (run %d): %w", j.Title, t.Name, r+1, err)
 				}
 				b.samples[j.ID][t.Name] = append(b.samples[j.ID][t.Name], s)
-				fmt.Printf("  [%2d/%d] %-18s run %d/%d  %-8s %9.0f IOPS %10s/s  lat %9s mean %9s p99  (settled %.1fs)\n",
+				fmt.Printf("  [%2d/%d] %-18s run %d/%d  %-8s %9.0f IOPS %10s/s  lat %9s mean %9s p99  (%s)\n",
 					n, total, j.Title, r+1, b.cfg.runs, t.Name, s.IOPS, fmtBytes(s.BW),
-					fmtLat(s.ClatMean), fmtLat(s.ClatP99), settled.Seconds())
+					fmtLat(s.ClatMean), fmtLat(s.ClatP99), note)
 			}
 		}
 	}
@@ -390,19 +399,27 @@ func (b *bench) checkAlive() error {
 	return nil
 }
 
-// settle waits until the previous run's after-effects are gone: sync(2),
-// then until every target process together uses little CPU.
-func (b *bench) settle() time.Duration {
+// allProcs lists the processes of every target.
+func (b *bench) allProcs() []*proc {
 	var procs []*proc
 	for _, t := range b.targets {
 		procs = append(procs, t.procs...)
 	}
-	d, ok := settle(b.sup.ctx, procs)
-	b.settles = append(b.settles, d)
+	return procs
+}
+
+// settle waits until the previous run's after-effects are gone: sync(2),
+// then until the target processes are back to their idle CPU use. It
+// returns a note for the progress line.
+func (b *bench) settle() string {
+	syncTime, total, ok := settle(b.sup.ctx, b.allProcs(), b.idle)
+	b.settles = append(b.settles, total)
+	note := fmt.Sprintf("settled %.1fs, sync %.1fs", total.Seconds(), syncTime.Seconds())
 	if !ok {
 		b.noisy++
+		note += ", still busy"
 	}
-	return d
+	return note
 }
 
 // printLogTails shows the end of every process log, after a failure.

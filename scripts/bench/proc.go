@@ -111,18 +111,21 @@ func (s *supervisor) stopAll() []string {
 	procs := s.procs
 	s.procs = nil
 	s.mu.Unlock()
+	running := make([]bool, len(procs))
 	var wg sync.WaitGroup
-	for _, p := range procs {
+	for i, p := range procs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.stop(s.hurry)
+			running[i] = p.stop(s.hurry)
 		}()
 	}
 	wg.Wait()
 	var warn []string
-	for _, p := range procs {
+	for i, p := range procs {
 		switch {
+		case !running[i]:
+			// Exited earlier: already reported as a failure.
 		case p.killed:
 			warn = append(warn, fmt.Sprintf("%s did not stop within %s of SIGTERM; killed (log: %s)", p.name, stopGrace, p.logPath))
 		case p.err != nil && !isTermSignal(p.err):
@@ -132,21 +135,23 @@ func (s *supervisor) stopAll() []string {
 	return warn
 }
 
-func (p *proc) stop(hurry <-chan struct{}) {
+// stop stops p and reports whether it was still running.
+func (p *proc) stop(hurry <-chan struct{}) bool {
 	if p.exited() {
-		return
+		return false
 	}
 	pid := p.cmd.Process.Pid
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
 	select {
 	case <-p.done:
-		return
+		return true
 	case <-time.After(stopGrace):
 	case <-hurry:
 	}
 	p.killed = true
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	<-p.done
+	return true
 }
 
 // isTermSignal reports whether err is "terminated by SIGTERM", which
@@ -247,31 +252,52 @@ func cpuTicks(procs []*proc) int64 {
 	return sum
 }
 
-// Settling: after sync(2), the processes must use at most idleTicks clock
-// ticks (1/100 s each) of CPU in one idleWindow, for at most settleMax.
+// Settling: after sync(2), the processes must use at most their idle CPU
+// (measured by calibrateIdle) plus idleMargin clock ticks (1/100 s each)
+// in one idleWindow, for at most settleMax. A sheepdog cluster is never
+// quite idle (timers and heartbeats), hence the calibration.
 const (
 	idleWindow = 500 * time.Millisecond
-	idleTicks  = 2 // 20ms of CPU in 500ms: 4% of one CPU
+	idleMargin = 3 // 30ms of CPU per 500ms: 6% of one CPU above idle
 	settleMax  = 20 * time.Second
 )
 
-// settle flushes dirty data (sync) and waits until procs are idle. It
-// returns the time it took and whether they became idle within settleMax.
-func settle(ctx context.Context, procs []*proc) (time.Duration, bool) {
+// calibrateIdle returns the CPU ticks procs use per idleWindow when
+// nothing happens: the median over a few windows after a sync.
+func calibrateIdle(ctx context.Context, procs []*proc) int64 {
+	syscall.Sync()
+	var v []float64
+	for i := 0; i < 5; i++ {
+		before := cpuTicks(procs)
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(idleWindow):
+		}
+		v = append(v, float64(cpuTicks(procs)-before))
+	}
+	return int64(median(v))
+}
+
+// settle flushes dirty data (sync) and waits until procs are back to their
+// idle CPU use. It returns the time the sync took, the total time, and
+// whether procs became idle within settleMax.
+func settle(ctx context.Context, procs []*proc, idle int64) (syncTime, total time.Duration, ok bool) {
 	t0 := time.Now()
 	syscall.Sync()
+	syncTime = time.Since(t0)
 	for time.Since(t0) < settleMax {
 		before := cpuTicks(procs)
 		select {
 		case <-ctx.Done():
-			return time.Since(t0), false
+			return syncTime, time.Since(t0), false
 		case <-time.After(idleWindow):
 		}
-		if cpuTicks(procs)-before <= idleTicks {
-			return time.Since(t0), true
+		if cpuTicks(procs)-before <= idle+idleMargin {
+			return syncTime, time.Since(t0), true
 		}
 	}
-	return time.Since(t0), false
+	return syncTime, time.Since(t0), false
 }
 
 // tail returns the last n lines of a file.

@@ -209,6 +209,7 @@ type report struct {
 	Results        []result        `json:"results"`
 	Checks         []check         `json:"checks"`
 	Passed         int             `json:"passed"`
+	IdleCPUPercent int64           `json:"idle_cpu_percent"` // all target processes at rest
 	SettleMedian   float64         `json:"settle_median_seconds"`
 	SettleTimeouts int             `json:"settle_timeouts"`
 }
@@ -233,6 +234,7 @@ func (b *bench) report() *report {
 		settles = append(settles, d.Seconds())
 	}
 	r.SettleMedian = median(settles)
+	r.IdleCPUPercent = b.idle * int64(time.Second/idleWindow)
 	r.SettleTimeouts = b.noisy
 
 	for _, j := range jobs {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -68,14 +70,37 @@ func startBaseline(sup *supervisor, cfg *config, dir, logDir string) (*target, e
 		Settings: fmt.Sprintf("qemu-nbd, sparse raw file of %s, %s", formatSize(cfg.size), strings.Join(baselineFlags, " ")),
 		procs:    []*proc{p},
 	}
-	err = poll(sup.ctx, 10*time.Second, t.procs, "qemu-nbd to listen on "+addr, func() error {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
+	err = poll(sup.ctx, 10*time.Second, t.procs, "qemu-nbd to serve NBD on "+addr, func() error {
+		return nbdProbe(addr)
 	})
 	return t, err
+}
+
+// nbdProbe checks that addr greets like an NBD newstyle server, then ends
+// the session politely (NBD_OPT_ABORT), so the server logs no error.
+func nbdProbe(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	greeting := make([]byte, 18) // "NBDMAGIC" "IHAVEOPT" handshake flags
+	if _, err := io.ReadFull(c, greeting); err != nil {
+		return fmt.Errorf("reading NBD greeting: %w", err)
+	}
+	if string(greeting[:16]) != "NBDMAGICIHAVEOPT" {
+		return fmt.Errorf("%s is not an NBD newstyle server (greeting %q)", addr, greeting[:16])
+	}
+	msg := binary.BigEndian.AppendUint32(nil, 1) // client flags: fixed newstyle
+	msg = append(msg, "IHAVEOPT"...)
+	msg = binary.BigEndian.AppendUint32(msg, 2) // NBD_OPT_ABORT
+	msg = binary.BigEndian.AppendUint32(msg, 0) // no data
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	_, _ = io.ReadFull(c, make([]byte, 20)) // the server's ACK, if any
+	return nil
 }
 
 // startCluster starts a sheepdog cluster of n nodes, formats it with the
