@@ -45,7 +45,7 @@ sim: build
 
 # Performance against a baseline measured in the same run, as ratios.
 bench: deps build
-	./scripts/bench.sh
+	$(GO) run ./scripts/bench --bin $(BIN)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

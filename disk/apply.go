@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,10 +130,9 @@ func (s *Store) applySegment(seg []*op) error {
 const maxMerge = 1 << 20
 
 // applyGroup applies ops, the oldest pending operations of o, in order.
-// Runs of exactly adjacent writes are applied as one write. The sidecar
-// header is written only by the last run: until a checkpoint the journal,
-// not the header, is authoritative, and a checkpoint never follows a
-// partially applied group.
+// Runs of exactly adjacent writes are applied as one write. Only the data
+// file and the in-memory table change; the sidecar is written by the next
+// checkpoint.
 func (s *Store) applyGroup(o *object, ops []*op) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -154,16 +155,21 @@ func (s *Store) applyGroup(o *object, ops []*op) error {
 			}
 		}
 		run := first
+		var merged op
 		if k-j > 1 {
-			data := make([]byte, 0, size)
+			if cap(s.mbuf) < size {
+				s.mbuf = make([]byte, 0, max(size, 64<<10))
+			}
+			data := s.mbuf[:0]
 			for _, op := range ops[j:k] {
 				data = append(data, op.data...)
 			}
-			run = &op{obj: o, kind: opWrite, lsn: ops[k-1].lsn, meta: ops[k-1].meta, off: first.off, data: data}
+			merged = op{obj: o, kind: opWrite, lsn: ops[k-1].lsn, meta: ops[k-1].meta, off: first.off, data: data}
+			run = &merged
 		}
 		err := s.fault(FaultApply)
 		if err == nil {
-			err = s.applyOp(o, run, k == len(ops), verify)
+			err = s.applyOp(o, run, verify)
 		}
 		if err != nil {
 			for _, op := range ops[j:k] {
@@ -224,19 +230,17 @@ func (s *Store) drainApplier() error {
 	}
 }
 
-// checkpointer makes sealed journals redundant: it fsyncs the objects
-// modified up to the seal and the object directory, then removes the sealed
-// journal. Requests are handled in order; after a failure the work is
-// carried over to the next request (and to Close), so journals are removed
-// only once everything before them is durable.
+// checkpointer makes sealed journals redundant: it writes the sidecars of
+// the objects modified up to the seal, fsyncs their files and the object
+// directory, then removes the sealed journal. Requests are handled in
+// order; after a failure the work is carried over to the next request (and
+// to Close), so journals are removed only once everything before them is
+// durable.
 func (s *Store) checkpointer() {
 	defer s.wg.Done()
 	var carry map[uint64]struct{}
 	var journals []string
 	for req := range s.ckq {
-		if s.crashing.Load() {
-			continue
-		}
 		if carry == nil {
 			carry = req.dirty
 		} else {
@@ -245,12 +249,21 @@ func (s *Store) checkpointer() {
 			}
 		}
 		journals = append(journals, req.journal)
-		if err := s.syncObjects(carry); err != nil {
-			s.log.Error("checkpoint failed; journal kept", "err", err)
+		if s.crashing.Load() || s.ckDead {
 			continue
 		}
-		if err := s.removeJournals(journals); err != nil {
-			s.log.Error("checkpoint: removing journal failed", "err", err)
+		err := s.checkpointObjects(carry, true)
+		if err == nil {
+			if err = s.ckptStep(true); err == nil {
+				err = s.removeJournals(journals)
+			}
+		}
+		if errors.Is(err, errCrashed) {
+			s.ckDead = true
+			continue
+		}
+		if err != nil {
+			s.log.Error("checkpoint failed; journal kept", "err", err)
 			continue
 		}
 		carry, journals = nil, nil
@@ -258,33 +271,72 @@ func (s *Store) checkpointer() {
 	s.ckCarry = carry
 }
 
-// syncObjects fsyncs the files of the given objects (a few at a time, so the
-// filesystem can batch them) and then the object directory.
-func (s *Store) syncObjects(oids map[uint64]struct{}) error {
-	if len(oids) > 0 {
-		work := make(chan uint64)
+// ckptStep is called between the steps of a checkpoint: it abandons the
+// checkpoint (errCrashed) when the store is crashing (tests) or, with
+// hooked, when a test hook says so.
+func (s *Store) ckptStep(hooked bool) error {
+	if s.crashing.Load() {
+		return errCrashed
+	}
+	if h := s.opt.hooks; hooked && h != nil && h.step != nil {
+		if err := h.step(); err != nil {
+			return fmt.Errorf("%w: %w", errCrashed, err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) synced(path string) {
+	if h := s.opt.hooks; h != nil && h.synced != nil {
+		h.synced(path)
+	}
+}
+
+// checkpointObjects makes the applied state of the given objects durable:
+// it writes the sidecar of every object whose sidecar is behind (in OID
+// order), then fdatasyncs the data files and sidecars (a few at a time, so
+// the filesystem can batch them) and finally the object directory. Every
+// sidecar write precedes every sync, so when this returns the data, the
+// checksums and the meta of each object are durable together. hooked
+// enables the test hooks' steps.
+func (s *Store) checkpointObjects(oids map[uint64]struct{}, hooked bool) error {
+	sorted := slices.Sorted(maps.Keys(oids))
+	for _, oid := range sorted {
+		if err := s.ckptStep(hooked); err != nil {
+			return err
+		}
+		if err := s.flushSidecar(oid); err != nil {
+			return err
+		}
+	}
+	if err := s.ckptStep(hooked); err != nil {
+		return err
+	}
+	if len(sorted) > 0 {
+		work := make(chan string)
 		var mu sync.Mutex
 		var first error
 		var wg sync.WaitGroup
-		for range min(8, len(oids)) {
+		for range min(8, 2*len(sorted)) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for oid := range work {
-					for _, path := range []string{s.objPath(oid), s.metaPath(oid)} {
-						if err := fsyncPath(path); err != nil {
-							mu.Lock()
-							if first == nil {
-								first = err
-							}
-							mu.Unlock()
+				for path := range work {
+					if err := syncPath(path); err != nil {
+						mu.Lock()
+						if first == nil {
+							first = err
 						}
+						mu.Unlock()
+						continue
 					}
+					s.synced(path)
 				}
 			}()
 		}
-		for oid := range oids {
-			work <- oid
+		for _, oid := range sorted {
+			work <- s.objPath(oid)
+			work <- s.metaPath(oid)
 		}
 		close(work)
 		wg.Wait()
@@ -292,21 +344,56 @@ func (s *Store) syncObjects(oids map[uint64]struct{}) error {
 			return ioErr("checkpoint object", first)
 		}
 	}
+	if err := s.ckptStep(hooked); err != nil {
+		return err
+	}
 	if err := syncDir(s.objDir); err != nil {
 		return ioErr("sync object dir", err)
 	}
+	s.synced(s.objDir)
 	return nil
 }
 
-func fsyncPath(path string) error {
+// flushSidecar writes the sidecar of object oid if it is behind. Tables of
+// objects without cached descriptors are dropped once written.
+func (s *Store) flushSidecar(oid uint64) error {
+	for {
+		o := s.lookup(oid)
+		if o == nil {
+			return nil // deleted or quarantined: nothing to write
+		}
+		o.mu.Lock()
+		if o.removed {
+			o.mu.Unlock()
+			continue
+		}
+		var err error
+		if o.mdirty && o.onDisk {
+			if err = s.fault(FaultCheckpoint); err == nil {
+				err = s.writeSidecar(o)
+			}
+			if err != nil {
+				err = ioErr(fmt.Sprintf("checkpoint object %016x", oid), err)
+			}
+		}
+		if err == nil && o.f == nil && !o.mdirty {
+			o.dropTable()
+		}
+		o.mu.Unlock()
+		return err
+	}
+}
+
+// syncPath fdatasyncs the file at path.
+func syncPath(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil // deleted since; the directory fsync covers it
+		return nil // deleted since; the directory sync covers it
 	}
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	err = fdatasync(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -320,7 +407,10 @@ func (s *Store) finalCheckpoint() error {
 	for oid := range s.ckCarry {
 		dirty[oid] = struct{}{}
 	}
-	if err := s.syncObjects(dirty); err != nil {
+	if err := s.checkpointObjects(dirty, true); err != nil {
+		return err
+	}
+	if err := s.ckptStep(true); err != nil {
 		return err
 	}
 	paths, _, err := s.listJournals()
@@ -361,7 +451,7 @@ func (s *Store) recover() error {
 		}
 	}
 	s.used.Store(used)
-	if err := s.syncObjects(s.dirty); err != nil {
+	if err := s.checkpointObjects(s.dirty, false); err != nil {
 		return err
 	}
 	s.dirty = make(map[uint64]struct{})

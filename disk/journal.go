@@ -259,7 +259,7 @@ func (s *Store) syncTo(target uint64) error {
 // journal file.
 func (s *Store) commit() (uint64, int64, error) {
 	s.jmu.Lock()
-	rotate := s.jend >= s.opt.JournalLimit
+	rotate := s.jend >= s.opt.JournalLimit || s.segDirty.Load() >= s.maxDirty
 	seq := s.jseq + 1
 	s.jmu.Unlock()
 	var nj *os.File
@@ -288,6 +288,7 @@ func (s *Store) commit() (uint64, int64, error) {
 	var sealed string
 	if nj != nil {
 		sealed = s.jpath
+		s.segDirty.Store(0)
 		s.jf, s.jpath, s.jseq, s.jbase = nj, npath, seq, end+1
 		s.jend, s.jflushed, s.jalloc = journalHdrSize, journalHdrSize, nalloc
 	}
@@ -501,7 +502,7 @@ func (s *Store) replayOp(op *op) error {
 	o := op.obj
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if err := s.applyOp(o, op, true, false); err != nil {
+	if err := s.applyOp(o, op, false); err != nil {
 		return fmt.Errorf("disk: replay lsn %d (%s of object %016x): %w", op.lsn, op.kind, o.oid, err)
 	}
 	o.publishApplied()

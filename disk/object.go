@@ -96,19 +96,23 @@ func (o *object) publishApplied() {
 	o.st.Store(&objState{meta: o.ameta, size: o.dsize, exists: true})
 }
 
-// objFiles are an object's open data and sidecar files.
+// objFiles are an object's open data file and, once needed (see
+// metaFile), its sidecar.
 type objFiles struct {
 	data, meta *os.File
 }
 
 func (f *objFiles) close() {
 	_ = f.data.Close()
-	_ = f.meta.Close()
+	if f.meta != nil {
+		_ = f.meta.Close()
+	}
 }
 
-// files returns o's open files, opening (and with create, creating) them.
-// Caller holds o.mu, shared or exclusive; the files stay open until the
-// caller releases it.
+// files returns o's open files, opening (and with create, creating) the
+// data file; the sidecar is opened by metaFile when needed. Caller holds
+// o.mu, shared or exclusive; the files stay open until the caller releases
+// it.
 func (s *Store) files(o *object, create bool) (*objFiles, error) {
 	o.ref.Store(true)
 	o.fmu.Lock()
@@ -125,20 +129,14 @@ func (s *Store) files(o *object, create bool) (*objFiles, error) {
 		o.fmu.Unlock()
 		return nil, err
 	}
-	m, err := os.OpenFile(s.metaPath(o.oid), flag, 0o644)
-	if err != nil {
-		_ = d.Close()
-		o.fmu.Unlock()
-		return nil, err
-	}
-	f := &objFiles{data: d, meta: m}
+	f := &objFiles{data: d}
 	o.f = f
 	o.fmu.Unlock()
 	s.cacheAdd(o)
 	return f, nil
 }
 
-// dropFiles closes o's files. Caller holds o.mu exclusively.
+// dropFiles closes o's files (Delete). Caller holds o.mu exclusively.
 func (s *Store) dropFiles(o *object) {
 	o.fmu.Lock()
 	if o.f != nil {
@@ -150,7 +148,8 @@ func (s *Store) dropFiles(o *object) {
 
 // cacheAdd registers o as holding descriptors and evicts others (CLOCK)
 // when over MaxOpenFiles. Objects in use cannot be evicted: eviction needs
-// their lock exclusively and only tries it.
+// their lock exclusively and only tries it. Evicted objects also drop their
+// checksum table unless it holds changes not yet written to the sidecar.
 func (s *Store) cacheAdd(o *object) {
 	s.fdmu.Lock()
 	defer s.fdmu.Unlock()
@@ -168,6 +167,9 @@ func (s *Store) cacheAdd(o *object) {
 				if v.f != nil {
 					v.f.close()
 					v.f = nil
+				}
+				if !v.mdirty {
+					v.dropTable()
 				}
 				v.inCache = false
 				last := len(s.open) - 1
@@ -328,18 +330,28 @@ func (s *Store) readFile(o *object, off int64, p []byte) error {
 		return ioErr(fmt.Sprintf("read object %016x", o.oid), err)
 	}
 	nc := int(c1 - c0 + 1)
-	var small [64]byte
+	var small [16]uint32
 	slots := small[:0]
-	if 4*nc <= len(small) {
-		slots = small[:4*nc]
+	if nc <= len(small) {
+		slots = small[:nc]
 	} else {
-		slots = make([]byte, 4*nc)
+		slots = make([]uint32, nc)
 	}
-	if err := readFull(f.meta, slots, metaHdrSize+4*c0); err != nil {
-		return ioErr(fmt.Sprintf("read checksums of object %016x", o.oid), err)
-	}
+	// Copy the checksums out of the table (loading pages as needed) and
+	// verify without holding fmu.
+	o.fmu.Lock()
 	for i := range nc {
-		if !chunkOK(buf[i*ChunkSize:(i+1)*ChunkSize], binary.LittleEndian.Uint32(slots[4*i:])) {
+		c := c0 + int64(i)
+		pg, err := s.page(o, f, c/pageSlots)
+		if err != nil {
+			o.fmu.Unlock()
+			return err
+		}
+		slots[i] = pg.s[c%pageSlots]
+	}
+	o.fmu.Unlock()
+	for i := range nc {
+		if !chunkOK(buf[i*ChunkSize:(i+1)*ChunkSize], slots[i]) {
 			return fmt.Errorf("disk: object %016x offset %d (chunk %d): %w",
 				o.oid, (c0+int64(i))*ChunkSize, c0+int64(i), ErrCorrupt)
 		}
@@ -353,11 +365,12 @@ func (s *Store) readFile(o *object, off int64, p []byte) error {
 	return nil
 }
 
-// applyOp applies op to o's files and applied state. hdr asks for the
-// sidecar header to be written; verify checks the old content of partially
-// written chunks before merging (off during replay, where files may hold a
-// torn mix of states). Caller holds o.mu exclusively.
-func (s *Store) applyOp(o *object, op *op, hdr, verify bool) error {
+// applyOp applies op to o's data file, checksum table and applied state.
+// The sidecar is not written: checkpoints write it from the table (see
+// writeSidecar). verify checks the old content of partially written chunks
+// before merging (off during replay, where files may hold a torn mix of
+// states). Caller holds o.mu exclusively.
+func (s *Store) applyOp(o *object, op *op, verify bool) error {
 	if op.kind == opDelete {
 		s.dropFiles(o)
 		for _, path := range []string{s.objPath(o.oid), s.metaPath(o.oid)} {
@@ -366,14 +379,19 @@ func (s *Store) applyOp(o *object, op *op, hdr, verify bool) error {
 			}
 		}
 		o.onDisk, o.bad, o.dsize, o.ameta = false, false, 0, ObjectMeta{}
+		o.dropTable()
+		o.sres = 0
 		return nil
 	}
 	f, err := s.files(o, true)
 	if err != nil {
 		return ioErr(fmt.Sprintf("open object %016x", o.oid), err)
 	}
+	if !o.onDisk {
+		// A new object: its sidecar (if any) is stale.
+		o.pages, o.fresh, o.sres = nil, true, 0
+	}
 	if !o.onDisk || o.bad {
-		hdr = true
 		verify = false
 	}
 	switch op.kind {
@@ -381,42 +399,50 @@ func (s *Store) applyOp(o *object, op *op, hdr, verify bool) error {
 		if err := s.applyWrite(o, f, op.off, op.data, verify); err != nil {
 			return err
 		}
-		if len(op.data) > 0 {
-			o.dsize = max(o.dsize, op.off+int64(len(op.data)))
-		}
 	case opPut:
-		if err := s.applyPut(f, op.data); err != nil {
+		if err := s.applyPut(o, f, op.data); err != nil {
 			return err
 		}
-		o.dsize = int64(len(op.data))
 	case opTomb:
+		if err := s.reserve(o, f, 0); err != nil {
+			return err
+		}
 		if err := f.data.Truncate(0); err != nil {
 			return ioErr("truncate object", err)
 		}
-		if err := f.meta.Truncate(metaHdrSize); err != nil {
-			return ioErr("truncate object sidecar", err)
-		}
 		o.dsize = 0
+		o.pages, o.fresh = nil, true
 	}
-	if hdr {
-		if _, err := f.meta.WriteAt(encodeMetaHdr(op.meta), 0); err != nil {
-			return ioErr("write object header", err)
-		}
-	}
-	o.onDisk, o.bad, o.ameta = true, false, op.meta
+	o.onDisk, o.bad, o.ameta, o.mdirty = true, false, op.meta, true
 	return nil
 }
 
 // applyWrite writes data at off and updates the checksums of the chunks it
-// touches; partially written chunks are merged with their old content.
+// touches in the table; partially written chunks are merged with their old
+// content.
 func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verify bool) error {
 	if len(data) == 0 {
-		return nil
+		return s.reserve(o, f, numChunks(o.dsize))
 	}
 	end := off + int64(len(data))
 	c0, c1 := off/ChunkSize, (end-1)/ChunkSize
-	slots := make([]byte, 4*(c1-c0+1))
+	if err := s.reserve(o, f, max(c1+1, numChunks(o.dsize))); err != nil {
+		return err
+	}
+	if err := s.loadPages(o, f, c0, c1); err != nil {
+		return err
+	}
+	nc := c1 - c0 + 1
+	var small [16]uint32
+	sums := small[:0]
+	if nc <= int64(len(small)) {
+		sums = small[:nc]
+	} else {
+		sums = make([]uint32, nc)
+	}
 	var chunk []byte
+	var bp *[]byte
+	defer func() { putBuf(bp) }()
 	for c := c0; c <= c1; c++ {
 		cs := c * ChunkSize
 		var sum uint32
@@ -424,7 +450,7 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verif
 			sum = chunkSum(data[cs-off : cs-off+ChunkSize])
 		} else {
 			if chunk == nil {
-				chunk = make([]byte, ChunkSize)
+				chunk, bp = getBuf(ChunkSize)
 			}
 			if cs < o.dsize {
 				if err := readFull(f.data, chunk, cs); err != nil {
@@ -434,18 +460,12 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verif
 				clear(chunk)
 			}
 			poison := false
-			if verify {
-				var old [4]byte
-				if err := readFull(f.meta, old[:], metaHdrSize+4*c); err != nil {
-					return ioErr("read object checksum", err)
-				}
-				if !chunkOK(chunk, binary.LittleEndian.Uint32(old[:])) {
-					// Keep the damage detectable instead of blessing it
-					// with a fresh checksum.
-					poison = true
-					s.log.Error("corrupt chunk under a partial write; it stays marked corrupt",
-						"oid", fmt.Sprintf("%016x", o.oid), "offset", cs)
-				}
+			if verify && !chunkOK(chunk, o.pages[c/pageSlots].s[c%pageSlots]) {
+				// Keep the damage detectable instead of blessing it
+				// with a fresh checksum.
+				poison = true
+				s.log.Error("corrupt chunk under a partial write; it stays marked corrupt",
+					"oid", fmt.Sprintf("%016x", o.oid), "offset", cs)
 			}
 			overlay(chunk, cs, data, off)
 			sum = chunkSum(chunk)
@@ -453,61 +473,62 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verif
 				sum = ^sum
 			}
 		}
-		binary.LittleEndian.PutUint32(slots[4*(c-c0):], sum)
+		sums[c-c0] = sum
 	}
 	if _, err := f.data.WriteAt(data, off); err != nil {
 		return ioErr("write object", err)
 	}
-	if _, err := f.meta.WriteAt(slots, metaHdrSize+4*c0); err != nil {
-		return ioErr("write object checksums", err)
+	for c := c0; c <= c1; c++ {
+		s.setSlot(o, c, sums[c-c0])
 	}
+	o.dsize = max(o.dsize, end)
 	return nil
 }
 
-// applyPut replaces the content with data, leaving all-zero chunks as holes.
-func (s *Store) applyPut(f *objFiles, data []byte) error {
-	if err := f.data.Truncate(0); err != nil {
-		return ioErr("truncate object", err)
-	}
-	if err := f.meta.Truncate(metaHdrSize); err != nil {
-		return ioErr("truncate object sidecar", err)
-	}
+// applyPut replaces the content with data, leaving all-zero chunks as holes,
+// and gives o a fresh table.
+func (s *Store) applyPut(o *object, f *objFiles, data []byte) error {
 	n := len(data)
 	nc := (n + ChunkSize - 1) / ChunkSize
-	slots := make([]byte, 4*nc)
-	run := -1 // first chunk of the current run of non-zero chunks
-	flush := func(c int) error {
-		if run < 0 {
-			return nil
-		}
-		lo, hi := run*ChunkSize, min(c*ChunkSize, n)
-		run = -1
-		if _, err := f.data.WriteAt(data[lo:hi], int64(lo)); err != nil {
-			return ioErr("write object", err)
-		}
-		return nil
+	if err := s.reserve(o, f, int64(nc)); err != nil {
+		return err
 	}
+	// Checksums and runs of non-zero chunks ([lo, hi) in chunks) first, so
+	// that the table is only replaced once the file is.
+	pages := make([]*slotPage, (nc+pageSlots-1)/pageSlots)
+	var dirtied int64
+	var runs [][2]int
 	for c := range nc {
 		b := data[c*ChunkSize : min((c+1)*ChunkSize, n)]
 		if isZero(b) {
-			if err := flush(c); err != nil {
-				return err
-			}
 			continue
 		}
-		binary.LittleEndian.PutUint32(slots[4*c:], chunkSum(b))
-		if run < 0 {
-			run = c
+		pg := pages[c/pageSlots]
+		if pg == nil {
+			pg = &slotPage{dirty: true}
+			pages[c/pageSlots] = pg
+			dirtied += pageBytes
+		}
+		pg.s[c%pageSlots] = chunkSum(b)
+		if k := len(runs) - 1; k >= 0 && runs[k][1] == c {
+			runs[k][1] = c + 1
+		} else {
+			runs = append(runs, [2]int{c, c + 1})
 		}
 	}
-	if err := flush(nc); err != nil {
-		return err
+	if err := f.data.Truncate(0); err != nil {
+		return ioErr("truncate object", err)
+	}
+	for _, r := range runs {
+		lo, hi := r[0]*ChunkSize, min(r[1]*ChunkSize, n)
+		if _, err := f.data.WriteAt(data[lo:hi], int64(lo)); err != nil {
+			return ioErr("write object", err)
+		}
 	}
 	if err := f.data.Truncate(int64(n)); err != nil {
 		return ioErr("size object", err)
 	}
-	if _, err := f.meta.WriteAt(slots, metaHdrSize); err != nil {
-		return ioErr("write object checksums", err)
-	}
+	o.pages, o.fresh, o.dsize = pages, true, int64(n)
+	s.segDirty.Add(dirtied)
 	return nil
 }

@@ -82,6 +82,8 @@ const (
 	FaultJournalSync
 	// FaultApply: applying a journaled operation to the object files.
 	FaultApply
+	// FaultCheckpoint: writing an object's sidecar at a checkpoint.
+	FaultCheckpoint
 )
 
 func (f Fault) String() string {
@@ -94,6 +96,8 @@ func (f Fault) String() string {
 		return "journal-sync"
 	case FaultApply:
 		return "apply"
+	case FaultCheckpoint:
+		return "checkpoint"
 	}
 	return fmt.Sprintf("fault(%d)", uint8(f))
 }
@@ -130,6 +134,20 @@ type Options struct {
 	// result is used as that step's error (for example syscall.ENOSPC).
 	// It may be called concurrently. Tests only.
 	Fault func(Fault) error
+
+	hooks *testHooks // tests only
+}
+
+// testHooks let tests observe and interrupt checkpoints.
+type testHooks struct {
+	// synced is called after a file of obj/, or obj/ itself, was synced
+	// by a checkpoint.
+	synced func(path string)
+	// step is called before each step of a background or final
+	// checkpoint (each sidecar write, the object syncs, the directory
+	// sync, the journal removal). An error abandons the checkpoint, and
+	// all later ones, as a crash at that point would.
+	step func() error
 }
 
 func (o *Options) setDefaults() {
@@ -223,6 +241,12 @@ type Store struct {
 	stuck    atomic.Bool  // applyErr != nil, readable without amu
 	pending  atomic.Int64 // bytes journaled and not yet applied
 	crashing atomic.Bool  // test hook: abandon without draining
+	mbuf     []byte       // applier only: buffer for merged writes
+
+	// Checksum tables (see slots.go).
+	segDirty   atomic.Int64 // bytes of table pages dirtied since the last rotation
+	maxDirty   int64        // segDirty that makes the next commit rotate
+	noPrealloc atomic.Bool  // the filesystem cannot reserve sidecar space
 
 	// Objects modified since the last checkpoint marker, guarded by dmu.
 	dmu   sync.Mutex
@@ -230,6 +254,7 @@ type Store struct {
 
 	ckq     chan ckptReq
 	ckCarry map[uint64]struct{} // checkpoint work left by the checkpointer at exit
+	ckDead  bool                // checkpointer only: a test hook abandoned a checkpoint
 	adone   chan struct{}       // closed when the applier exits
 
 	// Descriptor cache (CLOCK), guarded by fdmu.
@@ -251,11 +276,19 @@ type object struct {
 	mu      sync.RWMutex
 	pending []*op // journaled, not yet applied (LSN order)
 	removed bool  // dropped from the shard map; look it up again
-	// Applied (on-disk) state, changed only by the applier under mu.
+	// Applied state, changed only by the applier under mu. The data file
+	// holds it; the sidecar may lag behind until the next checkpoint.
 	onDisk bool
 	bad    bool // Open: header unreadable or a file missing
 	dsize  int64
 	ameta  ObjectMeta
+
+	// Checksum table of the applied state (see slots.go): changed under mu
+	// exclusively, or under mu shared plus fmu (loading pages for reads).
+	pages  []*slotPage // page i covers chunks [i*pageSlots, (i+1)*pageSlots); nil: not loaded
+	fresh  bool        // replaced (Put, tombstone, creation) since the sidecar was written: missing pages are zero, never loaded
+	mdirty bool        // the sidecar is behind the applied state (header, pages or length)
+	sres   int64       // sidecar bytes known to have blocks reserved
 
 	// st is the latest state, including pending operations. Replaced (never
 	// mutated) under mu; loaded without locks by Stat and List.
@@ -369,16 +402,17 @@ func (s *Store) enter() error {
 func Open(dir string, opt Options) (*Store, error) {
 	opt.setDefaults()
 	s := &Store{
-		dir:    dir,
-		objDir: filepath.Join(dir, "obj"),
-		jDir:   filepath.Join(dir, "journal"),
-		opt:    opt,
-		log:    opt.Logger.With("component", "disk", "dir", dir),
-		dirty:  make(map[uint64]struct{}),
-		ckq:    make(chan ckptReq, 64),
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
-		adone:  make(chan struct{}),
+		dir:      dir,
+		objDir:   filepath.Join(dir, "obj"),
+		jDir:     filepath.Join(dir, "journal"),
+		opt:      opt,
+		log:      opt.Logger.With("component", "disk", "dir", dir),
+		dirty:    make(map[uint64]struct{}),
+		ckq:      make(chan ckptReq, 64),
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		adone:    make(chan struct{}),
+		maxDirty: maxDirtyTable,
 	}
 	s.scond = sync.NewCond(&s.smu)
 	s.acond = sync.NewCond(&s.amu)
