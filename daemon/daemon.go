@@ -36,6 +36,9 @@ type Config struct {
 	Timing   core.Timing // zero: core.DefaultTiming()
 	Logger   *slog.Logger
 	Capacity uint64 // 0: the filesystem's size
+	// ConnsPerPeer is the number of TCP connections to each peer (0: 1).
+	// One connection batches best: frames queued together share a write.
+	ConnsPerPeer int
 }
 
 // Daemon is a running sheep.
@@ -101,6 +104,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.Tick == 0 {
 		cfg.Tick = 10 * time.Millisecond
+	}
+	if cfg.ConnsPerPeer == 0 {
+		cfg.ConnsPerPeer = 1
 	}
 	if cfg.Timing.ElectionTicks == 0 {
 		cfg.Timing = core.DefaultTiming()
@@ -225,11 +231,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.node = n
 	tr, err := sdnet.Listen(sdnet.Config{
-		ListenAddr: d.cfg.Listen,
-		NodeID:     uint64(d.self.ID),
-		Logger:     d.log,
-		OnMessage:  d.onMessage,
-		OnRequest:  d.onAdmin,
+		ListenAddr:   d.cfg.Listen,
+		ConnsPerPeer: d.cfg.ConnsPerPeer,
+		NodeID:       uint64(d.self.ID),
+		Logger:       d.log,
+		OnMessage:    d.onMessage,
+		OnRequest:    d.onAdmin,
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: listen on %s: %w", d.cfg.Listen, err)

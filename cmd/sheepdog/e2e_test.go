@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -607,6 +608,23 @@ func TestE2EMalformedNBDRequests(t *testing.T) {
 	defer n2.c.Close()
 	*n = *n2
 	good(500)
+
+	// Garbage on the peer port closes that connection only; the node keeps
+	// serving admin requests and I/O.
+	for _, junk := range [][]byte{[]byte("GET / HTTP/1.0\r\n\r\n"), bytes.Repeat([]byte{0xff}, 4096), {'S', 'D', 'O', 'G', 0, 1, 1, 0}} {
+		g, err := net.Dial("tcp", c.nodes[0].listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = g.Write(junk)
+		_ = g.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.ReadAll(g)
+		g.Close()
+	}
+	if _, err := c.admin("node", "info"); err != nil {
+		t.Fatalf("node stopped answering after garbage on its peer port: %v", err)
+	}
+	good(600)
 }
 
 // TestE2ELocalCluster: `sheepdog local` (what `make run` starts) brings up
@@ -687,4 +705,40 @@ func freeRun(t *testing.T, n int) string {
 	}
 	t.Fatal("no free port range")
 	return ""
+}
+
+// TestE2EMetrics: --metrics serves Prometheus metrics with I/O counts,
+// latencies, the epoch and recovery progress.
+func TestE2EMetrics(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := sheepdogBinary(t)
+	dir := t.TempDir()
+	listen, nbdAddr, metrics := freePort(t), freePort(t), freePort(t)
+	cmd := exec.Command(bin, "sheep", "--dir", dir, "--listen", listen, "--nbd", nbdAddr, "--metrics", metrics)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	c := &procCluster{t: t, bin: bin, nodes: []*sheepProc{{listen: listen, nbd: nbdAddr}}}
+	c.waitMembers(1)
+	c.format(1)
+	c.mustAdmin("vdi", "create", "m", "16M")
+	runTool(t, time.Minute, "qemu-io", "-f", "raw", "nbd://"+nbdAddr+"/m", "-c", "write -P 1 0 1M", "-c", "read -P 1 0 1M")
+	var body string
+	c.waitFor("metrics", 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		body = string(out)
+		return err == nil && resp.StatusCode == http.StatusOK && strings.Contains(body, "sheepdog_epoch")
+	})
+	for _, want := range []string{`sheepdog_io_requests_total{op="write"}`, `sheepdog_io_requests_total{op="read"}`,
+		"sheepdog_io_latency_seconds_bucket", "sheepdog_epoch 1", "sheepdog_recovery_remaining_objects", "sheepdog_members 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }
