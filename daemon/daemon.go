@@ -36,6 +36,8 @@ type Config struct {
 	Timing   core.Timing // zero: core.DefaultTiming()
 	Logger   *slog.Logger
 	Capacity uint64 // 0: the filesystem's size
+	// Disk tunes the object store (fault injection in tests).
+	Disk disk.Options
 	// ConnsPerPeer is the number of TCP connections to each peer (0: 1).
 	// One connection batches best: frames queued together share a write.
 	ConnsPerPeer int
@@ -117,7 +119,9 @@ func New(cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Dir, err)
 	}
-	store, err := disk.Open(cfg.Dir, disk.Options{Logger: cfg.Logger})
+	dopt := cfg.Disk
+	dopt.Logger = cfg.Logger
+	store, err := disk.Open(cfg.Dir, dopt)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: open store in %s: %w", cfg.Dir, err)
 	}
