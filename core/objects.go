@@ -141,6 +141,12 @@ func (n *Node) writeLocal(op DiskOp, cb func(Code)) {
 			switch op.Kind {
 			case DiskWrite, DiskPut:
 				o.meta, o.present = op.Meta, true
+				// A write that landed after this epoch's garbage
+				// collection on an object no longer placed here
+				// (issued in an older epoch): collect it later.
+				if n.gced && !slices.Contains(n.placement(op.OID), n.id) {
+					n.gcLeft = true
+				}
 			case DiskDelete:
 				o.meta, o.present = ObjMeta{}, false
 			}

@@ -51,9 +51,10 @@ type Daemon struct {
 	tr    *sdnet.Transport
 	self  core.NodeInfo
 
-	node  *core.Node // owned by the loop goroutine
-	inbox chan event
-	local []*core.Message // messages to self, handled by the loop
+	node      *core.Node // owned by the loop goroutine
+	inbox     chan event
+	local     []*core.Message // messages to self, handled by the loop
+	localDisk []core.DiskDone // disk operations the loop completed itself
 
 	pending map[uint64]chan core.Reply // loop-owned
 	nextReq atomic.Uint64
@@ -356,10 +357,16 @@ func (d *Daemon) handle(ev event) {
 // process carries out everything the node has ready.
 func (d *Daemon) process() error {
 	for {
-		for len(d.local) > 0 {
-			m := d.local[0]
-			d.local = d.local[1:]
-			d.node.Step(m)
+		for len(d.local) > 0 || len(d.localDisk) > 0 {
+			if len(d.local) > 0 {
+				m := d.local[0]
+				d.local = d.local[1:]
+				d.node.Step(m)
+				continue
+			}
+			r := d.localDisk[0]
+			d.localDisk = d.localDisk[1:]
+			d.node.Step(r)
 		}
 		if !d.node.HasReady() {
 			break

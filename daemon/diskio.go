@@ -52,10 +52,22 @@ func (d *Daemon) stopDisk() {
 }
 
 // submitDisk queues op on its object's worker: one object's operations
-// run in the order they were issued.
+// run in the order they were issued. A write that need not be durable at
+// once only appends to the store's journal buffer, so the loop does it
+// itself and saves two goroutine hand-offs (the core never issues it
+// while another operation on the object is in flight).
 func (d *Daemon) submitDisk(op core.DiskOp) {
 	if op.Kind == core.DiskSync {
 		d.syncs <- op
+		return
+	}
+	if op.Kind == core.DiskWrite && !op.Sync {
+		res := d.execDisk(op)
+		d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()
+		if res.Err != core.OK {
+			d.metrics.diskErrors.WithLabelValues(op.Kind.String(), res.Err.String()).Inc()
+		}
+		d.localDisk = append(d.localDisk, res)
 		return
 	}
 	w := maphash.Comparable(oidSeed, op.OID) % uint64(len(d.workers))

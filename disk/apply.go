@@ -103,23 +103,30 @@ func (s *Store) applyBatch(batch []*op) error {
 }
 
 func (s *Store) applySegment(seg []*op) error {
-	groups := make(map[*object][]*op)
-	var order []*object
+	// The segment's operations of an object are its oldest pending ones
+	// (both are in LSN order), so counting them is enough.
+	order := s.aorder[:0]
 	for _, op := range seg {
 		if op.done {
 			continue
 		}
-		g, ok := groups[op.obj]
-		if !ok {
+		if op.obj.acount == 0 {
 			order = append(order, op.obj)
 		}
-		groups[op.obj] = append(g, op)
+		op.obj.acount++
 	}
+	defer func() {
+		for _, o := range order {
+			o.acount = 0
+		}
+		clear(order)
+		s.aorder = order[:0]
+	}()
 	for _, o := range order {
 		if s.crashing.Load() {
 			return errCrashed
 		}
-		if err := s.applyGroup(o, groups[o]); err != nil {
+		if err := s.applyGroup(o, o.acount); err != nil {
 			return err
 		}
 	}
@@ -129,25 +136,41 @@ func (s *Store) applySegment(seg []*op) error {
 // maxMerge bounds the size of a merged run of adjacent writes.
 const maxMerge = 1 << 20
 
-// applyGroup applies ops, the oldest pending operations of o, in order.
-// Runs of exactly adjacent writes are applied as one write. Only the data
-// file and the in-memory table change; the sidecar is written by the next
-// checkpoint.
-func (s *Store) applyGroup(o *object, ops []*op) error {
+// applyGroup applies the n oldest pending operations of o, in order. Runs
+// of exactly adjacent writes are applied as one write. Only the data file
+// and the in-memory table change; the sidecar is written by the next
+// checkpoint. Applied operations are marked done and unlinked from
+// o.pending; their data buffers are recycled.
+func (s *Store) applyGroup(o *object, n int) (err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for i, op := range ops {
-		if i >= len(o.pending) || o.pending[i] != op {
-			panic(fmt.Sprintf("disk: object %016x: applying lsn %d out of order", o.oid, op.lsn))
-		}
+	if n > len(o.pending) {
+		panic(fmt.Sprintf("disk: object %016x: applying %d operations, %d pending", o.oid, n, len(o.pending)))
 	}
-	defer s.markDirty(o.oid)
-	for j := 0; j < len(ops); {
-		first := ops[j]
-		k, size := j+1, len(first.data)
+	ops := o.pending[:n]
+	applied := 0
+	defer func() {
+		var cost int64
+		for _, op := range ops[:applied] {
+			op.done = true
+			cost += op.cost()
+			op.recycle()
+		}
+		rest := copy(o.pending, o.pending[applied:])
+		clear(o.pending[rest:])
+		o.pending = o.pending[:rest]
+		s.pending.Add(-cost)
+		s.markDirty(o.oid)
+		if err == nil {
+			s.maybeRemove(o)
+		}
+	}()
+	for applied < n {
+		first := ops[applied]
+		k, size := applied+1, len(first.data)
 		verify := !first.tried
 		if first.kind == opWrite && size > 0 {
-			for k < len(ops) && ops[k].kind == opWrite && len(ops[k].data) > 0 &&
+			for k < n && ops[k].kind == opWrite && len(ops[k].data) > 0 &&
 				ops[k].off == first.off+int64(size) && size+len(ops[k].data) <= maxMerge {
 				size += len(ops[k].data)
 				verify = verify && !ops[k].tried
@@ -156,12 +179,12 @@ func (s *Store) applyGroup(o *object, ops []*op) error {
 		}
 		run := first
 		var merged op
-		if k-j > 1 {
+		if k-applied > 1 {
 			if cap(s.mbuf) < size {
 				s.mbuf = make([]byte, 0, max(size, 64<<10))
 			}
 			data := s.mbuf[:0]
-			for _, op := range ops[j:k] {
+			for _, op := range ops[applied:k] {
 				data = append(data, op.data...)
 			}
 			merged = op{obj: o, kind: opWrite, lsn: ops[k-1].lsn, meta: ops[k-1].meta, off: first.off, data: data}
@@ -172,25 +195,13 @@ func (s *Store) applyGroup(o *object, ops []*op) error {
 			err = s.applyOp(o, run, verify)
 		}
 		if err != nil {
-			for _, op := range ops[j:k] {
+			for _, op := range ops[applied:k] {
 				op.tried = true
 			}
 			return ioErr(fmt.Sprintf("apply lsn %d (%s of object %016x)", first.lsn, first.kind, o.oid), err)
 		}
-		var cost int64
-		for _, op := range ops[j:k] {
-			op.done = true
-			cost += op.cost()
-		}
-		clear(o.pending[:k-j])
-		o.pending = o.pending[k-j:]
-		if len(o.pending) == 0 {
-			o.pending = nil
-		}
-		s.pending.Add(-cost)
-		j = k
+		applied = k
 	}
-	s.maybeRemove(o)
 	return nil
 }
 
@@ -252,9 +263,9 @@ func (s *Store) checkpointer() {
 		if s.crashing.Load() || s.ckDead {
 			continue
 		}
-		err := s.checkpointObjects(carry, true)
+		err := s.checkpointObjects(carry)
 		if err == nil {
-			if err = s.ckptStep(true); err == nil {
+			if err = s.ckptStep(); err == nil {
 				err = s.removeJournals(journals)
 			}
 		}
@@ -272,13 +283,13 @@ func (s *Store) checkpointer() {
 }
 
 // ckptStep is called between the steps of a checkpoint: it abandons the
-// checkpoint (errCrashed) when the store is crashing (tests) or, with
-// hooked, when a test hook says so.
-func (s *Store) ckptStep(hooked bool) error {
+// checkpoint (errCrashed) when the store is crashing or a test hook says
+// so (tests only).
+func (s *Store) ckptStep() error {
 	if s.crashing.Load() {
 		return errCrashed
 	}
-	if h := s.opt.hooks; hooked && h != nil && h.step != nil {
+	if h := s.opt.hooks; h != nil && h.step != nil {
 		if err := h.step(); err != nil {
 			return fmt.Errorf("%w: %w", errCrashed, err)
 		}
@@ -297,19 +308,18 @@ func (s *Store) synced(path string) {
 // order), then fdatasyncs the data files and sidecars (a few at a time, so
 // the filesystem can batch them) and finally the object directory. Every
 // sidecar write precedes every sync, so when this returns the data, the
-// checksums and the meta of each object are durable together. hooked
-// enables the test hooks' steps.
-func (s *Store) checkpointObjects(oids map[uint64]struct{}, hooked bool) error {
+// checksums and the meta of each object are durable together.
+func (s *Store) checkpointObjects(oids map[uint64]struct{}) error {
 	sorted := slices.Sorted(maps.Keys(oids))
 	for _, oid := range sorted {
-		if err := s.ckptStep(hooked); err != nil {
+		if err := s.ckptStep(); err != nil {
 			return err
 		}
 		if err := s.flushSidecar(oid); err != nil {
 			return err
 		}
 	}
-	if err := s.ckptStep(hooked); err != nil {
+	if err := s.ckptStep(); err != nil {
 		return err
 	}
 	if len(sorted) > 0 {
@@ -344,7 +354,7 @@ func (s *Store) checkpointObjects(oids map[uint64]struct{}, hooked bool) error {
 			return ioErr("checkpoint object", first)
 		}
 	}
-	if err := s.ckptStep(hooked); err != nil {
+	if err := s.ckptStep(); err != nil {
 		return err
 	}
 	if err := syncDir(s.objDir); err != nil {
@@ -407,10 +417,10 @@ func (s *Store) finalCheckpoint() error {
 	for oid := range s.ckCarry {
 		dirty[oid] = struct{}{}
 	}
-	if err := s.checkpointObjects(dirty, true); err != nil {
+	if err := s.checkpointObjects(dirty); err != nil {
 		return err
 	}
-	if err := s.ckptStep(true); err != nil {
+	if err := s.ckptStep(); err != nil {
 		return err
 	}
 	paths, _, err := s.listJournals()
@@ -451,10 +461,13 @@ func (s *Store) recover() error {
 		}
 	}
 	s.used.Store(used)
-	if err := s.checkpointObjects(s.dirty, false); err != nil {
+	if err := s.checkpointObjects(s.dirty); err != nil {
 		return err
 	}
 	s.dirty = make(map[uint64]struct{})
+	if err := s.ckptStep(); err != nil {
+		return err
+	}
 	if err := s.removeJournals(paths); err != nil {
 		return err
 	}

@@ -5,16 +5,32 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // benchObjects * 4 MiB is the working set of the write benchmarks.
 const benchObjects = 64
+
+// cpuMeter reports the process CPU time per operation (cpu-ns/op) between
+// its creation and report: the work of background goroutines (commits, the
+// applier, checkpoints) included, and less sensitive to a busy machine than
+// wall time.
+type cpuMeter time.Duration
+
+func startCPU() cpuMeter { return cpuMeter(processCPU()) }
+
+func (c cpuMeter) report(b *testing.B) {
+	if b.N > 0 && c > 0 {
+		b.ReportMetric(float64(processCPU()-time.Duration(c))/float64(b.N), "cpu-ns/op")
+	}
+}
 
 func benchWrite4K(b *testing.B, sync bool) {
 	s := openT(b, b.TempDir(), quietOpts())
 	data := pattern(1, ChunkSize)
 	b.SetBytes(ChunkSize)
 	i := 0
+	cpu := startCPU()
 	for b.Loop() {
 		oid := uint64(i % benchObjects)
 		off := int64(i/benchObjects%1024) * ChunkSize
@@ -24,6 +40,7 @@ func benchWrite4K(b *testing.B, sync bool) {
 		i++
 	}
 	b.StopTimer()
+	cpu.report(b)
 	closeT(b, s)
 }
 
@@ -47,6 +64,7 @@ func BenchmarkWrite4KSyncParallel(b *testing.B) {
 	var mu = make(chan struct{}, 1)
 	mu <- struct{}{}
 	b.ResetTimer()
+	cpu := startCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		<-mu
 		next++
@@ -63,6 +81,7 @@ func BenchmarkWrite4KSyncParallel(b *testing.B) {
 		}
 	})
 	b.StopTimer()
+	cpu.report(b)
 	closeT(b, s)
 }
 
@@ -82,6 +101,7 @@ func BenchmarkRead4K(b *testing.B) {
 	r := rand.New(rand.NewPCG(1, 2))
 	p := make([]byte, ChunkSize)
 	b.SetBytes(ChunkSize)
+	cpu := startCPU()
 	for b.Loop() {
 		oid := uint64(r.IntN(benchObjects))
 		off := int64(r.IntN(1024)) * ChunkSize
@@ -90,6 +110,7 @@ func BenchmarkRead4K(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	cpu.report(b)
 	closeT(b, s)
 }
 
@@ -124,6 +145,7 @@ func BenchmarkWrite4KParallel(b *testing.B) {
 	b.SetParallelism((writers + procs - 1) / procs)
 	var next atomic.Uint64
 	b.ResetTimer()
+	cpu := startCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		w := next.Add(1) - 1
 		r := rand.New(rand.NewPCG(w, 3))
@@ -139,5 +161,6 @@ func BenchmarkWrite4KParallel(b *testing.B) {
 		}
 	})
 	b.StopTimer()
+	cpu.report(b)
 	closeT(b, s)
 }

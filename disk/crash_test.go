@@ -3,10 +3,13 @@ package disk
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -18,16 +21,26 @@ import (
 //
 // Damage model: the journal loses or garbles anything after its last fsync
 // (truncation, a flipped byte, garbage appended); the object files lose any
-// subset, at 4 KiB page granularity, of what was written to them since the
-// last checkpoint (each page, each file size, each file creation or removal
-// independently reverts to the checkpointed state). Some rounds use a tiny
-// JournalLimit so the journal rotates and is checkpointed in the background;
-// the last checkpoint is then unknown, so those rounds damage only the
-// journal.
+// subset, at 4 KiB page granularity, of what was written to them since it
+// was last synced (each page and each file size independently reverts to
+// the file's content at its last sync, each file creation or removal to the
+// directory's state at its last sync). A durableModel follows the syncs.
+//
+// Sidecars are written only by checkpoints, so the rounds provoke them:
+// some rounds use a tiny JournalLimit so the journal rotates and is
+// checkpointed in the background, and abandon one checkpoint (and all
+// later ones) at a random step, before a sidecar write, before the syncs,
+// before the directory sync or before the journal removal, as a crash there
+// would; any round may write the sidecars without syncing them (the first
+// step of a checkpoint). The object files are then damaged from every kind
+// of intermediate state: data newer than its sidecar, sidecar newer than
+// its data, a sidecar partly written, synced or not, with its journal still
+// present. Some reopenings are themselves interrupted the same way during
+// recovery's checkpoint before the final reopening.
 func TestCrashRecovery(t *testing.T) {
-	seeds := 30
+	seeds := 45
 	if testing.Short() {
-		seeds = 8
+		seeds = 9
 	}
 	for seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) { crashRound(t, uint64(seed)) })
@@ -43,7 +56,7 @@ func crashRound(t *testing.T, seed uint64) {
 	opt.FlushBytes = 1 << 40
 	opt.MaxPending = 1 << 40
 	opt.JournalLimit = 1 << 40
-	rotate := seed%3 == 2
+	rotate := seed%3 != 0
 	if rotate {
 		opt.JournalLimit = 16 << 10
 	}
@@ -61,8 +74,14 @@ func crashRound(t *testing.T, seed uint64) {
 		m.put(oid, ObjectMeta{Version: ver}, data)
 	}
 	closeT(t, s)
-	s = openT(t, dir, opt)
-	snap := readTree(t, filepath.Join(dir, "obj"))
+	dm := newDurableModel(t, filepath.Join(dir, "obj"))
+	if rotate && r.IntN(4) != 0 {
+		dm.stopAt = 1 + r.Int64N(20) // may lie beyond the last step
+	}
+	sopt := opt
+	sopt.hooks = dm.hooks()
+	s = openT(t, dir, sopt)
+	dm.armed.Store(true)
 	lsn0 := s.lastLSN // record i of this session has LSN lsn0+i
 
 	models := []model{m} // models[k]: state after k journaled records
@@ -124,9 +143,13 @@ func crashRound(t *testing.T, seed uint64) {
 			synced = len(models) - 1
 			continue
 		default:
-			// Also get operations applied to the object files.
+			// Also get operations applied to the object files, and
+			// maybe the sidecars written (not synced).
 			must(t, s.quiesce())
 			synced = len(models) - 1
+			if r.IntN(2) == 0 {
+				flushSidecars(t, s)
+			}
 			continue
 		}
 		must(t, err)
@@ -156,6 +179,11 @@ func crashRound(t *testing.T, seed uint64) {
 	if rotate && k0 == 0 {
 		t.Logf("journal never rotated")
 	}
+	durable := dm.snapshot()
+	if testing.Verbose() {
+		t.Logf("rotate %v: checkpoint steps %d (abandoned: %v), durable files %d",
+			rotate, dm.steps.Load(), dm.stopAt > 0 && dm.steps.Load() >= dm.stopAt, len(durable))
+	}
 
 	for _, damage := range []string{"none", "truncate", "truncate", "flip", "garbage"} {
 		vdir := t.TempDir()
@@ -183,8 +211,26 @@ func crashRound(t *testing.T, seed uint64) {
 		if k < synced {
 			t.Fatalf("test bug: damage %s cut into the synced prefix", damage)
 		}
-		if !rotate {
-			mixObjects(t, r, filepath.Join(vdir, "obj"), snap)
+		vobj := filepath.Join(vdir, "obj")
+		mixObjects(t, r, vobj, durable)
+		if r.IntN(2) == 0 {
+			// Crash while recovering: abandon recovery's checkpoint
+			// at a random step (or after it), then lose what was not
+			// synced.
+			rm := newDurableModel(t, vobj)
+			rm.armed.Store(true)
+			rm.stopAt = 1 + r.Int64N(10)
+			ropt := opt
+			ropt.hooks = rm.hooks()
+			s, err := Open(vdir, ropt)
+			if err == nil {
+				s.crash()
+			} else if !errors.Is(err, errCrashed) {
+				t.Fatalf("interrupted recovery: %v", err)
+			} else if testing.Verbose() {
+				t.Logf("damage %s: recovery abandoned: %v", damage, err)
+			}
+			mixObjects(t, r, vobj, rm.snapshot())
 		}
 		s := openT(t, vdir, opt)
 		func() {
@@ -261,7 +307,7 @@ func copyTree(t *testing.T, src, dst string) {
 }
 
 // mixObjects rewrites the object directory as a power failure might have
-// left it: every change since the checkpoint snapshot independently survives
+// left it: every change since the durable state snap independently survives
 // or not, per 4 KiB page, per file size, per file creation and removal.
 func mixObjects(t *testing.T, r *rand.Rand, dir string, snap map[string][]byte) {
 	t.Helper()
@@ -317,4 +363,149 @@ func mixObjects(t *testing.T, r *rand.Rand, dir string, snap map[string][]byte) 
 		}
 		must(t, os.WriteFile(path, out, 0o644))
 	}
+}
+
+// flushSidecars writes every sidecar that is behind, as the first step of a
+// checkpoint does, without syncing anything or removing a journal.
+func flushSidecars(t *testing.T, s *Store) {
+	t.Helper()
+	var oids []uint64
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		for oid := range sh.m {
+			oids = append(oids, oid)
+		}
+		sh.mu.RUnlock()
+	}
+	for _, oid := range oids {
+		must(t, s.flushSidecar(oid))
+	}
+}
+
+// durableModel follows, through the store's test hooks, what of obj/ would
+// survive a power failure: each file's content at its last sync, and the
+// directory entries at the last sync of the directory. Files are told apart
+// by identity (fileID), not name: a name that was removed and created again
+// since the directory's last sync still refers to the old file, and one
+// that the directory sync found recreated starts out with nothing synced.
+// It can also abandon a checkpoint at its stopAt-th step.
+type durableModel struct {
+	t      *testing.T
+	dir    string
+	armed  atomic.Bool // set once the store under test is open
+	stopAt int64       // abandon at this step (0: never); set before arming
+	steps  atomic.Int64
+
+	mu      sync.Mutex
+	files   map[string]fileState // each name's file at its last sync
+	durable map[string]fileState // durable entries and their durable content
+}
+
+type fileState struct {
+	id   string
+	data []byte
+}
+
+// newDurableModel starts from dir's current content, taken as durable.
+func newDurableModel(t *testing.T, dir string) *durableModel {
+	t.Helper()
+	d := &durableModel{t: t, dir: dir, files: make(map[string]fileState), durable: make(map[string]fileState)}
+	ents, err := os.ReadDir(dir)
+	must(t, err)
+	for _, e := range ents {
+		st, err := readState(filepath.Join(dir, e.Name()), true)
+		must(t, err)
+		d.durable[e.Name()] = st
+	}
+	return d
+}
+
+// readState reads the identity and, with data, the content of a file.
+func readState(path string, data bool) (fileState, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return fileState{}, err
+	}
+	defer f.Close()
+	id, err := fileID(f)
+	if err != nil || !data {
+		return fileState{id: id}, err
+	}
+	b, err := io.ReadAll(f)
+	return fileState{id: id, data: b}, err
+}
+
+func (d *durableModel) hooks() *testHooks {
+	return &testHooks{synced: d.synced, step: d.step}
+}
+
+func (d *durableModel) step() error {
+	if !d.armed.Load() {
+		return nil
+	}
+	if n := d.steps.Add(1); d.stopAt > 0 && n >= d.stopAt {
+		return fmt.Errorf("abandoned at checkpoint step %d", n)
+	}
+	return nil
+}
+
+func (d *durableModel) synced(path string) {
+	if !d.armed.Load() {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if path == d.dir {
+		ents, err := os.ReadDir(d.dir)
+		if err != nil {
+			d.t.Errorf("durable model: %v", err)
+			return
+		}
+		nd := make(map[string]fileState)
+		for _, e := range ents {
+			name := e.Name()
+			st, err := readState(filepath.Join(d.dir, name), false)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed since the sync: not durable either way
+			}
+			if err != nil {
+				d.t.Errorf("durable model: %v", err)
+				return
+			}
+			if old, ok := d.durable[name]; ok && old.id == st.id {
+				nd[name] = old
+			} else if f, ok := d.files[name]; ok && f.id == st.id {
+				nd[name] = f
+			} else {
+				nd[name] = fileState{id: st.id, data: []byte{}} // content never synced
+			}
+		}
+		d.durable = nd
+		return
+	}
+	st, err := readState(path, true)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		d.t.Errorf("durable model: %v", err)
+		return
+	}
+	name := filepath.Base(path)
+	d.files[name] = st
+	if old, ok := d.durable[name]; ok && old.id == st.id {
+		d.durable[name] = st
+	}
+}
+
+// snapshot returns the durable content of each durable entry.
+func (d *durableModel) snapshot() map[string][]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string][]byte, len(d.durable))
+	for name, st := range d.durable {
+		out[name] = st.data
+	}
+	return out
 }

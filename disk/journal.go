@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Journal file layout: a 32-byte header followed by records.
@@ -72,17 +73,30 @@ type op struct {
 	off    int64
 	hdr    [recHdrSize]byte // encoded record header
 	data   []byte           // the caller's data (a private copy)
+	pooled bool             // data comes from dataPool
 	tried  bool             // an earlier apply attempt failed, possibly midway
 	done   bool             // applied (applier bookkeeping)
 	sealed string           // opMarker: the sealed journal file
+	st     objState         // the object's state after op (published by submit)
 }
 
 func (o *op) cost() int64 { return int64(len(o.data)) + recHdrSize }
 
+// dataPool recycles the private copies of write data of more than half a
+// chunk and up to a chunk, the common case (smaller copies are allocated,
+// so a pooled buffer is at most twice the size that MaxPending accounts
+// for). A copy goes back to the pool (recycle) once its operation is
+// applied and unlinked from the object's pending list, or was never
+// journaled: nothing can reach it then.
+var dataPool = sync.Pool{New: func() any { return new([ChunkSize]byte) }}
+
 func newOp(obj *object, kind opKind, meta ObjectMeta, off int64, data []byte) *op {
 	op := &op{obj: obj, kind: kind, meta: meta, off: off}
-	if len(data) > 0 {
-		op.data = append(make([]byte, 0, len(data)), data...)
+	if n := len(data); n > ChunkSize/2 && n <= ChunkSize {
+		op.data = append(dataPool.Get().(*[ChunkSize]byte)[:0], data...)
+		op.pooled = true
+	} else if n > 0 {
+		op.data = append(make([]byte, 0, n), data...)
 	}
 	le := binary.LittleEndian
 	h := op.hdr[:]
@@ -96,6 +110,15 @@ func newOp(obj *object, kind opKind, meta ObjectMeta, off int64, data []byte) *o
 		h[49] = flagDeleted
 	}
 	return op
+}
+
+// recycle returns op's data to the pool. Caller makes sure nothing refers
+// to op.data any more.
+func (o *op) recycle() {
+	if o.pooled {
+		dataPool.Put((*[ChunkSize]byte)(o.data[:ChunkSize]))
+		o.data, o.pooled = nil, false
+	}
 }
 
 // seal sets the record's LSN and checksum.

@@ -107,7 +107,9 @@ type Options struct {
 	Logger *slog.Logger // default slog.Default()
 
 	// JournalLimit: when the journal grows beyond this many bytes it is
-	// rotated and the old file is checkpointed in the background.
+	// rotated and the old file is checkpointed in the background (also
+	// when 64 MiB of checksum table pages were dirtied since the last
+	// rotation, see the package documentation).
 	JournalLimit int64
 	// MaxObjectSize bounds off+len of writes and the size of Puts.
 	MaxObjectSize int64
@@ -127,7 +129,8 @@ type Options struct {
 	// the object files (and therefore held in memory); writers wait above it.
 	MaxPending int64
 	// MaxOpenFiles bounds the number of objects whose file descriptors are
-	// cached (two descriptors each).
+	// cached (up to two descriptors each); their checksum tables stay in
+	// memory with them (4 KiB per 4 MiB of object read or written).
 	MaxOpenFiles int
 
 	// Fault, if set, is called before the I/O step it names; a non-nil
@@ -143,10 +146,10 @@ type testHooks struct {
 	// synced is called after a file of obj/, or obj/ itself, was synced
 	// by a checkpoint.
 	synced func(path string)
-	// step is called before each step of a background or final
-	// checkpoint (each sidecar write, the object syncs, the directory
-	// sync, the journal removal). An error abandons the checkpoint, and
-	// all later ones, as a crash at that point would.
+	// step is called before each step of a checkpoint (each sidecar
+	// write, the object syncs, the directory sync, the journal removal),
+	// Open's included. An error abandons the checkpoint, and all later
+	// ones (Open fails), as a crash at that point would.
 	step func() error
 }
 
@@ -242,6 +245,7 @@ type Store struct {
 	pending  atomic.Int64 // bytes journaled and not yet applied
 	crashing atomic.Bool  // test hook: abandon without draining
 	mbuf     []byte       // applier only: buffer for merged writes
+	aorder   []*object    // applier only: objects of the segment being applied
 
 	// Checksum tables (see slots.go).
 	segDirty   atomic.Int64 // bytes of table pages dirtied since the last rotation
@@ -276,6 +280,7 @@ type object struct {
 	mu      sync.RWMutex
 	pending []*op // journaled, not yet applied (LSN order)
 	removed bool  // dropped from the shard map; look it up again
+	acount  int   // applier only: operations of o in the segment being applied
 	// Applied state, changed only by the applier under mu. The data file
 	// holds it; the sidecar may lag behind until the next checkpoint.
 	onDisk bool
@@ -698,12 +703,14 @@ func (s *Store) submit(oid uint64, kind opKind, meta ObjectMeta, off int64, data
 	op := newOp(o, kind, meta, off, data)
 	lsn, err := s.append(op)
 	if err != nil {
+		op.recycle()
 		s.maybeRemove(o)
 		o.mu.Unlock()
 		return err
 	}
 	o.pending = append(o.pending, op)
-	st := &objState{meta: meta, exists: true}
+	op.st = objState{meta: meta, exists: true}
+	st := &op.st
 	switch kind {
 	case opWrite:
 		st.size = old.size // 0 for missing objects and tombstones

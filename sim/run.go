@@ -181,6 +181,34 @@ func (s *Sim) startWorkload(finish func()) {
 	if s.cfg.Faults&^(FaultDrift|FaultPowerLoss) != 0 {
 		s.at(50*ms, s.faultLoop)
 	}
+	if s.cfg.Faults.Has(FaultCorrupt) {
+		s.at(200*ms, s.scrubLoop)
+	}
+}
+
+// scrubLoop runs `vdi check` on a random volume through a random node now
+// and then during the workload, as an operator's periodic scrub would: it
+// repairs corrupted replicas while the faults go on.
+func (s *Sim) scrubLoop() {
+	if s.checking || len(s.vdis) == 0 {
+		return
+	}
+	var cands []*node
+	for _, nd := range s.liveNodes() {
+		if nd.n.Serving() {
+			cands = append(cands, nd)
+		}
+	}
+	if nd := s.pick(cands); nd != nil {
+		v := s.vdis[s.rng.IntN(len(s.vdis))]
+		s.request(nd, &core.Request{Type: core.ReqCheck, VID: v.vid}, func(rep core.Reply) {
+			s.tracef("scrub of volume %d through node %d: %v, %d repaired", v.idx, nd.info.ID, rep.Code, rep.Repaired)
+			if rep.Code == core.OK {
+				s.repaired += int(rep.Repaired)
+			}
+		})
+	}
+	s.at(int64(300+s.rng.IntN(500))*ms, s.scrubLoop)
 }
 
 // maybeWorkloadDone moves on to the checks once every client stopped.

@@ -23,10 +23,11 @@ func batch(t *testing.T, cfg Config, first uint64, runs int) Summary {
 	return Batch{Config: cfg, First: first, Runs: runs}.Run(context.Background(), nil)
 }
 
-func describeFailures(s Summary) string {
+func describeFailures(cfg Config, s Summary) string {
 	var b strings.Builder
 	for _, r := range s.Failures {
-		fmt.Fprintf(&b, "\n  seed %d: %s\n    replay: %s", r.Seed, strings.Join(r.Problems, "; "), ReplayCommand(Config{Seed: r.Seed}))
+		cfg.Seed = r.Seed
+		fmt.Fprintf(&b, "\n  seed %d: %s\n    replay: %s", r.Seed, strings.Join(r.Problems, "; "), ReplayCommand(cfg))
 	}
 	return b.String()
 }
@@ -44,7 +45,7 @@ func TestSeeds(t *testing.T) {
 	s := batch(t, cfg, *flagFirst, *flagSeeds)
 	t.Log(s)
 	if len(s.Failures) > 0 {
-		t.Fatalf("%d of %d seeds failed:%s", len(s.Failures), s.Runs, describeFailures(s))
+		t.Fatalf("%d of %d seeds failed:%s", len(s.Failures), s.Runs, describeFailures(cfg, s))
 	}
 }
 
@@ -158,7 +159,7 @@ func TestCodecRuns(t *testing.T) {
 	cfg.Ops = 1000
 	s := batch(t, cfg, 1000, 8)
 	if len(s.Failures) > 0 {
-		t.Fatalf("failures with the codec:%s", describeFailures(s))
+		t.Fatalf("failures with the codec:%s", describeFailures(cfg, s))
 	}
 }
 
