@@ -1,5 +1,7 @@
 package core
 
+import "slices"
+
 // Checking a VDI (`vdi check`): every object goes through its primary,
 // which orders the check like a write. The primary verifies its own copy
 // (checksums, repairing it from a co-replica if corrupted), then asks each
@@ -44,8 +46,12 @@ func (n *Node) clientCheck(r *Request) {
 // primaryCheck runs OpCheck at the primary, exclusively.
 func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 	o.active = p
+	epoch := n.epoch
+	// current: the check was not aborted by an epoch change meanwhile (a
+	// stale check must not tell replicas to take its copy).
+	current := func() bool { return o.active == p && epoch == n.epoch }
 	finish := func(code Code) {
-		if o.active != p {
+		if !current() {
 			return
 		}
 		o.active = nil
@@ -53,16 +59,18 @@ func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 		n.runPrimary(oid)
 	}
 	verifyReplicas := func() {
+		if !current() {
+			return
+		}
 		others := p.reps[1:]
 		if len(others) == 0 {
 			finish(OK)
 			return
 		}
 		left := len(others)
-		epoch := n.epoch
 		for _, r := range others {
 			id := n.rpc(&Message{Type: MsgCheckReq, To: r, OID: oid, Version: o.meta.Version}, func(resp *Message) {
-				if o.active != p || epoch != n.epoch {
+				if !current() {
 					return
 				}
 				switch resp.Code {
@@ -91,6 +99,9 @@ func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 		return
 	}
 	n.readLocal(oid, 0, n.objectSize(oid), func(d DiskDone) {
+		if !current() {
+			return
+		}
 		switch d.Err {
 		case OK:
 			verifyReplicas()
@@ -113,6 +124,10 @@ func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 // replaces it with the primary's copy if it is corrupted or differs.
 func (n *Node) handleCheck(m *Message) {
 	if !n.epochGate(m, MsgCheckResp) {
+		return
+	}
+	if reps := n.placement(m.OID); len(reps) == 0 || reps[0] != m.From || !slices.Contains(reps, n.id) {
+		n.respond(m, MsgCheckResp, ErrInvalid) // only the epoch's primary checks its replicas
 		return
 	}
 	if !n.objectReady(m.OID) {

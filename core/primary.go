@@ -344,7 +344,9 @@ func (n *Node) handleRepl(m *Message) {
 	if !stale && !n.epochGate(m, MsgReplResp) {
 		return
 	}
-	if !stale && !slices.Contains(n.placement(m.OID), n.id) {
+	if reps := n.placement(m.OID); !stale && (!slices.Contains(reps, n.id) || reps[0] != m.From) {
+		// Only the epoch's primary of the object replicates to its
+		// replicas.
 		n.respond(m, MsgReplResp, ErrInvalid)
 		return
 	}

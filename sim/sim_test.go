@@ -74,6 +74,9 @@ func TestRegressionSeeds(t *testing.T) {
 		{72, "all", "a late-settled write was counted as flushed"},
 		{98, "all", "a retransmitted converge request looped forever"},
 		{867, "all", "an object busy during garbage collection was never collected"},
+		{221, "all", "a recovery copy landing after garbage collection stayed as an extra copy"},
+		{603, "all", "same"},
+		{510, "all", "a scrub aborted by an epoch change told replicas to take its stale copy"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
