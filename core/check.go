@@ -29,7 +29,7 @@ func (n *Node) clientCheck(r *Request) {
 		n.reply(Reply{ID: r.ID})
 		return
 	}
-	n.after(int64(n.t.OpTimeoutTicks), func() { n.gw.timeout(n, cop) })
+	n.gw.watch(n, cop)
 	next := uint32(0)
 	var launch func()
 	launch = func() {

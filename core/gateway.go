@@ -14,8 +14,9 @@ import (
 
 type gateway struct {
 	vdis   map[uint32]*gwVDI
-	subs   map[uint64]*subOp // sent, by message id
-	queues map[OID][]*subOp  // writes per object; the head is in flight
+	ops    map[uint64]*clientOp // unanswered client operations, by request id
+	subs   map[uint64]*subOp    // sent, by message id
+	queues map[OID][]*subOp     // writes per object; the head is in flight
 	dirty  map[uint32]map[OID]struct{}
 	wait   []*subOp // waiting for a newer epoch
 }
@@ -54,6 +55,7 @@ type subOp struct {
 
 func (g *gateway) init() {
 	g.vdis = map[uint32]*gwVDI{}
+	g.ops = map[uint64]*clientOp{}
 	g.subs = map[uint64]*subOp{}
 	g.queues = map[OID][]*subOp{}
 	g.dirty = map[uint32]map[OID]struct{}{}
@@ -143,7 +145,7 @@ func (n *Node) clientIO(r *Request) {
 		off += l
 	}
 	cop.pending = len(subs)
-	n.after(int64(n.t.OpTimeoutTicks), func() { n.gw.timeout(n, cop) })
+	n.gw.watch(n, cop)
 	for _, s := range subs {
 		if s.op == OpRead {
 			n.gw.dispatch(n, s)
@@ -188,8 +190,10 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	n.send(&Message{Type: MsgIO, To: to, ID: s.msgID, OID: s.oid, Op: s.op, Off: s.off, Len: s.len,
 		Data: s.data, ReqID: s.reqID, Flags: s.flags})
 	id := s.msgID
+	// The timer holds the id only: a timer must not keep a write's data
+	// alive after the write completed.
 	n.after(int64(n.t.RetryTicks), func() {
-		if g.subs[id] == s {
+		if s, ok := g.subs[id]; ok {
 			g.dispatch(n, s)
 		}
 	})
@@ -278,6 +282,7 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	cop.pending--
 	if cop.pending == 0 && !cop.replied {
 		cop.replied = true
+		delete(g.ops, cop.req.ID)
 		r := Reply{ID: cop.req.ID, Code: cop.code, Checked: cop.checked, Repaired: cop.repaired}
 		if cop.code == OK {
 			r.Data = cop.buf
@@ -289,6 +294,18 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	}
 }
 
+// watch arms the client operation's timeout; the timer refers to it by
+// id, so that a completed operation's data is not kept alive.
+func (g *gateway) watch(n *Node, cop *clientOp) {
+	id := cop.req.ID
+	g.ops[id] = cop
+	n.after(int64(n.t.OpTimeoutTicks), func() {
+		if cop, ok := g.ops[id]; ok {
+			g.timeout(n, cop)
+		}
+	})
+}
+
 // timeout fails a client operation that did not settle in time. Its
 // writes stay queued and keep being retried, so that a later write to the
 // same object can never be overtaken by an earlier one.
@@ -297,6 +314,7 @@ func (g *gateway) timeout(n *Node, cop *clientOp) {
 		return
 	}
 	cop.replied = true
+	delete(g.ops, cop.req.ID)
 	n.reply(Reply{ID: cop.req.ID, Code: ErrTimeout})
 }
 

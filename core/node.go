@@ -460,3 +460,26 @@ func (n *Node) ShutdownRequested() bool { return n.shutdown }
 
 // Voters returns the raft voter ids.
 func (n *Node) Voters() []uint64 { return slices.Clone(n.conf.Voters) }
+
+// Stats counts the node's in-flight state, to check that nothing leaks.
+type Stats struct {
+	ClientOps int // client operations not answered yet
+	SubOps    int // object operations a gateway has in flight
+	Calls     int // peer requests awaiting an answer
+	Timers    int
+	Held      int // messages held for a newer epoch
+	Objects   int // object entries (stored or busy)
+	Busy      int // object entries with work pending
+}
+
+// Stats returns the node's in-flight state.
+func (n *Node) Stats() Stats {
+	st := Stats{ClientOps: len(n.gw.ops), SubOps: len(n.gw.subs), Calls: len(n.calls), Timers: len(n.timers),
+		Held: len(n.held), Objects: len(n.objs)}
+	for _, o := range n.objs {
+		if !o.idle() {
+			st.Busy++
+		}
+	}
+	return st
+}

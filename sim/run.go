@@ -235,6 +235,7 @@ func (s *Sim) afterCheck() {
 	s.waitConverged(func() {
 		s.checkRedundancy()
 		s.checkHistory()
+		s.checkQuiescent()
 		if s.cfg.Faults.Has(FaultPowerLoss) {
 			s.powerLoss(s.finish)
 			return
@@ -310,6 +311,18 @@ func (s *Sim) checkHistory() {
 			s.problem("write visualisation: %v", err)
 		} else {
 			s.html = path
+		}
+	}
+}
+
+// checkQuiescent: once the cluster converged and the clients stopped, no
+// node holds client operations, requests or object work: anything left is
+// a leak (state that would keep a write's data alive forever).
+func (s *Sim) checkQuiescent() {
+	for _, nd := range s.liveNodes() {
+		st := nd.n.Stats()
+		if st.ClientOps > 0 || st.SubOps > 0 || st.Busy > 0 || st.Held > 0 || st.Calls > 2*len(s.nodes) {
+			s.problem("node %d is not quiescent after the run: %+v %v", nd.info.ID, st, nd.n.Busy())
 		}
 	}
 }
