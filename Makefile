@@ -28,6 +28,7 @@ test: deps build
 	$(GO) test ./... -count=1 -timeout 30m
 	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 	$(GO) test -race -count=1 -run 'TestDeterminism|TestRegressionSeeds' ./sim/
+	./$(BIN) sim --seed 10001 --runs 200 --faults all
 
 # Installs the Debian packages the tests need, when missing.
 deps:
