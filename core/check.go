@@ -12,14 +12,8 @@ import "slices"
 const checkWindow = 32
 
 func (n *Node) clientCheck(r *Request) {
-	fail := func(c Code) { n.reply(Reply{ID: r.ID, Code: c}) }
-	if !n.serving {
-		fail(ErrNotReady)
-		return
-	}
-	v := n.cs.VDI(r.VID)
-	if v == nil || v.Deleted {
-		fail(ErrNoVDI)
+	v := n.requestVDI(r)
+	if v == nil {
 		return
 	}
 	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks)}

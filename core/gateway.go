@@ -75,15 +75,25 @@ func (n *Node) Attached(vid uint32) bool { _, ok := n.gw.vdis[vid]; return ok }
 
 const writeSeqBits = 40
 
-func (n *Node) clientIO(r *Request) {
-	fail := func(c Code) { n.reply(Reply{ID: r.ID, Code: c}) }
+// requestVDI returns the live VDI a client request addresses, or answers
+// the request with the reason there is none.
+func (n *Node) requestVDI(r *Request) *VDI {
 	if !n.serving {
-		fail(ErrNotReady)
-		return
+		n.reply(Reply{ID: r.ID, Code: ErrNotReady})
+		return nil
 	}
 	v := n.cs.VDI(r.VID)
 	if v == nil || v.Deleted {
-		fail(ErrNoVDI)
+		n.reply(Reply{ID: r.ID, Code: ErrNoVDI})
+		return nil
+	}
+	return v
+}
+
+func (n *Node) clientIO(r *Request) {
+	fail := func(c Code) { n.reply(Reply{ID: r.ID, Code: c}) }
+	v := n.requestVDI(r)
+	if v == nil {
 		return
 	}
 	if r.Len == 0 && r.Type == ReqWrite {
