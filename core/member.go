@@ -282,9 +282,21 @@ func (n *Node) retrySnapshots() {
 }
 
 // markStable records in the log that every member recovered the current
-// epoch, which lets removals start counting afresh.
+// epoch, which lets removals start counting afresh; and that a restarted
+// member recovered, so that its data counts again.
 func (n *Node) markStable() {
-	if len(n.cs.Removed) == 0 || n.rec == nil || !n.rec.finished || !n.allDone() {
+	for _, id := range n.cs.Restarted {
+		m, ok := n.cs.Member(id)
+		if !ok || !n.done[id] {
+			continue
+		}
+		if at, ok := n.recoveredProposed[id]; ok && n.now-at < int64(n.t.RetryTicks) {
+			continue
+		}
+		n.recoveredProposed[id] = n.now
+		n.propose(&Cmd{Type: CmdRecovered, NodeID: id, Inc: m.Incarnation, Epoch: n.epoch, Term: n.term()}, func(Result) {})
+	}
+	if len(n.cs.Removed) == 0 && len(n.cs.Restarted) == 0 || n.rec == nil || !n.rec.finished || !n.allDone() {
 		return
 	}
 	if n.stableProposed == n.epoch && n.now-n.stableAt < int64(n.t.RetryTicks) {

@@ -160,31 +160,32 @@ type Node struct {
 	timerSeq uint64
 
 	// cluster log
-	rn              *raft.RawNode
-	storage         *raft.MemoryStorage
-	conf            raftpb.ConfState
-	lead            NodeID
-	isLeader        bool
-	leaderSince     int64
-	quorumSeen      int64
-	heardLeader     int64
-	electionElapsed int
-	electionTimeout int
-	applied         uint64
-	snapIndex       uint64
-	snapNow         bool
-	lastHeard       map[NodeID]int64
-	addrs           map[NodeID]string
-	props           map[uint64]*proposal
-	nextPropID      uint64
-	confPending     int64 // tick a conf change was proposed at (0: none)
-	pendingJoins    map[NodeID]joinRequest
-	leaveProposed   map[NodeID]int64
-	joinProposed    map[NodeID]int64
-	snapSent        map[NodeID]int64
-	stableProposed  uint32
-	stableAt        int64
-	lastJoinSent    int64
+	rn                *raft.RawNode
+	storage           *raft.MemoryStorage
+	conf              raftpb.ConfState
+	lead              NodeID
+	isLeader          bool
+	leaderSince       int64
+	quorumSeen        int64
+	heardLeader       int64
+	electionElapsed   int
+	electionTimeout   int
+	applied           uint64
+	snapIndex         uint64
+	snapNow           bool
+	lastHeard         map[NodeID]int64
+	addrs             map[NodeID]string
+	props             map[uint64]*proposal
+	nextPropID        uint64
+	confPending       int64 // tick a conf change was proposed at (0: none)
+	pendingJoins      map[NodeID]joinRequest
+	leaveProposed     map[NodeID]int64
+	joinProposed      map[NodeID]int64
+	snapSent          map[NodeID]int64
+	recoveredProposed map[NodeID]int64
+	stableProposed    uint32
+	stableAt          int64
+	lastJoinSent      int64
 
 	// cluster state and the current epoch
 	cs       *ClusterState
@@ -229,29 +230,30 @@ func NewNode(cfg Config) (*Node, error) {
 		r = rand.New(rand.NewPCG(uint64(cfg.Self.ID), cfg.Self.Incarnation))
 	}
 	n := &Node{
-		self:          cfg.Self,
-		id:            cfg.Self.ID,
-		cfg:           cfg,
-		t:             t,
-		bugs:          cfg.Bugs,
-		rand:          r,
-		storage:       raft.NewMemoryStorage(),
-		lastHeard:     map[NodeID]int64{},
-		addrs:         map[NodeID]string{},
-		props:         map[uint64]*proposal{},
-		pendingJoins:  map[NodeID]joinRequest{},
-		leaveProposed: map[NodeID]int64{},
-		joinProposed:  map[NodeID]int64{},
-		snapSent:      map[NodeID]int64{},
-		cs:            NewClusterState(),
-		ring:          NewRing(nil),
-		objs:          map[OID]*object{},
-		diskCB:        map[uint64]func(DiskDone){},
-		leases:        map[NodeID]int64{},
-		leaseReq:      map[NodeID]bool{},
-		leaseUsed:     map[NodeID]int64{},
-		calls:         map[uint64]*call{},
-		done:          map[NodeID]bool{},
+		self:              cfg.Self,
+		id:                cfg.Self.ID,
+		cfg:               cfg,
+		t:                 t,
+		bugs:              cfg.Bugs,
+		rand:              r,
+		storage:           raft.NewMemoryStorage(),
+		lastHeard:         map[NodeID]int64{},
+		addrs:             map[NodeID]string{},
+		props:             map[uint64]*proposal{},
+		pendingJoins:      map[NodeID]joinRequest{},
+		leaveProposed:     map[NodeID]int64{},
+		joinProposed:      map[NodeID]int64{},
+		snapSent:          map[NodeID]int64{},
+		recoveredProposed: map[NodeID]int64{},
+		cs:                NewClusterState(),
+		ring:              NewRing(nil),
+		objs:              map[OID]*object{},
+		diskCB:            map[uint64]func(DiskDone){},
+		leases:            map[NodeID]int64{},
+		leaseReq:          map[NodeID]bool{},
+		leaseUsed:         map[NodeID]int64{},
+		calls:             map[uint64]*call{},
+		done:              map[NodeID]bool{},
 	}
 	n.gw.init()
 	n.addrs[n.id] = n.self.Addr

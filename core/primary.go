@@ -461,9 +461,16 @@ func (n *Node) repair(oid OID, done func(bool)) {
 	epoch := n.epoch
 	put := func(resp *Message) {
 		meta := ObjMeta{Version: resp.Version, ReqID: resp.ReqID, Deleted: resp.Flags&FlagDeleted != 0}
-		n.whenDiskIdle(oid, func() {
+		// Not through o.waiting: that queue waits for the repair itself.
+		var write func()
+		write = func() {
+			if o.diskBusy {
+				n.after(1, write)
+				return
+			}
 			n.writeLocal(DiskOp{Kind: DiskPut, OID: oid, Data: resp.Data, Meta: meta, Sync: true}, func(c Code) { finish(c == OK) })
-		})
+		}
+		write()
 	}
 	// Second pass: the newest intact copy any co-replica has.
 	fallback := func() {

@@ -22,6 +22,7 @@ const (
 	CmdDetach                       // release it
 	CmdShutdown                     // stop every node cleanly
 	CmdStable                       // every member recovered epoch Epoch: removals start counting afresh
+	CmdRecovered                    // a restarted member (NodeID, Inc) recovered: its data is whole again
 	cmdTypeEnd
 )
 
@@ -161,14 +162,17 @@ type ClusterState struct {
 	AttachGen  uint64
 	Shutdown   bool
 	// Removed lists the members removed since every member last finished
-	// recovery. Fewer than the smallest copy count may be removed in that
-	// window: removing more could drop every replica of an object, and the
-	// cluster would then serve zeros for it. Past that, a silent node stays
-	// a member and I/O that needs it waits for it to come back.
-	Removed []NodeID
-	vdis    map[uint32]*VDI
-	names   map[string]uint32 // live VDIs only
-	recent  map[NodeID][]propResult
+	// recovery, and Restarted the members that restarted (and may have lost
+	// unsynced writes) and have not recovered since. Fewer than the
+	// smallest copy count of nodes may be missing their data at once:
+	// removing more could drop every replica of an object, and the cluster
+	// would then serve zeros for it. Past that, a silent node stays a
+	// member and I/O that needs it waits for it to come back.
+	Removed   []NodeID
+	Restarted []NodeID
+	vdis      map[uint32]*VDI
+	names     map[string]uint32 // live VDIs only
+	recent    map[NodeID][]propResult
 }
 
 // NewClusterState returns the empty state before the first entry.
@@ -251,8 +255,12 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		if n.ID == 0 {
 			return Result{Code: ErrInvalid}
 		}
-		if old, ok := s.Member(n.ID); ok && old.Incarnation >= n.Incarnation {
+		old, wasMember := s.Member(n.ID)
+		if wasMember && old.Incarnation >= n.Incarnation {
 			return Result{} // already in, or an older incarnation arriving late
+		}
+		if wasMember && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
+			s.Restarted = append(s.Restarted, n.ID)
 		}
 		if c.AutoVNodes {
 			n.VNodes = s.autoVNodes(n)
@@ -328,7 +336,12 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		return Result{}
 	case CmdStable:
 		if c.Epoch == s.Epoch {
-			s.Removed = nil
+			s.Removed, s.Restarted = nil, nil
+		}
+		return Result{}
+	case CmdRecovered:
+		if s.IsMember(c.NodeID, c.Inc) && c.Epoch == s.Epoch {
+			s.Restarted = slices.DeleteFunc(s.Restarted, func(id NodeID) bool { return id == c.NodeID })
 		}
 		return Result{}
 	}
@@ -400,12 +413,19 @@ func (s *ClusterState) MinCopies() int {
 	return c
 }
 
-// Missing counts the nodes removed since the last full recovery that
-// have not come back (a node that rejoined brought its data back).
+// Missing counts the nodes that may miss data: those removed since the
+// last full recovery that have not come back (a node that rejoined
+// without restarting brought its data back), and restarted members that
+// have not recovered yet.
 func (s *ClusterState) Missing() int {
 	cnt := 0
 	for _, id := range s.Removed {
-		if _, ok := s.Member(id); !ok {
+		if _, ok := s.Member(id); !ok && !slices.Contains(s.Restarted, id) {
+			cnt++
+		}
+	}
+	for _, id := range s.Restarted {
+		if _, ok := s.Member(id); ok || slices.Contains(s.Removed, id) {
 			cnt++
 		}
 	}
@@ -445,6 +465,10 @@ func (s *ClusterState) marshal() []byte {
 	e.bool(s.Shutdown)
 	e.u32(uint32(len(s.Removed)))
 	for _, id := range s.Removed {
+		e.u64(uint64(id))
+	}
+	e.u32(uint32(len(s.Restarted)))
+	for _, id := range s.Restarted {
 		e.u64(uint64(id))
 	}
 	e.u32(uint32(len(s.Nodes)))
@@ -514,6 +538,9 @@ func unmarshalClusterState(b []byte) (*ClusterState, error) {
 	s.Shutdown = d.bool()
 	for i, n := 0, d.count(8); i < n; i++ {
 		s.Removed = append(s.Removed, NodeID(d.u64()))
+	}
+	for i, n := 0, d.count(8); i < n; i++ {
+		s.Restarted = append(s.Restarted, NodeID(d.u64()))
 	}
 	for i, n := 0, d.count(38); i < n; i++ {
 		s.Nodes = append(s.Nodes, decodeNode(&d))

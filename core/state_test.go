@@ -44,6 +44,8 @@ func TestClusterStateApply(t *testing.T) {
 		{"delete", Cmd{Type: CmdVDIDelete, Name: "test"}, Result{VID: 0x7c2b25}},
 		{"recreate takes the next id", Cmd{Type: CmdVDICreate, Name: "test", Size: 1 << 30}, Result{VID: 0x7c2b26}},
 		{"first removal", Cmd{Type: CmdLeave, NodeID: 4, Inc: 1}, Result{}},
+		{"a restarted node that has not recovered counts as missing", Cmd{Type: CmdLeave, NodeID: 3, Inc: 1}, Result{Code: ErrBusy}},
+		{"node 2 recovered", Cmd{Type: CmdRecovered, NodeID: 2, Inc: 2}, Result{}},
 		{"second removal", Cmd{Type: CmdLeave, NodeID: 3, Inc: 1}, Result{}},
 		{"third removal would lose every copy", Cmd{Type: CmdLeave, NodeID: 2, Inc: 2}, Result{Code: ErrBusy}},
 		{"old incarnation leaves: no-op", Cmd{Type: CmdLeave, NodeID: 2, Inc: 1}, Result{}},
@@ -52,7 +54,7 @@ func TestClusterStateApply(t *testing.T) {
 	}
 	for _, st := range steps {
 		c := st.cmd
-		if c.Type == CmdStable {
+		if c.Type == CmdStable || c.Type == CmdRecovered {
 			c.Epoch = s.Epoch
 		}
 		if got := s.apply(&c); got != st.want {
@@ -60,7 +62,7 @@ func TestClusterStateApply(t *testing.T) {
 		}
 	}
 	// 4 joins + restart of 2 + two removals = 7 epochs.
-	if s.Epoch != 7 || len(s.Nodes) != 2 || len(s.Removed) != 0 {
+	if s.Epoch != 7 || len(s.Nodes) != 2 || len(s.Removed) != 0 || len(s.Restarted) != 0 {
 		t.Fatalf("epoch %d, %d nodes, removed %v", s.Epoch, len(s.Nodes), s.Removed)
 	}
 	if !s.CanRemove() {

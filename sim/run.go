@@ -120,6 +120,7 @@ func (s *Sim) adminUntilOK(what string, mk func() *core.Request, then func(core.
 				then(rep)
 				return
 			}
+			s.tracef("admin %s: %v", what, rep.Code)
 			s.at(20*ms, try)
 		})
 		// A crash loses the reply: try elsewhere. A live node must answer.

@@ -77,6 +77,11 @@ func TestRegressionSeeds(t *testing.T) {
 		{221, "all", "a recovery copy landing after garbage collection stayed as an extra copy"},
 		{603, "all", "same"},
 		{510, "all", "a scrub aborted by an epoch change told replicas to take its stale copy"},
+		{100937, "all", "a restarted node that had not recovered yet did not count as missing data: two more removals lost a write"},
+		{103988, "all", "same"},
+		{101510, "all", "a self-repair waited on the queue it blocked itself (deadlock)"},
+		{103722, "all", "same"},
+		{101675, "all", "same, seen as recovery that never ended"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
