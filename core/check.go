@@ -134,7 +134,7 @@ func (n *Node) handleCheck(m *Message) {
 		return
 	}
 	fix := func() {
-		n.catchUpFrom(m.OID, m.From, m.Version, func(c Code) {
+		n.mirror(m.OID, m.From, func(c Code) {
 			r := n.respond(m, MsgCheckResp, c)
 			if c == OK {
 				r.Flags |= FlagRepaired
@@ -144,12 +144,9 @@ func (n *Node) handleCheck(m *Message) {
 	switch {
 	case !o.present && m.Version == 0:
 		n.respond(m, MsgCheckResp, OK)
-	case m.Version == 0:
-		n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) {
-			r := n.respond(m, MsgCheckResp, c)
-			r.Flags |= FlagRepaired
-		})
 	case !o.present || o.meta.Version != m.Version:
+		// Another version than the primary's (or an old retransmission
+		// of its request): take the primary's current state.
 		fix()
 	case o.meta.Deleted:
 		n.respond(m, MsgCheckResp, OK)

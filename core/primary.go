@@ -326,19 +326,34 @@ func (n *Node) handleConverge(m *Message) {
 		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
 		return
 	}
-	switch {
-	case (o.present && o.meta.Version == m.Version) || (!o.present && m.Version == 0):
+	if (o.present && o.meta.Version == m.Version) || (!o.present && m.Version == 0) {
 		n.respond(m, MsgReplResp, OK)
-	case m.Version == 0:
-		n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) { n.respond(m, MsgReplResp, c) })
-	default:
-		// Take the primary's current copy once (it may be newer than the
-		// version asked for, if this message is an old retransmission).
-		n.catchUpFrom(m.OID, m.From, m.Version, func(c Code) { n.respond(m, MsgReplResp, c) })
+		return
 	}
+	// Take the primary's current copy (or its absence): this message may
+	// be an old retransmission, so its version is only a hint.
+	n.mirror(m.OID, m.From, func(c Code) { n.respond(m, MsgReplResp, c) })
 }
 
-// handleRepl applies a write from the object's primary.
+// mirror makes the local copy of oid whatever from holds now: its copy,
+// or no object at all.
+func (n *Node) mirror(oid OID, from NodeID, done func(Code)) {
+	n.catchUpFrom(oid, from, 0, func(c Code) {
+		if c != ErrNoObject {
+			done(c)
+			return
+		}
+		o := n.obj(oid)
+		if !o.present {
+			done(OK)
+			return
+		}
+		n.whenIdle(oid, func() {
+			n.writeLocal(DiskOp{Kind: DiskDelete, OID: oid}, done)
+		})
+	})
+}
+
 func (n *Node) handleRepl(m *Message) {
 	stale := m.Epoch < n.epoch && n.bugs.NoEpochCheck && n.serving
 	if !stale && !n.epochGate(m, MsgReplResp) {
@@ -531,8 +546,18 @@ func (n *Node) handleFetch(m *Message) {
 		n.respond(m, MsgFetchResp, ErrNoObject)
 		return
 	}
-	if o.diskBusy || o.catchingUp || o.repairing {
-		o.waiting = append(o.waiting, func() { n.handleFetch(m) })
+	if o.repairing {
+		// Known to be corrupted: say so at once. (Waiting could deadlock:
+		// the repair may be fetching from the node that asks.)
+		n.respond(m, MsgFetchResp, ErrCorrupt)
+		return
+	}
+	if o.diskBusy {
+		// Wait for the write to land (a catch-up in progress that has not
+		// replaced the copy yet is no reason to wait: the current copy is
+		// consistent). Not through o.waiting, which also waits for
+		// catch-ups and repairs that may be waiting for this answer.
+		n.after(1, func() { n.handleFetch(m) })
 		return
 	}
 	meta := o.meta

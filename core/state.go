@@ -259,7 +259,9 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		if wasMember && old.Incarnation >= n.Incarnation {
 			return Result{} // already in, or an older incarnation arriving late
 		}
-		if wasMember && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
+		// A node that restarted, or that comes back after it was removed,
+		// may miss writes until it has recovered.
+		if (wasMember || slices.Contains(s.Removed, n.ID)) && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
 			s.Restarted = append(s.Restarted, n.ID)
 		}
 		if c.AutoVNodes {

@@ -82,6 +82,9 @@ func TestRegressionSeeds(t *testing.T) {
 		{101510, "all", "a self-repair waited on the queue it blocked itself (deadlock)"},
 		{103722, "all", "same"},
 		{101675, "all", "same, seen as recovery that never ended"},
+		{203722, "all", "an old retransmitted scrub request made a replica delete a write acknowledged since"},
+		{206703, "all", "a node removed then restarted did not count as missing data"},
+		{205442, "all", "a repair and a catch-up waited for each other's fetch (deadlock)"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
