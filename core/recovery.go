@@ -334,7 +334,7 @@ func (n *Node) announceRecovered() {
 		ask = 1
 	}
 	for _, m := range n.cs.Nodes {
-		if m.ID != n.id && (ask == 1 || !n.done[m.ID]) {
+		if m.ID != n.id {
 			n.send(&Message{Type: MsgRecovered, To: m.ID, Flags: ask})
 		}
 	}

@@ -342,7 +342,9 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		}
 		return Result{}
 	case CmdRecovered:
-		if s.IsMember(c.NodeID, c.Inc) && c.Epoch == s.Epoch {
+		// Any recovery this incarnation finished brought back what the
+		// restart may have lost (later epochs are other recoveries).
+		if s.IsMember(c.NodeID, c.Inc) {
 			s.Restarted = slices.DeleteFunc(s.Restarted, func(id NodeID) bool { return id == c.NodeID })
 		}
 		return Result{}

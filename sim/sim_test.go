@@ -85,6 +85,9 @@ func TestRegressionSeeds(t *testing.T) {
 		{203722, "all", "an old retransmitted scrub request made a replica delete a write acknowledged since"},
 		{206703, "all", "a node removed then restarted did not count as missing data"},
 		{205442, "all", "a repair and a catch-up waited for each other's fetch (deadlock)"},
+		{301261, "all", "the last node to finish recovery never announced it: no stable point, a dead node could never be removed"},
+		{300012, "all", "same"},
+		{306147, "all", "same"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
