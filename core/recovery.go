@@ -322,6 +322,10 @@ func (n *Node) maybeFinished(r *recovery) {
 	n.done[n.id] = true
 	n.note(fmt.Sprintf("node %d: recovery of epoch %d finished (%d objects)", n.id, r.epoch, r.total))
 	n.announceRecovered()
+	if slices.Contains(n.cs.Restarted, n.id) {
+		// Record that this restarted node is whole again.
+		n.propose(&Cmd{Type: CmdRecovered, NodeID: n.id, Inc: n.self.Incarnation, Epoch: n.epoch}, func(Result) {})
+	}
 	n.maybeGC()
 }
 
@@ -369,6 +373,11 @@ func (n *Node) maybeGC() {
 		return
 	}
 	n.gced = true
+	if len(n.cs.Removed) > 0 || len(n.cs.Restarted) > 0 {
+		// Every member recovered this epoch: any node that sees it records
+		// the stable point, so that it survives the leader.
+		n.propose(&Cmd{Type: CmdStable, Epoch: n.epoch}, func(Result) {})
+	}
 	n.collect()
 }
 

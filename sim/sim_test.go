@@ -88,6 +88,8 @@ func TestRegressionSeeds(t *testing.T) {
 		{301261, "all", "the last node to finish recovery never announced it: no stable point, a dead node could never be removed"},
 		{300012, "all", "same"},
 		{306147, "all", "same"},
+		{403755, "all", "the leader left before it recorded a full recovery, so a node removed earlier still counted as missing"},
+		{407973, "all", "same"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
