@@ -168,8 +168,9 @@ type ClusterState struct {
 	// removing more could drop every replica of an object, and the cluster
 	// would then serve zeros for it. Past that, a silent node stays a
 	// member and I/O that needs it waits for it to come back.
-	Removed   []NodeID
-	Restarted []NodeID
+	Removed    []NodeID
+	RemovedInc []uint64 // the incarnation each Removed node had
+	Restarted  []NodeID
 	vdis      map[uint32]*VDI
 	names     map[string]uint32 // live VDIs only
 	recent    map[NodeID][]propResult
@@ -261,7 +262,11 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		}
 		// A node that restarted, or that comes back after it was removed,
 		// may miss writes until it has recovered.
-		if (wasMember || slices.Contains(s.Removed, n.ID)) && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
+		restarted := wasMember // a member with a new incarnation
+		if i := slices.Index(s.Removed, n.ID); i >= 0 && s.RemovedInc[i] < n.Incarnation {
+			restarted = true // removed, then restarted before it came back
+		}
+		if restarted && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
 			s.Restarted = append(s.Restarted, n.ID)
 		}
 		if c.AutoVNodes {
@@ -281,8 +286,11 @@ func (s *ClusterState) exec(c *Cmd) Result {
 			return Result{Code: ErrBusy}
 		}
 		s.removeNode(c.NodeID)
-		if s.Formatted && !slices.Contains(s.Removed, c.NodeID) {
+		if i := slices.Index(s.Removed, c.NodeID); s.Formatted && i < 0 {
 			s.Removed = append(s.Removed, c.NodeID)
+			s.RemovedInc = append(s.RemovedInc, c.Inc)
+		} else if i >= 0 {
+			s.RemovedInc[i] = c.Inc
 		}
 		s.newEpoch(c.Time)
 		return Result{}
@@ -338,7 +346,7 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		return Result{}
 	case CmdStable:
 		if c.Epoch == s.Epoch {
-			s.Removed, s.Restarted = nil, nil
+			s.Removed, s.RemovedInc, s.Restarted = nil, nil, nil
 		}
 		return Result{}
 	case CmdRecovered:
@@ -468,8 +476,9 @@ func (s *ClusterState) marshal() []byte {
 	e.u64(s.AttachGen)
 	e.bool(s.Shutdown)
 	e.u32(uint32(len(s.Removed)))
-	for _, id := range s.Removed {
+	for i, id := range s.Removed {
 		e.u64(uint64(id))
+		e.u64(s.RemovedInc[i])
 	}
 	e.u32(uint32(len(s.Restarted)))
 	for _, id := range s.Restarted {
@@ -540,8 +549,9 @@ func unmarshalClusterState(b []byte) (*ClusterState, error) {
 	s.Epoch = d.u32()
 	s.AttachGen = d.u64()
 	s.Shutdown = d.bool()
-	for i, n := 0, d.count(8); i < n; i++ {
+	for i, n := 0, d.count(16); i < n; i++ {
 		s.Removed = append(s.Removed, NodeID(d.u64()))
+		s.RemovedInc = append(s.RemovedInc, d.u64())
 	}
 	for i, n := 0, d.count(8); i < n; i++ {
 		s.Restarted = append(s.Restarted, NodeID(d.u64()))
