@@ -171,9 +171,9 @@ type ClusterState struct {
 	Removed    []NodeID
 	RemovedInc []uint64 // the incarnation each Removed node had
 	Restarted  []NodeID
-	vdis      map[uint32]*VDI
-	names     map[string]uint32 // live VDIs only
-	recent    map[NodeID][]propResult
+	vdis       map[uint32]*VDI
+	names      map[string]uint32 // live VDIs only
+	recent     map[NodeID][]propResult
 }
 
 // NewClusterState returns the empty state before the first entry.
