@@ -2,6 +2,8 @@ package sim
 
 import (
 	"slices"
+
+	"github.com/sheepdog-go/sheepdog/core"
 )
 
 // impaired counts the nodes that may hold less than their share of the
@@ -14,23 +16,33 @@ func (s *Sim) impaired() int {
 	if cs == nil {
 		return 0
 	}
-	cnt := 0
+	bad := map[core.NodeID]bool{}
 	for _, nd := range s.nodes {
 		if !nd.started {
 			continue
 		}
-		member := cs != nil && cs.IsMember(nd.info.ID, nd.info.Incarnation)
+		member := cs.IsMember(nd.info.ID, nd.info.Incarnation)
 		switch {
 		case !nd.up:
 			if _, ok := cs.Member(nd.info.ID); ok && !nd.left || member {
-				cnt++
+				bad[nd.info.ID] = true
 			}
 		case s.isolated(nd) || !nd.n.Serving() || !nd.n.Recovery().Finished || len(nd.disk.corrupt) > 0:
 			// (a node holding a corrupted replica counts until it is repaired)
-			cnt++
+			bad[nd.info.ID] = true
 		}
 	}
-	return cnt
+	// Nodes whose data the cluster has not re-replicated yet: removed
+	// since the last full recovery, or restarted and not recovered.
+	for _, id := range cs.Removed {
+		if _, ok := cs.Member(id); !ok {
+			bad[id] = true
+		}
+	}
+	for _, id := range cs.Restarted {
+		bad[id] = true
+	}
+	return len(bad)
 }
 
 func (s *Sim) isolated(nd *node) bool {

@@ -91,6 +91,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{403755, "all", "the leader left before it recorded a full recovery, so a node removed earlier still counted as missing"},
 		{407973, "all", "same"},
 		{152, "all", "a node back from a partition (same incarnation, data intact) counted as missing data"},
+		{504577, "all", "the simulator crashed a node while a removed node's data was not re-replicated yet (its fault budget ignored removed and restarted nodes)"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
