@@ -331,7 +331,7 @@ func (s *Store) readFile(o *object, off int64, p []byte) error {
 	}
 	nc := int(c1 - c0 + 1)
 	var small [16]uint32
-	slots := small[:0]
+	var slots []uint32
 	if nc <= len(small) {
 		slots = small[:nc]
 	} else {
@@ -434,7 +434,7 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verif
 	}
 	nc := c1 - c0 + 1
 	var small [16]uint32
-	sums := small[:0]
+	var sums []uint32
 	if nc <= int64(len(small)) {
 		sums = small[:nc]
 	} else {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"slices"
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/linearizability"
@@ -421,13 +420,4 @@ func (s *Sim) pick(nodes []*node) *node {
 		return nil
 	}
 	return nodes[s.rng.IntN(len(nodes))]
-}
-
-func sortedNodes(m map[*node]bool) []*node {
-	out := make([]*node, 0, len(m))
-	for nd := range m {
-		out = append(out, nd)
-	}
-	slices.SortFunc(out, func(a, b *node) int { return a.idx - b.idx })
-	return out
 }
