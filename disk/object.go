@@ -217,6 +217,28 @@ func readFull(f *os.File, b []byte, off int64) error {
 // object returns ErrNotFound; a checksum failure returns an error wrapping
 // ErrCorrupt that names the object and offset. On error p is zeroed.
 func (s *Store) Read(oid uint64, off int64, p []byte) (ObjectMeta, error) {
+	meta, err := s.read(oid, off, p, false)
+	return meta, err
+}
+
+// errWouldBlock: TryRead would have to wait for the device or a lock.
+var errWouldBlock = errors.New("disk: read would block")
+
+// TryRead is Read for an event loop that must not wait: it reads only if
+// it can do so without waiting for the device or for the applier (the
+// bytes are in the page cache, the object's files are open and its
+// checksums loaded), and reports ok=false otherwise, with p undefined;
+// the caller then uses Read from a goroutine that may block. With ok=true
+// the results are exactly Read's.
+func (s *Store) TryRead(oid uint64, off int64, p []byte) (meta ObjectMeta, err error, ok bool) {
+	meta, err = s.read(oid, off, p, true)
+	if err == errWouldBlock {
+		return ObjectMeta{}, nil, false
+	}
+	return meta, err, true
+}
+
+func (s *Store) read(oid uint64, off int64, p []byte, nowait bool) (ObjectMeta, error) {
 	if err := s.enter(); err != nil {
 		clear(p)
 		return ObjectMeta{}, err
@@ -232,7 +254,13 @@ func (s *Store) Read(oid uint64, off int64, p []byte) (ObjectMeta, error) {
 			clear(p)
 			return ObjectMeta{}, notFound(oid)
 		}
-		o.mu.RLock()
+		if nowait {
+			if !o.mu.TryRLock() {
+				return ObjectMeta{}, errWouldBlock
+			}
+		} else {
+			o.mu.RLock()
+		}
 		if o.removed {
 			o.mu.RUnlock()
 			continue
@@ -246,7 +274,7 @@ func (s *Store) Read(oid uint64, off int64, p []byte) (ObjectMeta, error) {
 		case st.meta.Deleted:
 			clear(p)
 		default:
-			if err = s.readLocked(o, off, p); err != nil {
+			if err = s.readLocked(o, off, p, nowait); err != nil {
 				clear(p)
 			}
 		}
@@ -257,7 +285,7 @@ func (s *Store) Read(oid uint64, off int64, p []byte) (ObjectMeta, error) {
 
 // readLocked assembles the latest content: the applied file content (or the
 // last pending reset) overlaid with the pending writes. Caller holds o.mu.
-func (s *Store) readLocked(o *object, off int64, p []byte) error {
+func (s *Store) readLocked(o *object, off int64, p []byte, nowait bool) error {
 	end := off + int64(len(p))
 	start, fromFile := 0, o.onDisk
 	for i := len(o.pending) - 1; i >= 0; i-- {
@@ -275,7 +303,7 @@ func (s *Store) readLocked(o *object, off int64, p []byte) error {
 		}
 	}
 	if fromFile {
-		if err := s.readFile(o, off, p); err != nil {
+		if err := s.readFile(o, off, p, nowait); err != nil {
 			return err
 		}
 	} else {
@@ -303,8 +331,9 @@ func overlay(p []byte, off int64, data []byte, doff int64) {
 }
 
 // readFile reads the applied content, verifying every chunk it touches.
-// Caller holds o.mu.
-func (s *Store) readFile(o *object, off int64, p []byte) error {
+// With nowait it returns errWouldBlock rather than open files, load
+// checksums or wait for the device. Caller holds o.mu.
+func (s *Store) readFile(o *object, off int64, p []byte, nowait bool) error {
 	end := off + int64(len(p))
 	if off >= o.dsize || len(p) == 0 {
 		clear(p)
@@ -313,9 +342,24 @@ func (s *Store) readFile(o *object, off int64, p []byte) error {
 	dend := min(end, o.dsize)
 	c0, c1 := off/ChunkSize, (dend-1)/ChunkSize
 	aoff, aend := c0*ChunkSize, (c1+1)*ChunkSize
-	f, err := s.files(o, false)
-	if err != nil {
-		return ioErr(fmt.Sprintf("open object %016x", o.oid), err)
+	var f *objFiles
+	if nowait {
+		o.ref.Store(true)
+		o.fmu.Lock()
+		f = o.f
+		ready := f != nil
+		for p := c0 / pageSlots; ready && p <= c1/pageSlots; p++ {
+			ready = p < int64(len(o.pages)) && o.pages[p] != nil
+		}
+		o.fmu.Unlock()
+		if !ready {
+			return errWouldBlock
+		}
+	} else {
+		var err error
+		if f, err = s.files(o, false); err != nil {
+			return ioErr(fmt.Sprintf("open object %016x", o.oid), err)
+		}
 	}
 	var buf []byte
 	var bp *[]byte
@@ -326,7 +370,16 @@ func (s *Store) readFile(o *object, off int64, p []byte) error {
 		buf, bp = getBuf(int(aend - aoff))
 		defer putBuf(bp)
 	}
-	if err := readFull(f.data, buf, aoff); err != nil {
+	if nowait {
+		n, err := readCached(f.data, buf, aoff)
+		if err == errWouldBlock || (err == nil && int64(n) < min(aend, o.dsize)-aoff) {
+			return errWouldBlock
+		}
+		if err != nil {
+			return ioErr(fmt.Sprintf("read object %016x", o.oid), err)
+		}
+		clear(buf[n:])
+	} else if err := readFull(f.data, buf, aoff); err != nil {
 		return ioErr(fmt.Sprintf("read object %016x", o.oid), err)
 	}
 	nc := int(c1 - c0 + 1)

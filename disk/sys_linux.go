@@ -73,3 +73,40 @@ func fsFree(path string) (uint64, error) {
 	}
 	return st.Bavail * uint64(st.Bsize), nil
 }
+
+// readCached reads len(b) bytes of f at off only if they are all in the
+// page cache (preadv2 with RWF_NOWAIT); it never waits for the device.
+// It returns the bytes read (short at the end of the file), or
+// errWouldBlock.
+func readCached(f *os.File, b []byte, off int64) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	iov := [][]byte{b}
+	if err := rc.Control(func(fd uintptr) {
+		for n < len(b) {
+			iov[0] = b[n:]
+			var k int
+			k, rerr = unix.Preadv2(int(fd), iov, off+int64(n), unix.RWF_NOWAIT)
+			if rerr == unix.EINTR {
+				continue
+			}
+			if rerr != nil || k == 0 {
+				break
+			}
+			n += k
+		}
+	}); err != nil {
+		return 0, err
+	}
+	switch {
+	case rerr == unix.EAGAIN || errors.Is(rerr, unix.EOPNOTSUPP) || rerr == unix.ENOSYS || rerr == unix.EINVAL:
+		return n, errWouldBlock
+	case rerr != nil:
+		return n, &os.PathError{Op: "preadv2", Path: f.Name(), Err: rerr}
+	}
+	return n, nil
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -566,6 +567,12 @@ func (t *transmitter) enqueue(r outReply, slot bool) {
 		return
 	}
 	t.writing = true
+	// Let the workers that are already runnable (replies the daemon
+	// completed together) add theirs first: one writev then carries them
+	// all. With nobody else runnable this returns at once.
+	t.qmu.Unlock()
+	runtime.Gosched()
+	t.qmu.Lock()
 	for len(t.queue) > 0 {
 		batch := t.queue
 		t.queue = t.spare[:0]

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -740,5 +741,9 @@ func TestE2EMetrics(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+	// The read found its bytes in memory: the event loop served it.
+	if !regexp.MustCompile(`(?m)^sheepdog_disk_reads_cached_total [1-9]`).MatchString(body) {
+		t.Errorf("no read served from the page cache: %s", regexp.MustCompile(`(?m)^sheepdog_disk_reads_cached_total.*$`).FindString(body))
 	}
 }
