@@ -184,10 +184,22 @@ func (s *Store) applyGroup(o *object, n int) (err error) {
 				s.mbuf = make([]byte, 0, max(size, 64<<10))
 			}
 			data := s.mbuf[:0]
+			if s.msums == nil {
+				s.msums = make([]uint32, 0, 64)
+			}
+			sums := s.msums[:0]
 			for _, op := range ops[applied:k] {
 				data = append(data, op.data...)
+				if sums != nil && op.sums != nil {
+					sums = append(sums, op.sums...)
+				} else {
+					sums = nil // somebody's chunks need summing
+				}
 			}
-			merged = op{obj: o, kind: opWrite, lsn: ops[k-1].lsn, meta: ops[k-1].meta, off: first.off, data: data}
+			if sums != nil {
+				s.msums = sums
+			}
+			merged = op{obj: o, kind: opWrite, lsn: ops[k-1].lsn, meta: ops[k-1].meta, off: first.off, data: data, sums: sums}
 			run = &merged
 		}
 		err := s.fault(FaultApply)

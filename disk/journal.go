@@ -73,6 +73,8 @@ type op struct {
 	off    int64
 	hdr    [recHdrSize]byte // encoded record header
 	data   []byte           // the caller's data (a private copy)
+	sums   []uint32         // CRC32C of each chunk of data, for a write of whole aligned chunks; else nil
+	sum1   [1]uint32        // sums' backing array for one chunk
 	pooled bool             // data comes from dataPool
 	tried  bool             // an earlier apply attempt failed, possibly midway
 	done   bool             // applied (applier bookkeeping)
@@ -97,6 +99,18 @@ func newOp(obj *object, kind opKind, meta ObjectMeta, off int64, data []byte) *o
 		op.pooled = true
 	} else if n > 0 {
 		op.data = append(make([]byte, 0, n), data...)
+	}
+	if kind == opWrite && len(op.data) > 0 && off%ChunkSize == 0 && len(op.data)%ChunkSize == 0 {
+		// One pass over the data: the record's CRC and the applier's
+		// checksum table both follow from the chunk sums.
+		if n := len(op.data) / ChunkSize; n == 1 {
+			op.sums = op.sum1[:]
+		} else {
+			op.sums = make([]uint32, n)
+		}
+		for i := range op.sums {
+			op.sums[i] = crc32.Checksum(op.data[i*ChunkSize:(i+1)*ChunkSize], castagnoli)
+		}
 	}
 	le := binary.LittleEndian
 	h := op.hdr[:]
@@ -126,7 +140,13 @@ func (o *op) seal(lsn uint64) {
 	o.lsn = lsn
 	binary.LittleEndian.PutUint64(o.hdr[8:], lsn)
 	sum := crc32.Checksum(o.hdr[4:], castagnoli)
-	sum = crc32.Update(sum, castagnoli, o.data)
+	if o.sums != nil {
+		for _, c := range o.sums {
+			sum = crcAppendChunk(sum, c)
+		}
+	} else {
+		sum = crc32.Update(sum, castagnoli, o.data)
+	}
 	binary.LittleEndian.PutUint32(o.hdr[0:], sum)
 }
 

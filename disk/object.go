@@ -449,7 +449,7 @@ func (s *Store) applyOp(o *object, op *op, verify bool) error {
 	}
 	switch op.kind {
 	case opWrite:
-		if err := s.applyWrite(o, f, op.off, op.data, verify); err != nil {
+		if err := s.applyWrite(o, f, op.off, op.data, op.sums, verify); err != nil {
 			return err
 		}
 	case opPut:
@@ -473,7 +473,7 @@ func (s *Store) applyOp(o *object, op *op, verify bool) error {
 // applyWrite writes data at off and updates the checksums of the chunks it
 // touches in the table; partially written chunks are merged with their old
 // content.
-func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verify bool) error {
+func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, known []uint32, verify bool) error {
 	if len(data) == 0 {
 		return s.reserve(o, f, numChunks(o.dsize))
 	}
@@ -499,7 +499,9 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, verif
 	for c := c0; c <= c1; c++ {
 		cs := c * ChunkSize
 		var sum uint32
-		if off <= cs && end >= cs+ChunkSize {
+		if known != nil {
+			sum = known[c-c0] // whole aligned chunks, summed by newOp
+		} else if off <= cs && end >= cs+ChunkSize {
 			sum = chunkSum(data[cs-off : cs-off+ChunkSize])
 		} else {
 			if chunk == nil {

@@ -245,6 +245,7 @@ type Store struct {
 	pending  atomic.Int64 // bytes journaled and not yet applied
 	crashing atomic.Bool  // test hook: abandon without draining
 	mbuf     []byte       // applier only: buffer for merged writes
+	msums    []uint32     // applier only: chunk sums of merged writes
 	aorder   []*object    // applier only: objects of the segment being applied
 
 	// Checksum tables (see slots.go).
