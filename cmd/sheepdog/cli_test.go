@@ -102,3 +102,24 @@ func TestSizeStr(t *testing.T) {
 		}
 	}
 }
+
+func TestGCPercent(t *testing.T) {
+	tests := []struct {
+		flag  int
+		gogc  string
+		want  int
+		apply bool
+	}{
+		{defaultGCPercent, "", defaultGCPercent, true},
+		{100, "", 100, true},
+		{-1, "", -1, true}, // off, as GOGC=off
+		{defaultGCPercent, "50", 0, false},
+		{defaultGCPercent, "off", 0, false},
+	}
+	for _, tt := range tests {
+		got, apply := gcPercent(tt.flag, tt.gogc)
+		if got != tt.want || apply != tt.apply {
+			t.Errorf("gcPercent(%d, %q) = %d, %v; want %d, %v", tt.flag, tt.gogc, got, apply, tt.want, tt.apply)
+		}
+	}
+}

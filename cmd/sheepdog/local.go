@@ -20,6 +20,7 @@ func localCommand() *command {
 		vdiSize                  string
 		copies                   int
 		logLevel, pprofAddr      string
+		gcPercent                int
 	)
 	return &command{
 		name:  "local",
@@ -39,6 +40,7 @@ the same --dir it brings the same cluster back.`,
 			fs.StringVar(&vdiSize, "vdi-size", "10G", "size of that VDI")
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
+			gcFlag(fs, &gcPercent)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
@@ -51,6 +53,7 @@ the same --dir it brings the same cluster back.`,
 			if err != nil {
 				return usagef("--vdi-size: %v", err)
 			}
+			setGC(gcPercent)
 			log, err := newLogger(e, logLevel)
 			if err != nil {
 				return err
