@@ -10,6 +10,10 @@ import (
 
 var oidSeed = maphash.MakeSeed()
 
+// inlineReadMax bounds the reads the loop may serve itself from the page
+// cache (about 100µs of copying and checksumming).
+const inlineReadMax = 1 << 20
+
 // zeros backs writes of zeros; the store only reads it.
 var zeros = make([]byte, 4<<20)
 
@@ -70,10 +74,11 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		d.localDisk = append(d.localDisk, res)
 		return
 	}
-	if op.Kind == core.DiskRead {
+	if op.Kind == core.DiskRead && op.Len <= inlineReadMax {
 		// A read whose bytes are in the page cache is cheaper done here
 		// than handed to a worker and back; one that would wait for the
-		// device (or for the applier) goes to the worker.
+		// device (or for the applier) goes to the worker, and so do
+		// whole-object reads (recovery), which would hold up the loop.
 		buf := make([]byte, op.Len)
 		m, err, ok := d.store.TryRead(uint64(op.OID), int64(op.Off), buf)
 		if ok {
