@@ -80,7 +80,7 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		// device (or for the applier) goes to the worker, and so do
 		// whole-object reads (recovery), which would hold up the loop.
 		buf := make([]byte, op.Len)
-		m, err, ok := d.store.TryRead(uint64(op.OID), int64(op.Off), buf)
+		m, ok, err := d.store.TryRead(uint64(op.OID), int64(op.Off), buf)
 		if ok {
 			res := d.readResult(op, buf, m, err)
 			d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()

@@ -217,8 +217,7 @@ func readFull(f *os.File, b []byte, off int64) error {
 // object returns ErrNotFound; a checksum failure returns an error wrapping
 // ErrCorrupt that names the object and offset. On error p is zeroed.
 func (s *Store) Read(oid uint64, off int64, p []byte) (ObjectMeta, error) {
-	meta, err := s.read(oid, off, p, false)
-	return meta, err
+	return s.read(oid, off, p, false)
 }
 
 // errWouldBlock: TryRead would have to wait for the device or a lock.
@@ -230,12 +229,12 @@ var errWouldBlock = errors.New("disk: read would block")
 // checksums loaded), and reports ok=false otherwise, with p undefined;
 // the caller then uses Read from a goroutine that may block. With ok=true
 // the results are exactly Read's.
-func (s *Store) TryRead(oid uint64, off int64, p []byte) (meta ObjectMeta, err error, ok bool) {
+func (s *Store) TryRead(oid uint64, off int64, p []byte) (meta ObjectMeta, ok bool, err error) {
 	meta, err = s.read(oid, off, p, true)
 	if err == errWouldBlock {
-		return ObjectMeta{}, nil, false
+		return ObjectMeta{}, false, nil
 	}
-	return meta, err, true
+	return meta, true, err
 }
 
 func (s *Store) read(oid uint64, off int64, p []byte, nowait bool) (ObjectMeta, error) {

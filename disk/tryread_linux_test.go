@@ -32,7 +32,7 @@ func TestTryRead(t *testing.T) {
 	s = openT(t, dir, quietOpts())
 	defer closeT(t, s)
 	p := make([]byte, ChunkSize)
-	if _, err, ok := s.TryRead(0xa, 0, p); ok {
+	if _, ok, err := s.TryRead(0xa, 0, p); ok {
 		t.Fatalf("TryRead before the object's files are open: ok with err %v; want ok=false", err)
 	}
 	if _, err := s.Read(0xa, 0, make([]byte, len(data))); err != nil {
@@ -46,7 +46,7 @@ func TestTryRead(t *testing.T) {
 		t.Helper()
 		for _, r := range ranges {
 			got := bytes.Repeat([]byte{0xee}, int(r.n))
-			meta, err, ok := s.TryRead(0xa, r.off, got)
+			meta, ok, err := s.TryRead(0xa, r.off, got)
 			if !ok {
 				if wantOK {
 					t.Fatalf("%s: TryRead(%d, %d) would block", when, r.off, r.n)
@@ -81,7 +81,7 @@ func TestTryRead(t *testing.T) {
 	must(t, s.Write(0xa, ObjectMeta{Version: 4}, 10, []byte("fresh"), false))
 	check("after a write", false)
 
-	if _, err, ok := s.TryRead(0xdead, 0, p); !ok || !errors.Is(err, ErrNotFound) {
+	if _, ok, err := s.TryRead(0xdead, 0, p); !ok || !errors.Is(err, ErrNotFound) {
 		t.Fatalf("TryRead(missing) = %v, ok=%v; want ErrNotFound", err, ok)
 	}
 }
@@ -102,7 +102,7 @@ func TestTryReadCorrupt(t *testing.T) {
 	defer closeT(t, s)
 	s.Read(0xb, 0, make([]byte, ChunkSize)) // open the files, load the checksums
 	p := make([]byte, 2*ChunkSize)
-	_, err, ok := s.TryRead(0xb, 0, p)
+	_, ok, err := s.TryRead(0xb, 0, p)
 	if !ok || !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("TryRead of a corrupt chunk = %v, ok=%v; want ErrCorrupt", err, ok)
 	}
