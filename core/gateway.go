@@ -103,6 +103,10 @@ func (n *Node) clientIO(r *Request) {
 		fail(ErrInvalid)
 		return
 	}
+	if r.Type == ReqMap {
+		n.clientMap(r, v)
+		return
+	}
 	var att *gwVDI
 	if r.Type != ReqRead {
 		att = n.gw.vdis[r.VID]
@@ -169,12 +173,30 @@ func (n *Node) clientIO(r *Request) {
 	}
 }
 
+// clientMap asks the primary of every object r touches whether it holds
+// data. Like a read it needs no attach lock; an allocation that changes
+// while the map runs may be reported either way.
+func (n *Node) clientMap(r *Request, v *VDI) {
+	if r.Len == 0 {
+		n.reply(Reply{ID: r.ID, Code: OK})
+		return
+	}
+	shift := v.BlockShift
+	first, last := r.Off>>shift, (r.Off+r.Len-1)>>shift
+	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks), buf: make([]byte, last-first+1)}
+	cop.pending = len(cop.buf)
+	n.gw.watch(n, cop)
+	for idx := first; idx <= last; idx++ {
+		n.gw.dispatch(n, &subOp{cop: cop, oid: DataOID(v.ID, uint32(idx)), op: OpStat, bufOff: idx - first})
+	}
+}
+
 // dispatch sends s to its object's primary in the current epoch.
 func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.done {
 		return
 	}
-	if s.op == OpRead && s.cop.replied {
+	if (s.op == OpRead || s.op == OpStat) && s.cop.replied {
 		s.done = true // the client gave up; reads have no effect to settle
 		delete(g.subs, s.msgID)
 		return
@@ -263,6 +285,10 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	} else if s.op == OpRead {
 		if code == OK {
 			copy(cop.buf[s.bufOff:s.bufOff+uint64(s.len)], data)
+		}
+	} else if s.op == OpStat {
+		if code == OK && s.repaired > 0 {
+			cop.buf[s.bufOff] = 1
 		}
 	} else {
 		if code == OK && s.flags&FlagFUA == 0 {

@@ -60,6 +60,7 @@ const (
 	OpDiscard     // the whole object becomes a tombstone: reads return zeros, space is freed
 	OpConverge    // MsgRepl: make your copy the primary's (version Version) after a failed write
 	OpCheck       // MsgIO: verify every replica against the primary's copy and repair the ones that differ
+	OpStat        // MsgIO: does the object hold data (a read of its allocation, answered in Len: 1 yes, 0 no)
 )
 
 func (o Op) String() string {
@@ -76,6 +77,8 @@ func (o Op) String() string {
 		return "converge"
 	case OpCheck:
 		return "check"
+	case OpStat:
+		return "stat"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }

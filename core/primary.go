@@ -97,7 +97,7 @@ func (n *Node) runPrimary(oid OID) {
 			return // wake runs us again
 		}
 		p := o.queue[0]
-		if p.m.Op == OpRead {
+		if p.m.Op == OpRead || p.m.Op == OpStat {
 			if !n.haveLeases(p.reps) {
 				return // leaseGranted runs us again
 			}
@@ -119,6 +119,14 @@ func (n *Node) runPrimary(oid OID) {
 }
 
 func (n *Node) primaryRead(oid OID, o *object, p *primOp) {
+	if p.m.Op == OpStat {
+		var has uint32
+		if o.present && !o.meta.Deleted {
+			has = 1
+		}
+		n.respondIOCount(p, OK, has)
+		return
+	}
 	if !o.present || o.meta.Deleted {
 		n.respondIO(p, OK, nil) // never written, or discarded: zeros
 		return

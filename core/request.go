@@ -21,13 +21,14 @@ const (
 	ReqDetach            // VID
 	ReqShutdown          // stop every node of the cluster
 	ReqCheck             // VID: verify every object's replicas and repair those that differ or are corrupted
+	ReqMap               // which objects of [Off, Off+Len) hold data: Reply.Data has a byte per object, 1 if allocated
 	reqTypeEnd
 )
 
 var reqNames = [...]string{
 	ReqRead: "read", ReqWrite: "write", ReqFlush: "flush", ReqTrim: "trim", ReqZero: "zero",
 	ReqFormat: "format", ReqCreateVDI: "create", ReqDeleteVDI: "delete", ReqResizeVDI: "resize",
-	ReqAttach: "attach", ReqDetach: "detach", ReqShutdown: "shutdown", ReqCheck: "check",
+	ReqAttach: "attach", ReqDetach: "detach", ReqShutdown: "shutdown", ReqCheck: "check", ReqMap: "map",
 }
 
 func (t ReqType) String() string {
@@ -60,7 +61,7 @@ type Request struct {
 type Reply struct {
 	ID   uint64
 	Code Code
-	Data []byte // ReqRead
+	Data []byte // ReqRead; ReqMap: one byte per object, 1 if it holds data
 	VID  uint32
 	Gen  uint64 // ReqAttach: attach generation
 
@@ -70,7 +71,7 @@ type Reply struct {
 
 func (n *Node) request(r *Request) {
 	switch r.Type {
-	case ReqRead, ReqWrite, ReqTrim, ReqZero:
+	case ReqRead, ReqWrite, ReqTrim, ReqZero, ReqMap:
 		n.clientIO(r)
 	case ReqCheck:
 		n.clientCheck(r)

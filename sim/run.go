@@ -227,7 +227,7 @@ func (s *Sim) maybeWorkloadDone() {
 	s.checking = true
 	s.heal()
 	s.waitConverged(func() {
-		s.checkVolumes(0, s.afterCheck)
+		s.checkVolumes(0, func() { s.checkMaps(0, s.afterCheck) })
 	})
 }
 

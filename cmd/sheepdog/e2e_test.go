@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/sheepdog-go/sheepdog/daemon"
 )
 
@@ -745,5 +746,47 @@ func TestE2EMetrics(t *testing.T) {
 	// The read found its bytes in memory: the event loop served it.
 	if !regexp.MustCompile(`(?m)^sheepdog_disk_reads_cached_total [1-9]`).MatchString(body) {
 		t.Errorf("no read served from the page cache: %s", regexp.MustCompile(`(?m)^sheepdog_disk_reads_cached_total.*$`).FindString(body))
+	}
+}
+
+// TestE2EBlockStatus: base:allocation block status reports the objects
+// that hold data and the holes between them, through a node that is not
+// every object's primary, so sparse-aware clients skip what was never
+// written.
+func TestE2EBlockStatus(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io")
+	c := startProcCluster(t, 3)
+	c.format(3)
+	c.mustAdmin("vdi", "create", "sparse", "64M")
+	runTool(t, time.Minute, "qemu-io", "-f", "raw", c.nbdURI(0, "sparse"),
+		"-c", "write -P 0x11 0 4k",
+		"-c", "write -P 0x22 21M 1M",
+		"-c", "write -P 0x33 40M 8M",
+		"-c", "discard 44M 4M")
+	var exts []struct {
+		Start  uint64 `json:"start"`
+		Length uint64 `json:"length"`
+		Data   bool   `json:"data"`
+		Zero   bool   `json:"zero"`
+	}
+	out := runTool(t, time.Minute, "qemu-img", "map", "--output=json", "-f", "raw", c.nbdURI(1, "sparse"))
+	if err := json.Unmarshal([]byte(out), &exts); err != nil {
+		t.Fatalf("qemu-img map: %v\n%s", err, out)
+	}
+	type run struct{ Start, End uint64 }
+	var data []run
+	for _, e := range exts {
+		if e.Data {
+			if k := len(data) - 1; k >= 0 && data[k].End == e.Start {
+				data[k].End += e.Length
+			} else {
+				data = append(data, run{e.Start, e.Start + e.Length})
+			}
+		}
+	}
+	const M = 1 << 20
+	want := []run{{0, 4 * M}, {20 * M, 24 * M}, {40 * M, 44 * M}}
+	if diff := cmp.Diff(want, data); diff != "" {
+		t.Errorf("allocated ranges (-want +got):\n%s\nqemu-img map: %s", diff, out)
 	}
 }
