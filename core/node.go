@@ -330,6 +330,7 @@ func (n *Node) tick() {
 		t := heap.Pop(&n.timers).(timer)
 		t.fn()
 	}
+	n.gw.expire(n)
 	if n.isLeader {
 		n.reconcile()
 	}
