@@ -340,7 +340,7 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 func (g *gateway) watch(n *Node, cop *clientOp) {
 	id := cop.req.ID
 	g.ops[id] = cop
-	g.deadlines = append(g.deadlines, opDeadline{at: n.now + int64(n.t.OpTimeoutTicks), id: id})
+	g.deadlines = append(g.deadlines, opDeadline{at: cop.deadline, id: id})
 }
 
 // opDeadline is when the client operation id times out.

@@ -8,7 +8,6 @@ import (
 // soloDriver drives one node that forms its own cluster: messages to
 // itself are delivered, disk operations are answered unless held.
 type soloDriver struct {
-	t       *testing.T
 	n       *Node
 	replies map[uint64]Reply
 	holdIO  bool // leave data disk operations unanswered (a hung disk)
@@ -21,7 +20,7 @@ func newSolo(t *testing.T) *soloDriver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &soloDriver{t: t, n: n, replies: map[uint64]Reply{}}
+	d := &soloDriver{n: n, replies: map[uint64]Reply{}}
 	for i := 0; i < 200; i++ {
 		d.step(Tick{}) // elect itself
 	}
