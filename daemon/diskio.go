@@ -66,12 +66,7 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		return
 	}
 	if op.Kind == core.DiskWrite && !op.Sync {
-		res := d.execDisk(op)
-		d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()
-		if res.Err != core.OK {
-			d.metrics.diskErrors.WithLabelValues(op.Kind.String(), res.Err.String()).Inc()
-		}
-		d.localDisk = append(d.localDisk, res)
+		d.doneHere(op, d.execDisk(op))
 		return
 	}
 	if op.Kind == core.DiskRead && op.Len <= inlineReadMax {
@@ -82,13 +77,8 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		buf := make([]byte, op.Len)
 		m, ok, err := d.store.TryRead(uint64(op.OID), int64(op.Off), buf)
 		if ok {
-			res := d.readResult(op, buf, m, err)
-			d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()
-			if res.Err != core.OK {
-				d.metrics.diskErrors.WithLabelValues(op.Kind.String(), res.Err.String()).Inc()
-			}
 			d.metrics.readsCached.Inc()
-			d.localDisk = append(d.localDisk, res)
+			d.doneHere(op, d.readResult(op, buf, m, err))
 			return
 		}
 	}
@@ -96,12 +86,23 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 	d.workers[w] <- op
 }
 
+// complete hands a worker's result to the loop.
 func (d *Daemon) complete(op core.DiskOp, res core.DiskDone) {
+	d.countDisk(op, res)
+	d.post(event{disk: &res})
+}
+
+// doneHere queues the result of an operation the loop ran itself.
+func (d *Daemon) doneHere(op core.DiskOp, res core.DiskDone) {
+	d.countDisk(op, res)
+	d.localDisk = append(d.localDisk, res)
+}
+
+func (d *Daemon) countDisk(op core.DiskOp, res core.DiskDone) {
 	d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()
 	if res.Err != core.OK {
 		d.metrics.diskErrors.WithLabelValues(op.Kind.String(), res.Err.String()).Inc()
 	}
-	d.post(event{disk: &res})
 }
 
 func (d *Daemon) execDisk(op core.DiskOp) core.DiskDone {

@@ -108,23 +108,39 @@ func (s *Sim) powerLoss(then func()) {
 				s.startNode(nd)
 			}
 		}
-		s.waitConverged(func() { s.readBack(0, then) })
+		s.waitConverged(func() { s.readBack(then) })
 	})
 }
 
-// readBack reads every volume in full and checks durability.
-func (s *Sim) readBack(i int, then func()) {
-	if i == len(s.vdis) {
-		then()
-		return
+// eachVolume runs step on every volume in turn, then then; step calls
+// next when it is done with its volume.
+func (s *Sim) eachVolume(then func(), step func(v *volume, next func())) {
+	var run func(i int)
+	run = func(i int) {
+		if i == len(s.vdis) {
+			then()
+			return
+		}
+		step(s.vdis[i], func() { run(i + 1) })
 	}
-	v := s.vdis[i]
+	run(0)
+}
+
+// readVolume reads v in full, retrying until it succeeds.
+func (s *Sim) readVolume(v *volume, what string, then func(data []byte)) {
 	size := uint64(v.blocks * s.cfg.BlockSize)
-	s.adminUntilOK("read back", func() *core.Request {
+	s.adminUntilOK(what, func() *core.Request {
 		return &core.Request{Type: core.ReqRead, VID: v.vid, Len: size}
-	}, func(rep core.Reply) {
-		s.checkDurable(v, rep.Data)
-		s.readBack(i+1, then)
+	}, func(rep core.Reply) { then(rep.Data) })
+}
+
+// readBack reads every volume in full and checks durability.
+func (s *Sim) readBack(then func()) {
+	s.eachVolume(then, func(v *volume, next func()) {
+		s.readVolume(v, "read back", func(data []byte) {
+			s.checkDurable(v, data)
+			next()
+		})
 	})
 }
 
@@ -132,31 +148,26 @@ func (s *Sim) readBack(i int, then func()) {
 // map: an object that holds a non-zero byte must be reported allocated
 // (sparse-aware copies such as qemu-img convert skip what is reported as
 // a hole). With the clients stopped nothing changes in between.
-func (s *Sim) checkMaps(i int, then func()) {
-	if i == len(s.vdis) {
-		then()
-		return
-	}
-	v := s.vdis[i]
-	size := uint64(v.blocks * s.cfg.BlockSize)
-	s.adminUntilOK("read "+v.name, func() *core.Request {
-		return &core.Request{Type: core.ReqRead, VID: v.vid, Len: size}
-	}, func(rd core.Reply) {
-		s.adminUntilOK("map "+v.name, func() *core.Request {
-			return &core.Request{Type: core.ReqMap, VID: v.vid, Len: size}
-		}, func(mp core.Reply) {
-			obj := uint64(1) << v.blockShift
-			if want := (size + obj - 1) / obj; uint64(len(mp.Data)) != want {
-				s.problem("volume %d: map has %d entries for %d objects", v.idx, len(mp.Data), want)
-			} else {
-				for o := range mp.Data {
-					part := rd.Data[uint64(o)*obj : min(uint64(o+1)*obj, size)]
-					if mp.Data[o] == 0 && !isZeros(part) {
-						s.problem("volume %d: object %d holds data but is mapped as a hole", v.idx, o)
+func (s *Sim) checkMaps(then func()) {
+	s.eachVolume(then, func(v *volume, next func()) {
+		size := uint64(v.blocks * s.cfg.BlockSize)
+		s.readVolume(v, "read "+v.name, func(data []byte) {
+			s.adminUntilOK("map "+v.name, func() *core.Request {
+				return &core.Request{Type: core.ReqMap, VID: v.vid, Len: size}
+			}, func(mp core.Reply) {
+				obj := uint64(1) << v.blockShift
+				if want := (size + obj - 1) / obj; uint64(len(mp.Data)) != want {
+					s.problem("volume %d: map has %d entries for %d objects", v.idx, len(mp.Data), want)
+				} else {
+					for o := range mp.Data {
+						part := data[uint64(o)*obj : min(uint64(o+1)*obj, size)]
+						if mp.Data[o] == 0 && !isZeros(part) {
+							s.problem("volume %d: object %d holds data but is mapped as a hole", v.idx, o)
+						}
 					}
 				}
-			}
-			s.checkMaps(i+1, then)
+				next()
+			})
 		})
 	})
 }

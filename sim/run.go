@@ -227,7 +227,7 @@ func (s *Sim) maybeWorkloadDone() {
 	s.checking = true
 	s.heal()
 	s.waitConverged(func() {
-		s.checkVolumes(0, func() { s.checkMaps(0, s.afterCheck) })
+		s.checkVolumes(func() { s.checkMaps(s.afterCheck) })
 	})
 }
 
@@ -247,18 +247,15 @@ func (s *Sim) afterCheck() {
 
 // checkVolumes runs `vdi check` on every volume: it repairs silently
 // corrupted replicas, which the redundancy check then verifies.
-func (s *Sim) checkVolumes(i int, then func()) {
-	if i == len(s.vdis) {
-		then()
-		return
-	}
-	v := s.vdis[i]
-	s.adminUntilOK("check "+v.name, func() *core.Request {
-		return &core.Request{Type: core.ReqCheck, VID: v.vid}
-	}, func(rep core.Reply) {
-		s.tracef("volume %d checked: %d objects, %d replicas repaired", v.idx, rep.Checked, rep.Repaired)
-		s.repaired += int(rep.Repaired)
-		s.checkVolumes(i+1, then)
+func (s *Sim) checkVolumes(then func()) {
+	s.eachVolume(then, func(v *volume, next func()) {
+		s.adminUntilOK("check "+v.name, func() *core.Request {
+			return &core.Request{Type: core.ReqCheck, VID: v.vid}
+		}, func(rep core.Reply) {
+			s.tracef("volume %d checked: %d objects, %d replicas repaired", v.idx, rep.Checked, rep.Repaired)
+			s.repaired += int(rep.Repaired)
+			next()
+		})
 	})
 }
 
