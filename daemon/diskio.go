@@ -123,9 +123,12 @@ func (d *Daemon) execDisk(op core.DiskOp) core.DiskDone {
 				data = make([]byte, op.Len)
 			}
 		}
-		err = d.store.Write(uint64(op.OID), meta, int64(op.Off), data, op.Sync)
+		// Nothing changes an operation's data once the core has it
+		// (client buffers are handed over, peer payloads are fresh and
+		// zeros is read-only), so the store may keep it uncopied.
+		err = d.store.WriteOwned(uint64(op.OID), meta, int64(op.Off), data, op.Sync)
 	case core.DiskPut:
-		err = d.store.Put(uint64(op.OID), meta, op.Data, op.Sync)
+		err = d.store.PutOwned(uint64(op.OID), meta, op.Data, op.Sync)
 	case core.DiskDelete:
 		err = d.store.Delete(uint64(op.OID))
 		if errors.Is(err, disk.ErrNotFound) {

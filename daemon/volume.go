@@ -139,10 +139,16 @@ func (v *volume) ReadAt(ctx context.Context, p []byte, off uint64) error {
 
 func (v *volume) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
 	// The node may keep retrying a write after answering (a timed-out
-	// write stays queued so later writes cannot overtake it), so it gets
-	// its own copy of a buffer the server reuses.
-	data := append([]byte(nil), p...)
-	_, err := v.do(ctx, &core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: data, FUA: fua})
+	// write stays queued so later writes cannot overtake it), and the
+	// store keeps the data until applied, so they get their own copy of a
+	// buffer the caller may reuse.
+	return v.WriteAdopted(ctx, append([]byte(nil), p...), off, fua)
+}
+
+// WriteAdopted is WriteAt without the copy: the server hands p over, and
+// the core and the store keep it as it is.
+func (v *volume) WriteAdopted(ctx context.Context, p []byte, off uint64, fua bool) error {
+	_, err := v.do(ctx, &core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: p[:len(p):len(p)], FUA: fua})
 	return err
 }
 

@@ -91,7 +91,10 @@
 // operations, so reads always see the latest write. A 4 KiB write thus
 // costs a memcpy into the journal buffer (a write(2) per 128 KiB), a share
 // of a group commit's fdatasync and one pwrite; data copies of 2-4 KiB are
-// pooled and recycled once applied.
+// pooled and recycled once applied. WriteOwned and PutOwned skip the copy:
+// the caller hands its buffer over and the pending operation keeps it (the
+// daemon does so for every write, whose buffers nothing changes once read
+// from the client or a peer).
 //
 // When the journal passes JournalLimit (or the dirty table pages pass their
 // bound) the commit leader rotates it: a new journal file is created

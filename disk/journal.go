@@ -92,9 +92,13 @@ func (o *op) cost() int64 { return int64(len(o.data)) + recHdrSize }
 // journaled: nothing can reach it then.
 var dataPool = sync.Pool{New: func() any { return new([ChunkSize]byte) }}
 
-func newOp(obj *object, kind opKind, meta ObjectMeta, off int64, data []byte) *op {
+// newOp makes the operation with a private copy of data, or with data
+// itself when the caller hands it over (owned: nobody changes it again).
+func newOp(obj *object, kind opKind, meta ObjectMeta, off int64, data []byte, owned bool) *op {
 	op := &op{obj: obj, kind: kind, meta: meta, off: off}
-	if n := len(data); n > ChunkSize/2 && n <= ChunkSize {
+	if n := len(data); owned && n > 0 {
+		op.data = data[:n:n]
+	} else if n > ChunkSize/2 && n <= ChunkSize {
 		op.data = append(dataPool.Get().(*[ChunkSize]byte)[:0], data...)
 		op.pooled = true
 	} else if n > 0 {

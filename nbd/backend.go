@@ -56,6 +56,15 @@ type Volume interface {
 	Close() error
 }
 
+// Adopter is implemented by volumes that can keep a write's buffer instead
+// of copying it. The server then calls WriteAdopted instead of WriteAt and
+// hands p over: it never reads, changes or reuses p again, so the volume may
+// keep it for as long as it likes (the server allocates a new buffer for
+// the next request). The semantics are otherwise those of WriteAt.
+type Adopter interface {
+	WriteAdopted(ctx context.Context, p []byte, off uint64, fua bool) error
+}
+
 // ZeroFlags are the command flags of NBD_CMD_WRITE_ZEROES.
 type ZeroFlags struct {
 	FUA      bool // data durable on return

@@ -277,7 +277,9 @@ func (t *transmitter) handle(req request, buf *[]byte) {
 		t.blockStatus(req)
 		return
 	case cmdWrite:
-		if buf != nil {
+		if a, ok := s.vol.(Adopter); ok && buf != nil {
+			err = a.WriteAdopted(ctx, *buf, req.offset, fua)
+		} else if buf != nil {
 			err = s.vol.WriteAt(ctx, *buf, req.offset, fua)
 			putBuf(buf)
 		}

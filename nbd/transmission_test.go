@@ -725,3 +725,54 @@ func TestServeListenerFailure(t *testing.T) {
 		t.Errorf("volume still attached after Serve returned")
 	}
 }
+
+// adoptingVolume keeps every buffer handed to it and writes from it later,
+// as a volume that queues adopted buffers does.
+type adoptingVolume struct {
+	*MemVolume
+	mu   sync.Mutex
+	kept [][]byte
+	offs []uint64
+}
+
+func (v *adoptingVolume) WriteAdopted(ctx context.Context, p []byte, off uint64, fua bool) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.kept = append(v.kept, p)
+	v.offs = append(v.offs, off)
+	return nil
+}
+
+// TestWriteAdopted: a volume that adopts write buffers gets each one to
+// keep, and the server never reuses one for a later request.
+func TestWriteAdopted(t *testing.T) {
+	mb := NewMemBackend()
+	var av *adoptingVolume
+	tb := &testBackend{MemBackend: mb, wrap: func(v *MemVolume) Volume {
+		av = &adoptingVolume{MemVolume: v}
+		return av
+	}}
+	mb.Add("disk", 8<<20)
+	addr := startServer(t, &Server{Backend: tb})
+	c := connect(t, addr, "disk", true, false)
+	var want [][]byte
+	for i, n := range []int{4096, 4096, 65536, 65536, 1 << 20, 1 << 20, 4096} {
+		p := bytes.Repeat([]byte{byte(i + 1)}, n)
+		c.writeAt(p, uint64(i)<<20)
+		want = append(want, p)
+	}
+	c.disconnect()
+	av.mu.Lock()
+	defer av.mu.Unlock()
+	if len(av.kept) != len(want) {
+		t.Fatalf("volume adopted %d buffers, want %d", len(av.kept), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(av.kept[i], want[i]) {
+			t.Errorf("adopted buffer %d (%d bytes) changed after the server handed it over", i, len(want[i]))
+		}
+	}
+	if diff := cmp.Diff([]uint64{0, 1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20, 6 << 20}, av.offs); diff != "" {
+		t.Fatalf("offsets (-want +got):\n%s", diff)
+	}
+}
