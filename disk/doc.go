@@ -66,9 +66,11 @@
 //
 // where the CRC32C covers everything after itself and LSNs are consecutive.
 // A journal file starts with a 32-byte header (magic, sequence number,
-// CRC32C). Journal space is preallocated in 8 MiB steps, keeping 1 MiB in
-// reserve that only data-less records (Delete, tombstones) may use, so space
-// can be freed on a full filesystem.
+// CRC32C). Journal space is preallocated in steps that start at 8 MiB and
+// double with the file up to 64 MiB (a step that does not fit shrinks to
+// what the record needs, so a full filesystem is reported only when that
+// does not fit), keeping 1 MiB in reserve that only data-less records
+// (Delete, tombstones) may use, so space can be freed on a full filesystem.
 //
 // A mutation reserves journal space for its record (this is where a full
 // filesystem is reported), copies the record into an in-memory journal

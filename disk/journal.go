@@ -29,11 +29,15 @@ const (
 	recHdrSize     = 56
 	// maxRecordData bounds a record's payload (and so the object size).
 	maxRecordData = 1<<31 - recHdrSize
-	// journalPrealloc is how much journal space is preallocated at a time;
-	// journalReserve of it is kept for records without data (Delete,
-	// tombstones), so space can be freed on a full filesystem.
-	journalPrealloc = 8 << 20
-	journalReserve  = 1 << 20
+	// journalPrealloc is how much journal space is preallocated at a time
+	// at first; each later step preallocates as much as the file has so
+	// far, up to journalPreallocMax, so a fast writer (1 MiB records)
+	// does not stop for a fallocate every few records. journalReserve of
+	// it is kept for records without data (Delete, tombstones), so space
+	// can be freed on a full filesystem.
+	journalPrealloc    = 8 << 20
+	journalPreallocMax = 64 << 20
+	journalReserve     = 1 << 20
 )
 
 type opKind uint8
@@ -247,7 +251,7 @@ func (s *Store) growJournal(need int64) error {
 	if err := s.fault(FaultJournalAlloc); err != nil {
 		return ioErr("preallocate journal", err)
 	}
-	want := max(need, s.jalloc+journalPrealloc)
+	want := max(need, s.jalloc+min(max(s.jalloc, journalPrealloc), journalPreallocMax))
 	err := preallocate(s.jf, s.jalloc, want-s.jalloc)
 	if err != nil && want > need {
 		want = need

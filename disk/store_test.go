@@ -973,3 +973,37 @@ func TestWriteOwned(t *testing.T) {
 	defer closeT(t, s)
 	check("after reopen")
 }
+
+// TestJournalPreallocSteps: the journal's preallocation grows in doubling
+// steps (8, 16, 32, 64 MiB), so a stream of 1 MiB records stops for few
+// fallocates. (A step that does not fit shrinks to what the record needs:
+// TestNoSpaceJournal.)
+func TestJournalPreallocSteps(t *testing.T) {
+	var grows atomic.Int64
+	opt := quietOpts()
+	opt.FlushInterval = -1
+	opt.JournalLimit = 1 << 30
+	opt.Fault = func(p Fault) error {
+		if p == FaultJournalAlloc {
+			grows.Add(1)
+		}
+		return nil
+	}
+	s := openT(t, t.TempDir(), opt)
+	defer closeT(t, s)
+	data := pattern(1, 1<<20)
+	for i := range 120 {
+		must(t, s.Write(uint64(i/4), ObjectMeta{Version: 1}, int64(i%4)<<20, data, false))
+	}
+	// 8 MiB at creation, then +8, +16, +32, +64: 128 MiB covers 120
+	// records in 4 steps (fixed 8 MiB steps would take 15).
+	if n := grows.Load(); n > 5 {
+		t.Errorf("120 MiB of records took %d journal preallocations, want at most 5", n)
+	}
+	s.jmu.Lock()
+	alloc := s.jalloc
+	s.jmu.Unlock()
+	if alloc > 200<<20 {
+		t.Errorf("journal preallocated %d MiB for 120 MiB of records", alloc>>20)
+	}
+}
