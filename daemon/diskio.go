@@ -59,13 +59,15 @@ func (d *Daemon) stopDisk() {
 // run in the order they were issued. A write that need not be durable at
 // once only appends to the store's journal buffer, so the loop does it
 // itself and saves two goroutine hand-offs (the core never issues it
-// while another operation on the object is in flight).
+// while another operation on the object is in flight) — unless the store
+// is applying backpressure: then the write waits on a worker, and the
+// loop keeps serving heartbeats, the cluster log and other objects.
 func (d *Daemon) submitDisk(op core.DiskOp) {
 	if op.Kind == core.DiskSync {
 		d.syncs <- op
 		return
 	}
-	if op.Kind == core.DiskWrite && !op.Sync {
+	if op.Kind == core.DiskWrite && !op.Sync && !d.store.WouldWait(int64(op.Len)) {
 		d.doneHere(op, d.execDisk(op))
 		return
 	}

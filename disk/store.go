@@ -753,6 +753,14 @@ func (s *Store) submit(oid uint64, kind opKind, meta ObjectMeta, off int64, data
 	return nil
 }
 
+// WouldWait reports whether a mutation carrying n bytes of data, submitted
+// now, would wait for backpressure (too many bytes journaled but not yet
+// applied, or an applier retrying after an error). An event loop that must
+// never block hands such a mutation to a goroutine that may.
+func (s *Store) WouldWait(n int64) bool {
+	return s.stuck.Load() || s.pending.Load()+n > s.opt.MaxPending
+}
+
 // admit applies backpressure: it waits while too many bytes are journaled
 // but not applied, and fails while the applier is stuck on an I/O error
 // after asking it to retry once.

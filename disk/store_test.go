@@ -1007,3 +1007,29 @@ func TestJournalPreallocSteps(t *testing.T) {
 		t.Errorf("journal preallocated %d MiB for 120 MiB of records", alloc>>20)
 	}
 }
+
+// TestWouldWait: WouldWait tells in advance what admit would do: a
+// mutation waits once MaxPending bytes are journaled but not applied, and
+// no longer once they are applied.
+func TestWouldWait(t *testing.T) {
+	opt := quietOpts()
+	opt.FlushInterval = -1
+	opt.FlushBytes = 1 << 40
+	opt.MaxPending = 1 << 20
+	s := openT(t, t.TempDir(), opt)
+	defer closeT(t, s)
+	if s.WouldWait(64 << 10) {
+		t.Fatal("an empty store would hold a write back")
+	}
+	must(t, s.Write(1, ObjectMeta{Version: 1}, 0, pattern(1, 1<<20-64<<10), false))
+	if !s.WouldWait(128 << 10) {
+		t.Fatal("a write past MaxPending would not wait")
+	}
+	if s.WouldWait(0) {
+		t.Fatal("a data-less mutation below MaxPending would wait")
+	}
+	must(t, s.quiesce())
+	if s.WouldWait(128 << 10) {
+		t.Fatal("the store would still hold writes back after applying everything")
+	}
+}
