@@ -18,7 +18,10 @@ type gateway struct {
 	subs   map[uint64]*subOp    // sent, by message id
 	queues map[OID][]*subOp     // writes per object; the head is in flight
 	dirty  map[uint32]map[OID]struct{}
-	wait   []*subOp // waiting for a newer epoch
+	failed map[OID]struct{} // objects whose last write here failed: replicas may differ until one succeeds
+
+	readsHere uint64   // object reads served from this node's own replica (readHere)
+	wait      []*subOp // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order
 }
@@ -52,6 +55,7 @@ type subOp struct {
 	flags    uint32
 	msgID    uint64
 	done     bool
+	remote   bool   // a read that must go to the primary (the local replica failed it)
 	onDone   func() // runs after the sub-operation settled
 }
 
@@ -61,6 +65,7 @@ func (g *gateway) init() {
 	g.subs = map[uint64]*subOp{}
 	g.queues = map[OID][]*subOp{}
 	g.dirty = map[uint32]map[OID]struct{}{}
+	g.failed = map[OID]struct{}{}
 }
 
 func (g *gateway) attach(vid uint32, gen uint64) {
@@ -71,6 +76,10 @@ func (g *gateway) attach(vid uint32, gen uint64) {
 }
 
 func (g *gateway) detach(vid uint32) { delete(g.vdis, vid) }
+
+// ReadsHere counts the object reads this node, as the attacher, served
+// from its own replica instead of asking the object's primary.
+func (n *Node) ReadsHere() uint64 { return n.gw.readsHere }
 
 // Attached reports whether this node holds vid's attach lock.
 func (n *Node) Attached(vid uint32) bool { _, ok := n.gw.vdis[vid]; return ok }
@@ -193,6 +202,55 @@ func (n *Node) clientMap(r *Request, v *VDI) {
 	}
 }
 
+// readHere serves a read from this node's own replica when that is as
+// good as asking the primary: this node holds the VDI's attach lock, so
+// every write to the object comes through it, and none is queued or in
+// flight here, so every write it issued has completed, and a write
+// completes only once every replica of the epoch has it; the object is
+// recovered here in the current epoch and idle; and every co-replica has
+// granted a read lease, so no newer epoch can have written the object
+// elsewhere meanwhile (the argument that lets a primary serve reads). A
+// read that finds its replica unreadable asks the primary after all. It
+// reports whether it took the read.
+func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
+	if n.bugs.ReadAny || reps[0] == n.id || !slices.Contains(reps, n.id) || len(g.queues[s.oid]) > 0 {
+		return false
+	}
+	if _, ok := g.failed[s.oid]; ok {
+		return false // a failed write may have reached some replicas only
+	}
+	vid := s.oid.VID()
+	att := g.vdis[vid]
+	v := n.cs.VDI(vid)
+	if att == nil || v == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || v.AttachGen != att.gen {
+		return false
+	}
+	if !n.objectReady(s.oid) {
+		return false
+	}
+	o := n.objs[s.oid]
+	if o != nil && (o.diskBusy || o.catchingUp || o.repairing || o.applying != 0 || o.active != nil) {
+		return false
+	}
+	if !n.haveLeases(reps) {
+		return false
+	}
+	g.readsHere++
+	if o == nil || !o.present || o.meta.Deleted {
+		g.complete(n, s, OK, nil) // never written, or discarded: zeros
+		return true
+	}
+	n.readLocal(s.oid, s.off, s.len, func(d DiskDone) {
+		if d.Err != OK {
+			s.remote = true
+			g.dispatch(n, s)
+			return
+		}
+		g.complete(n, s, OK, d.Data)
+	})
+	return true
+}
+
 // dispatch sends s to its object's primary in the current epoch.
 func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.done {
@@ -210,6 +268,9 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	reps := n.placement(s.oid)
 	if len(reps) == 0 {
 		g.complete(n, s, ErrNoVDI, nil)
+		return
+	}
+	if s.op == OpRead && !s.remote && g.readHere(n, s, reps) {
 		return
 	}
 	to := reps[0]
@@ -293,6 +354,11 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 			cop.buf[s.bufOff] = 1
 		}
 	} else {
+		if code == OK {
+			delete(g.failed, s.oid)
+		} else {
+			g.failed[s.oid] = struct{}{}
+		}
 		if code == OK && s.flags&FlagFUA == 0 {
 			vid := s.oid.VID()
 			if g.dirty[vid] == nil {

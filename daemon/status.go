@@ -29,6 +29,7 @@ func (d *Daemon) publishStatus() {
 	d.status.Store(s)
 	d.metrics.epoch.Set(float64(s.Epoch))
 	d.metrics.members.Set(float64(s.Members))
+	d.metrics.readsHere.Set(float64(n.ReadsHere()))
 	d.metrics.recTotal.Set(float64(r.Total))
 	d.metrics.recLeft.Set(float64(r.Remaining))
 	b2f := func(b bool) float64 {

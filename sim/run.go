@@ -30,6 +30,12 @@ func (s *Sim) run() Result {
 	res := Result{Seed: s.cfg.Seed, Ops: s.opsDone, Failed: s.opsFailed, SimTime: s.now, Events: s.events, TraceHash: s.hash}
 	res.Problems = s.problems
 	res.HTML = s.html
+	res.ReadsHere = s.readsHere
+	for _, nd := range s.nodes {
+		if nd.n != nil {
+			res.ReadsHere += nd.n.ReadsHere()
+		}
+	}
 	if len(s.problems) == 0 && !done {
 		res.Problems = append(res.Problems, "simulation stopped early")
 	}

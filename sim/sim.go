@@ -56,6 +56,7 @@ type Result struct {
 	SimTime   int64 // virtual microseconds
 	Events    int
 	TraceHash uint64
+	ReadsHere uint64 // object reads attachers served from their own replica
 	Problems  []string
 	HTML      string // visualisation written for a failing history
 }
@@ -141,17 +142,18 @@ type node struct {
 
 // Sim is one simulated run.
 type Sim struct {
-	cfg    Config
-	rng    *rand.Rand
-	now    int64
-	seq    uint64
-	queue  eventQueue
-	nodes  []*node
-	byID   map[core.NodeID]*node
-	byAddr map[string]*node
-	seeds  []string
-	hash   uint64
-	events int
+	readsHere uint64 // ReadsHere of node incarnations that ended
+	cfg       Config
+	rng       *rand.Rand
+	now       int64
+	seq       uint64
+	queue     eventQueue
+	nodes     []*node
+	byID      map[core.NodeID]*node
+	byAddr    map[string]*node
+	seeds     []string
+	hash      uint64
+	events    int
 
 	net   netState
 	vdis  []*volume
@@ -373,6 +375,9 @@ func (s *Sim) startNode(nd *node) {
 	if err != nil {
 		s.problem("node %d failed to start: %v", nd.info.ID, err)
 		return
+	}
+	if nd.n != nil {
+		s.readsHere += nd.n.ReadsHere() // the previous incarnation's
 	}
 	nd.n = n
 	nd.up = true

@@ -234,3 +234,26 @@ func TestParseFaults(t *testing.T) {
 		}
 	}
 }
+
+// TestAttacherReadsHere: an attacher serves reads of objects it holds a
+// replica of from that replica once its writes to them have completed
+// (readHere), with and without faults, and every check still holds.
+func TestAttacherReadsHere(t *testing.T) {
+	for _, faults := range []string{"none", "all"} {
+		f, err := ParseFaults(faults)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := DefaultConfig()
+		cfg.Faults = f
+		cfg.Seed = 3
+		r := Run(cfg)
+		if !r.OK() {
+			t.Fatalf("faults %s: %v", faults, r.Problems)
+		}
+		if r.ReadsHere == 0 {
+			t.Errorf("faults %s: no read was served from the attacher's own replica (%d operations)", faults, r.Ops)
+		}
+		t.Logf("faults %s: %d operations, %d object reads served by the attacher's replica", faults, r.Ops, r.ReadsHere)
+	}
+}
