@@ -21,6 +21,7 @@ type gateway struct {
 	failed map[OID]struct{} // objects whose last write here failed: replicas may differ until one succeeds
 
 	readsHere uint64   // object reads served from this node's own replica (readHere)
+	stashHits uint64   // replica writes that took their data from this gateway's queue (stashed)
 	wait      []*subOp // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order
@@ -80,6 +81,10 @@ func (g *gateway) detach(vid uint32) { delete(g.vdis, vid) }
 // ReadsHere counts the object reads this node, as the attacher, served
 // from its own replica instead of asking the object's primary.
 func (n *Node) ReadsHere() uint64 { return n.gw.readsHere }
+
+// StashedWrites counts the replica writes this node received without
+// their data because, as the writing gateway, it had the data already.
+func (n *Node) StashedWrites() uint64 { return n.gw.stashHits }
 
 // Attached reports whether this node holds vid's attach lock.
 func (n *Node) Attached(vid uint32) bool { _, ok := n.gw.vdis[vid]; return ok }
@@ -249,6 +254,19 @@ func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 		g.complete(n, s, OK, d.Data)
 	})
 	return true
+}
+
+// stashed returns the data of the write that m, a MsgRepl sent without
+// data, replicates, if that is a write of this gateway still queued here;
+// else nil.
+func (g *gateway) stashed(m *Message) []byte {
+	for _, s := range g.queues[m.OID] {
+		if s.op == OpWrite && s.reqID == m.ReqID && s.off == m.Off && s.len == m.Len && len(s.data) == int(m.Len) {
+			g.stashHits++
+			return s.data
+		}
+	}
+	return nil
 }
 
 // dispatch sends s to its object's primary in the current epoch.

@@ -107,6 +107,7 @@ const (
 	ErrPerm              // read-only VDI
 	ErrFull              // no free VDI id
 	ErrBusy              // an operation is already in progress
+	ErrNeedData          // MsgReplResp: the write's data was not stashed here; send it
 	codeEnd
 )
 
@@ -117,6 +118,7 @@ var codeNames = [...]string{
 	ErrLocked: "VDI is attached elsewhere", ErrNotFormatted: "cluster is not formatted",
 	ErrStale: "superseded request", ErrTimeout: "timed out", ErrShutdown: "shutting down",
 	ErrPerm: "operation not permitted", ErrFull: "no free VDI id", ErrBusy: "busy",
+	ErrNeedData: "write data not stashed",
 }
 
 func (c Code) String() string {
@@ -142,6 +144,7 @@ const (
 	FlagFUA      uint32 = 1 << iota // make this write durable before acknowledging it
 	FlagDeleted                     // the object is a tombstone
 	FlagRepaired                    // MsgCheckResp: the copy was replaced
+	FlagStashed                     // MsgRepl without data: the replica is the writing gateway, which has it
 )
 
 // ObjVersion is an entry of an object list.

@@ -232,10 +232,23 @@ func diskOpFor(m *Message, meta ObjMeta) DiskOp {
 	return op
 }
 
+// replicate sends the write to replica r. A replica that is the gateway
+// the write came from has its data already: it gets the write without
+// the data (FlagStashed) and takes the data from its own queue, which
+// saves one of the three times a replicated write crosses the network
+// when the gateway is a replica but not the primary.
 func (n *Node) replicate(oid OID, p *primOp, r NodeID) {
+	n.replicateTo(oid, p, r, r == p.m.From && p.m.Op == OpWrite && len(p.m.Data) > 0 && p.m.ReqID != 0)
+}
+
+func (n *Node) replicateTo(oid OID, p *primOp, r NodeID, stash bool) {
 	m := p.m
 	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: m.Op, Off: m.Off, Len: m.Len, Data: m.Data,
 		Flags: m.Flags, Version: p.meta.Version, Prev: p.prev, ReqID: m.ReqID}
+	if stash {
+		msg.Data = nil
+		msg.Flags |= FlagStashed
+	}
 	epoch := n.epoch
 	id := n.rpc(msg, func(resp *Message) {
 		o := n.objs[oid]
@@ -243,6 +256,9 @@ func (n *Node) replicate(oid OID, p *primOp, r NodeID) {
 			return
 		}
 		switch resp.Code {
+		case ErrNeedData:
+			n.replicateTo(oid, p, r, false)
+			return
 		case OK:
 		case ErrNotReady, ErrStaleEpoch, ErrNotMember:
 			// The replica is recovering, or the epochs differ; an epoch
@@ -398,6 +414,16 @@ func (n *Node) handleRepl(m *Message) {
 		// We miss the version the write applies to: take the primary's copy first.
 		n.catchUp(m.OID, m.From, m.Prev, func() { n.handleRepl(m) })
 		return
+	}
+	if m.Flags&FlagStashed != 0 && m.Data == nil {
+		data := n.gw.stashed(m)
+		if data == nil {
+			n.respond(m, MsgReplResp, ErrNeedData) // not (any more) our write
+			return
+		}
+		withData := *m
+		withData.Data = data
+		m = &withData
 	}
 	o.applying = m.Version
 	epoch := n.epoch

@@ -30,10 +30,11 @@ func (s *Sim) run() Result {
 	res := Result{Seed: s.cfg.Seed, Ops: s.opsDone, Failed: s.opsFailed, SimTime: s.now, Events: s.events, TraceHash: s.hash}
 	res.Problems = s.problems
 	res.HTML = s.html
-	res.ReadsHere = s.readsHere
+	res.ReadsHere, res.Stashed = s.readsHere, s.stashed
 	for _, nd := range s.nodes {
 		if nd.n != nil {
 			res.ReadsHere += nd.n.ReadsHere()
+			res.Stashed += nd.n.StashedWrites()
 		}
 	}
 	if len(s.problems) == 0 && !done {

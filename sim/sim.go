@@ -57,6 +57,7 @@ type Result struct {
 	Events    int
 	TraceHash uint64
 	ReadsHere uint64 // object reads attachers served from their own replica
+	Stashed   uint64 // replica writes that took their data from the writing gateway (sent without it)
 	Problems  []string
 	HTML      string // visualisation written for a failing history
 }
@@ -143,6 +144,7 @@ type node struct {
 // Sim is one simulated run.
 type Sim struct {
 	readsHere uint64 // ReadsHere of node incarnations that ended
+	stashed   uint64 // StashedWrites of node incarnations that ended
 	cfg       Config
 	rng       *rand.Rand
 	now       int64
@@ -376,8 +378,9 @@ func (s *Sim) startNode(nd *node) {
 		s.problem("node %d failed to start: %v", nd.info.ID, err)
 		return
 	}
-	if nd.n != nil {
-		s.readsHere += nd.n.ReadsHere() // the previous incarnation's
+	if nd.n != nil { // the previous incarnation's counts
+		s.readsHere += nd.n.ReadsHere()
+		s.stashed += nd.n.StashedWrites()
 	}
 	nd.n = n
 	nd.up = true

@@ -235,10 +235,11 @@ func TestParseFaults(t *testing.T) {
 	}
 }
 
-// TestAttacherReadsHere: an attacher serves reads of objects it holds a
+// TestAttacherShortcuts: an attacher serves reads of objects it holds a
 // replica of from that replica once its writes to them have completed
-// (readHere), with and without faults, and every check still holds.
-func TestAttacherReadsHere(t *testing.T) {
+// (readHere), and receives its own writes as a replica without their data
+// (stashed), with and without faults, and every check still holds.
+func TestAttacherShortcuts(t *testing.T) {
 	for _, faults := range []string{"none", "all"} {
 		f, err := ParseFaults(faults)
 		if err != nil {
@@ -254,6 +255,10 @@ func TestAttacherReadsHere(t *testing.T) {
 		if r.ReadsHere == 0 {
 			t.Errorf("faults %s: no read was served from the attacher's own replica (%d operations)", faults, r.Ops)
 		}
-		t.Logf("faults %s: %d operations, %d object reads served by the attacher's replica", faults, r.Ops, r.ReadsHere)
+		if r.Stashed == 0 {
+			t.Errorf("faults %s: no replica write took its data from the writing gateway (%d operations)", faults, r.Ops)
+		}
+		t.Logf("faults %s: %d operations, %d object reads served by the attacher's replica, %d stashed replica writes",
+			faults, r.Ops, r.ReadsHere, r.Stashed)
 	}
 }
