@@ -86,6 +86,16 @@ func (n *Node) ReadsHere() uint64 { return n.gw.readsHere }
 // their data because, as the writing gateway, it had the data already.
 func (n *Node) StashedWrites() uint64 { return n.gw.stashHits }
 
+// attachment is this node's attachment of v if, as far as it knows, it
+// holds v's attach lock (this incarnation, this attach generation); else nil.
+func (n *Node) attachment(v *VDI) *gwVDI {
+	att := n.gw.vdis[v.ID]
+	if att == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || v.AttachGen != att.gen {
+		return nil
+	}
+	return att
+}
+
 // Attached reports whether this node holds vid's attach lock.
 func (n *Node) Attached(vid uint32) bool { _, ok := n.gw.vdis[vid]; return ok }
 
@@ -125,8 +135,7 @@ func (n *Node) clientIO(r *Request) {
 	}
 	var att *gwVDI
 	if r.Type != ReqRead {
-		att = n.gw.vdis[r.VID]
-		if att == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || v.AttachGen != att.gen {
+		if att = n.attachment(v); att == nil {
 			fail(ErrLocked)
 			return
 		}
@@ -224,10 +233,7 @@ func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 	if _, ok := g.failed[s.oid]; ok {
 		return false // a failed write may have reached some replicas only
 	}
-	vid := s.oid.VID()
-	att := g.vdis[vid]
-	v := n.cs.VDI(vid)
-	if att == nil || v == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || v.AttachGen != att.gen {
+	if v := n.cs.VDI(s.oid.VID()); v == nil || n.attachment(v) == nil {
 		return false
 	}
 	if !n.objectReady(s.oid) {
