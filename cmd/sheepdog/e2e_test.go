@@ -234,6 +234,39 @@ func (c *procCluster) waitRecovered(members int) {
 	})
 }
 
+// epoch is the epoch node 0 reports.
+func (c *procCluster) epoch() uint32 {
+	c.t.Helper()
+	var rows []daemon.NodeStatus
+	if err := json.Unmarshal([]byte(c.mustAdmin("node", "recovery", "--json")), &rows); err != nil || len(rows) == 0 {
+		c.t.Fatalf("node recovery --json: %v (%d rows)", err, len(rows))
+	}
+	return rows[0].Epoch
+}
+
+// waitEpochAfter waits until every one of members members serves an epoch
+// newer than e: a restarted node has rejoined (a restart is a new epoch),
+// not merely been listed under its old incarnation.
+func (c *procCluster) waitEpochAfter(e uint32, members int) {
+	c.t.Helper()
+	c.waitFor(fmt.Sprintf("%d members serving an epoch after %d", members, e), 60*time.Second, func() bool {
+		out, err := c.admin("node", "recovery", "--json")
+		if err != nil {
+			return false
+		}
+		var rows []daemon.NodeStatus
+		if json.Unmarshal([]byte(out), &rows) != nil || len(rows) != members {
+			return false
+		}
+		for _, r := range rows {
+			if !r.Serving || r.Epoch <= e {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func (c *procCluster) format(copies int) {
 	c.t.Helper()
 	c.mustAdmin("cluster", "format", "--copies", fmt.Sprint(copies))
@@ -383,6 +416,7 @@ func TestE2EKillNodeDuringFio(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
+	before := c.epoch()
 	if err := c.kill(2, syscall.SIGKILL); err == nil {
 		t.Fatal("a kill -9'd node exited cleanly?")
 	}
@@ -399,7 +433,7 @@ func TestE2EKillNodeDuringFio(t *testing.T) {
 		t.Fatalf("fio did not finish:\n%s", fout.String())
 	}
 	c.start(2)
-	c.waitMembers(3)
+	c.waitEpochAfter(before, 3)
 	c.waitRecovered(3)
 	cr := c.checkVDI("fio", 3)
 	if cr.Allocated < 16 {
@@ -417,13 +451,14 @@ func TestE2EFlushedDataSurvivesKillingEveryNode(t *testing.T) {
 	c.mustAdmin("vdi", "create", "durable", "64M")
 	runTool(t, time.Minute, "qemu-io", "-f", "raw", c.nbdURI(1, "durable"),
 		"-c", "write -P 0x11 0 4M", "-c", "write -P 0x22 5M 1M", "-c", "write -P 0x33 63M 1M", "-c", "flush")
+	before := c.epoch()
 	for i := range c.nodes {
 		c.kill(i, syscall.SIGKILL)
 	}
 	for i := range c.nodes {
 		c.start(i)
 	}
-	c.waitMembers(3)
+	c.waitEpochAfter(before, 3)
 	c.waitRecovered(3)
 	out := runTool(t, time.Minute, "qemu-io", "-f", "raw", c.nbdURI(2, "durable"),
 		"-c", "read -P 0x11 0 4M", "-c", "read -P 0x22 5M 1M", "-c", "read -P 0x33 63M 1M", "-c", "read -P 0 4M 1M")
@@ -441,11 +476,15 @@ func TestE2ECleanShutdownAndRestart(t *testing.T) {
 	c.format(2)
 	c.mustAdmin("vdi", "create", "v", "32M", "--copies", "2")
 	runTool(t, time.Minute, "qemu-io", "-f", "raw", c.nbdURI(0, "v"), "-c", "write -P 0x44 1M 2M", "-c", "flush")
+	before := c.epoch()
 	if err := c.kill(1, syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: node exited with %v", err)
 	}
 	c.start(1)
-	c.waitMembers(3)
+	// The restarted node must have rejoined before the shutdown: a node
+	// still catching up ignores a shutdown it did not serve through (as
+	// every node does with the old one when the cluster starts again).
+	c.waitEpochAfter(before, 3)
 	if _, err := c.admin("cluster", "shutdown"); err != nil {
 		t.Fatal(err)
 	}
