@@ -10,6 +10,7 @@ import (
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/disk"
+	"github.com/sheepdog-go/sheepdog/internal/freeport"
 )
 
 // TestLoopLivesThroughBackpressure: while the store holds writes back
@@ -21,7 +22,7 @@ func TestLoopLivesThroughBackpressure(t *testing.T) {
 	var once sync.Once
 	unstall := func() { once.Do(func() { close(release) }) }
 	defer unstall()
-	cfg := Config{Dir: filepath.Join(t.TempDir(), "n"), Listen: freeAddr(t), Logger: logger(t),
+	cfg := Config{Dir: filepath.Join(t.TempDir(), "n"), Listen: freeport.Addr(t), Logger: logger(t),
 		Disk: disk.Options{
 			MaxPending:    1 << 20,
 			FlushInterval: 5 * time.Millisecond,

@@ -4,25 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/internal/freeport"
 )
-
-// freeAddr returns a loopback address nobody listens on.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 type testCluster struct {
 	t      testing.TB
@@ -49,7 +38,7 @@ func startCluster(t testing.TB, n int) *testCluster {
 	dir := t.TempDir()
 	var first string
 	for i := 0; i < n; i++ {
-		cfg := Config{Dir: filepath.Join(dir, fmt.Sprintf("n%d", i)), Listen: freeAddr(t), NBD: freeAddr(t), Logger: logger(t)}
+		cfg := Config{Dir: filepath.Join(dir, fmt.Sprintf("n%d", i)), Listen: freeport.Addr(t), NBD: freeport.Addr(t), Logger: logger(t)}
 		if i == 0 {
 			first = cfg.Listen
 		} else {

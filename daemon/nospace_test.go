@@ -11,6 +11,7 @@ import (
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/disk"
+	"github.com/sheepdog-go/sheepdog/internal/freeport"
 	"github.com/sheepdog-go/sheepdog/nbd"
 )
 
@@ -19,7 +20,7 @@ import (
 // before is intact; once space is back, writes work again.
 func TestFullDiskIsAClearErrorAndLosesNothing(t *testing.T) {
 	var full atomic.Bool
-	cfg := Config{Dir: filepath.Join(t.TempDir(), "n"), Listen: freeAddr(t), Logger: logger(t),
+	cfg := Config{Dir: filepath.Join(t.TempDir(), "n"), Listen: freeport.Addr(t), Logger: logger(t),
 		Disk: disk.Options{Fault: func(f disk.Fault) error {
 			if full.Load() && f == disk.FaultJournalAlloc {
 				return syscall.ENOSPC

@@ -22,6 +22,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sheepdog-go/sheepdog/daemon"
+	"github.com/sheepdog-go/sheepdog/internal/freeport"
 )
 
 // End-to-end tests: real `sheepdog sheep` processes on loopback, real
@@ -65,16 +66,6 @@ func needTools(t *testing.T, tools ...string) {
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // sheepProc is one running `sheepdog sheep`.
 type sheepProc struct {
 	dir, listen, nbd string
@@ -95,7 +86,7 @@ func startProcCluster(t *testing.T, n int) *procCluster {
 	c := &procCluster{t: t, bin: sheepdogBinary(t)}
 	base := t.TempDir()
 	for i := 0; i < n; i++ {
-		p := &sheepProc{dir: filepath.Join(base, fmt.Sprintf("n%d", i)), listen: freePort(t), nbd: freePort(t)}
+		p := &sheepProc{dir: filepath.Join(base, fmt.Sprintf("n%d", i)), listen: freeport.Addr(t), nbd: freeport.Addr(t)}
 		if i > 0 {
 			p.join = c.nodes[0].listen
 		}
@@ -676,7 +667,7 @@ func TestE2ELocalCluster(t *testing.T) {
 	dir := t.TempDir()
 	// The nodes use consecutive ports: find runs of free ones below the
 	// ephemeral range, where other tests' connections do not land.
-	p1, p2 := freeRun(t, 3), freeRun(t, 3)
+	p1, p2 := fmt.Sprint(freeport.Run(t, 3)), fmt.Sprint(freeport.Run(t, 3))
 	nbdPort := "127.0.0.1:" + p2
 	cmd := exec.Command(bin, "local", "--nodes", "3", "--dir", dir, "--port", p1, "--nbd-port", p2, "--vdi-size", "1G")
 	var out lockedBuffer
@@ -722,39 +713,13 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// freeRun finds n consecutive free loopback ports in 20000-29999.
-func freeRun(t *testing.T, n int) string {
-	t.Helper()
-	for try := 0; try < 200; try++ {
-		var buf [2]byte
-		_, _ = rand.Read(buf[:])
-		base := 20000 + int(buf[0])<<8%9000 + int(buf[1])%900
-		var ls []net.Listener
-		for i := 0; i < n; i++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
-			if err != nil {
-				break
-			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if len(ls) == n {
-			return fmt.Sprint(base)
-		}
-	}
-	t.Fatal("no free port range")
-	return ""
-}
-
 // TestE2EMetrics: --metrics serves Prometheus metrics with I/O counts,
 // latencies, the epoch and recovery progress.
 func TestE2EMetrics(t *testing.T) {
 	needTools(t, "qemu-io")
 	bin := sheepdogBinary(t)
 	dir := t.TempDir()
-	listen, nbdAddr, metrics := freePort(t), freePort(t), freePort(t)
+	listen, nbdAddr, metrics := freeport.Addr(t), freeport.Addr(t), freeport.Addr(t)
 	cmd := exec.Command(bin, "sheep", "--dir", dir, "--listen", listen, "--nbd", nbdAddr, "--metrics", metrics)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -777,17 +742,27 @@ func TestE2EMetrics(t *testing.T) {
 		}
 		return string(out), err
 	}
-	var body string
-	c.waitFor("metrics", 10*time.Second, func() bool {
-		var err error
-		body, err = scrape()
-		return err == nil && strings.Contains(body, "sheepdog_epoch")
-	})
-	for _, want := range []string{`sheepdog_io_requests_total{op="write"}`, `sheepdog_io_requests_total{op="read"}`,
-		"sheepdog_io_latency_seconds_bucket", "sheepdog_epoch 1", "sheepdog_recovery_remaining_objects", "sheepdog_members 1"} {
-		if !strings.Contains(body, want) {
-			t.Errorf("metrics lack %q", want)
+	// The loop publishes its state at most every 100 ms: scrape until it
+	// shows the format and the I/O.
+	wants := []string{`sheepdog_io_requests_total{op="write"}`, `sheepdog_io_requests_total{op="read"}`,
+		"sheepdog_io_latency_seconds_bucket", "sheepdog_epoch 1", "sheepdog_recovery_remaining_objects", "sheepdog_members 1"}
+	var missing []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		body, err := scrape()
+		missing = missing[:0]
+		for _, want := range wants {
+			if err != nil || !strings.Contains(body, want) {
+				missing = append(missing, want)
+			}
 		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, want := range missing {
+		t.Errorf("metrics lack %q", want)
 	}
 	// Once the journal has applied the write, a read of those bytes finds
 	// them in memory and the event loop serves it itself. A read racing
