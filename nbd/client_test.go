@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -197,6 +198,19 @@ func (c *testClient) sendOption(opt uint32, data []byte) {
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	c.write(append(b, data...))
+}
+
+// sendOptionClosing sends an option the server answers by hanging up,
+// possibly while the data is still being written: a write that fails
+// because the server has closed the connection is that answer too.
+func (c *testClient) sendOptionClosing(opt uint32, data []byte) {
+	c.tb.Helper()
+	b := binary.BigEndian.AppendUint64(nil, magicOption)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	if _, err := c.nc.Write(append(b, data...)); err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+		c.tb.Fatalf("write: %v", err)
+	}
 }
 
 func (c *testClient) readOptReply() (optReply, error) {

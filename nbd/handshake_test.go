@@ -58,11 +58,11 @@ func TestHandshakeRejects(t *testing.T) {
 		}},
 		{"option data beyond discard limit", func(c *testClient) {
 			c.clientFlags(clientFlagFixedNewstyle)
-			c.sendOption(optList, make([]byte, maxOptionDiscard+1))
+			c.sendOptionClosing(optList, make([]byte, maxOptionDiscard+1))
 		}},
 		{"EXPORT_NAME beyond option limit", func(c *testClient) {
 			c.clientFlags(clientFlagFixedNewstyle)
-			c.sendOption(optExportName, make([]byte, maxOptionLength+1))
+			c.sendOptionClosing(optExportName, make([]byte, maxOptionLength+1))
 		}},
 	}
 	for _, tt := range tests {
