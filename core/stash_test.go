@@ -10,17 +10,7 @@ func TestStashedReplicaWrite(t *testing.T) {
 	d := newSolo(t)
 	id := uint64(100)
 	next := func() uint64 { id++; return id }
-	if rep, ok := d.do(&Request{ID: next(), Type: ReqFormat, Copies: 1, BlockShift: 22}, 1000); !ok || rep.Code != OK {
-		t.Fatalf("format: %+v (answered %v)", rep, ok)
-	}
-	for i := 0; i < 1000 && !d.n.Serving(); i++ {
-		d.step(Tick{})
-	}
-	rep, ok := d.do(&Request{ID: next(), Type: ReqCreateVDI, Name: "v", Size: 64 << 20, Copies: 1, BlockShift: 22}, 1000)
-	if !ok || rep.Code != OK {
-		t.Fatalf("create: %+v (answered %v)", rep, ok)
-	}
-	oid := DataOID(rep.VID, 0)
+	oid := DataOID(d.formatAndCreate(t, next), 0)
 	data := make([]byte, 4096)
 	for i := range data {
 		data[i] = byte(i)

@@ -69,13 +69,10 @@ func (d *soloDriver) wait(r *Request, ticks int) (Reply, bool) {
 	return rep, ok
 }
 
-// TestClientOpTimeout: an operation that cannot settle fails with
-// ErrTimeout after OpTimeoutTicks, not before; finished operations leave
-// the deadline queue at once.
-func TestClientOpTimeout(t *testing.T) {
-	d := newSolo(t)
-	id := uint64(100)
-	next := func() uint64 { id++; return id }
+// formatAndCreate formats the solo cluster with one copy, waits until it
+// serves and creates a 64 MiB VDI; next numbers the requests.
+func (d *soloDriver) formatAndCreate(t *testing.T, next func() uint64) uint32 {
+	t.Helper()
 	if rep, ok := d.do(&Request{ID: next(), Type: ReqFormat, Copies: 1, BlockShift: 22}, 1000); !ok || rep.Code != OK {
 		t.Fatalf("format: %+v (answered %v)", rep, ok)
 	}
@@ -86,7 +83,17 @@ func TestClientOpTimeout(t *testing.T) {
 	if !ok || rep.Code != OK {
 		t.Fatalf("create: %+v (answered %v)", rep, ok)
 	}
-	vid := rep.VID
+	return rep.VID
+}
+
+// TestClientOpTimeout: an operation that cannot settle fails with
+// ErrTimeout after OpTimeoutTicks, not before; finished operations leave
+// the deadline queue at once.
+func TestClientOpTimeout(t *testing.T) {
+	d := newSolo(t)
+	id := uint64(100)
+	next := func() uint64 { id++; return id }
+	vid := d.formatAndCreate(t, next)
 	if rep, ok := d.do(&Request{ID: next(), Type: ReqAttach, VID: vid}, 1000); !ok || rep.Code != OK {
 		t.Fatalf("attach: %+v (answered %v)", rep, ok)
 	}
@@ -107,7 +114,7 @@ func TestClientOpTimeout(t *testing.T) {
 	if rep, ok := d.do(w, timeout-2); ok {
 		t.Fatalf("write on a hung disk answered before its timeout: %+v", rep)
 	}
-	rep, ok = d.wait(w, 4)
+	rep, ok := d.wait(w, 4)
 	if !ok || rep.Code != ErrTimeout {
 		t.Fatalf("write on a hung disk: %+v (answered %v); want ErrTimeout", rep, ok)
 	}

@@ -3,14 +3,12 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/disk"
-	"github.com/sheepdog-go/sheepdog/internal/freeport"
 )
 
 // TestLoopLivesThroughBackpressure: while the store holds writes back
@@ -22,37 +20,16 @@ func TestLoopLivesThroughBackpressure(t *testing.T) {
 	var once sync.Once
 	unstall := func() { once.Do(func() { close(release) }) }
 	defer unstall()
-	cfg := Config{Dir: filepath.Join(t.TempDir(), "n"), Listen: freeport.Addr(t), Logger: logger(t),
-		Disk: disk.Options{
-			MaxPending:    1 << 20,
-			FlushInterval: 5 * time.Millisecond,
-			Fault: func(f disk.Fault) error {
-				if f == disk.FaultApply {
-					<-release // the applier stalls until released
-				}
-				return nil
-			}}}
-	d, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ctx, d, vol := soloVolume(t, disk.Options{
+		MaxPending:    1 << 20,
+		FlushInterval: 5 * time.Millisecond,
+		Fault: func(f disk.Fault) error {
+			if f == disk.FaultApply {
+				<-release // the applier stalls until released
+			}
+			return nil
+		}})
 	c := &testCluster{t: t, ds: []*Daemon{d}}
-	c.waitFor("the node to serve", func() bool { s := d.Status(); return s != nil && s.Members == 1 })
-	if _, err := d.do(ctx, &core.Request{Type: core.ReqFormat, Copies: 1, BlockShift: 22}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: "v", Size: 64 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	vol, err := (&backend{d: d}).Open(ctx, "v")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vol.Close()
 
 	// Eight 512 KiB writes to eight objects: four times MaxPending.
 	const n, size = 8, 512 << 10

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/sheepdog-go/sheepdog/core"
+	"github.com/sheepdog-go/sheepdog/disk"
 	"github.com/sheepdog-go/sheepdog/internal/freeport"
+	"github.com/sheepdog-go/sheepdog/nbd"
 )
 
 type testCluster struct {
@@ -108,4 +110,33 @@ func TestClusterForms(t *testing.T) {
 	if _, err := c.ds[1].do(ctx, &core.Request{Type: core.ReqFormat, Copies: 3, BlockShift: 22}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// soloVolume starts one daemon whose store has the options opt, formats
+// it with one copy, creates the 64 MiB VDI "v" and attaches it. The test's
+// clean-up detaches it and stops the daemon (after the test's own defers).
+func soloVolume(t *testing.T, opt disk.Options) (context.Context, *Daemon, nbd.Volume) {
+	t.Helper()
+	d, err := New(Config{Dir: filepath.Join(t.TempDir(), "n"), Listen: freeport.Addr(t), Logger: logger(t), Disk: opt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c := &testCluster{t: t, ds: []*Daemon{d}}
+	c.waitFor("the node to serve", func() bool { s := d.Status(); return s != nil && s.Members == 1 })
+	if _, err := d.do(ctx, &core.Request{Type: core.ReqFormat, Copies: 1, BlockShift: 22}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: "v", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	vol, err := (&backend{d: d}).Open(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vol.Close() })
+	return ctx, d, vol
 }

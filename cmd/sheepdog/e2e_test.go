@@ -203,17 +203,24 @@ func (c *procCluster) waitFor(what string, timeout time.Duration, cond func() bo
 	}
 }
 
+// statuses is every member's status as node 0 collects it (false while
+// a member does not answer).
+func (c *procCluster) statuses() ([]daemon.NodeStatus, bool) {
+	out, err := c.admin("node", "recovery", "--json")
+	if err != nil {
+		return nil, false
+	}
+	var rows []daemon.NodeStatus
+	return rows, json.Unmarshal([]byte(out), &rows) == nil
+}
+
 // waitRecovered waits until every member reports recovery of the current
 // epoch finished everywhere.
 func (c *procCluster) waitRecovered(members int) {
 	c.t.Helper()
 	c.waitFor("recovery to finish", 120*time.Second, func() bool {
-		out, err := c.admin("node", "recovery", "--json")
-		if err != nil {
-			return false
-		}
-		var rows []daemon.NodeStatus
-		if json.Unmarshal([]byte(out), &rows) != nil || len(rows) != members {
+		rows, ok := c.statuses()
+		if !ok || len(rows) != members {
 			return false
 		}
 		for _, r := range rows {
@@ -228,9 +235,9 @@ func (c *procCluster) waitRecovered(members int) {
 // epoch is the epoch node 0 reports.
 func (c *procCluster) epoch() uint32 {
 	c.t.Helper()
-	var rows []daemon.NodeStatus
-	if err := json.Unmarshal([]byte(c.mustAdmin("node", "recovery", "--json")), &rows); err != nil || len(rows) == 0 {
-		c.t.Fatalf("node recovery --json: %v (%d rows)", err, len(rows))
+	rows, ok := c.statuses()
+	if !ok || len(rows) == 0 {
+		c.t.Fatalf("node recovery --json: no status (%d rows)", len(rows))
 	}
 	return rows[0].Epoch
 }
@@ -241,12 +248,8 @@ func (c *procCluster) epoch() uint32 {
 func (c *procCluster) waitEpochAfter(e uint32, members int) {
 	c.t.Helper()
 	c.waitFor(fmt.Sprintf("%d members serving an epoch after %d", members, e), 60*time.Second, func() bool {
-		out, err := c.admin("node", "recovery", "--json")
-		if err != nil {
-			return false
-		}
-		var rows []daemon.NodeStatus
-		if json.Unmarshal([]byte(out), &rows) != nil || len(rows) != members {
+		rows, ok := c.statuses()
+		if !ok || len(rows) != members {
 			return false
 		}
 		for _, r := range rows {
