@@ -132,7 +132,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.log = cfg.Logger.With("node", fmt.Sprintf("%x", uint64(d.self.ID)), "addr", cfg.Listen)
-	d.metrics = newMetrics()
+	d.metrics = newMetrics(d.Status)
 	d.admin = newAdminState()
 	return d, nil
 }

@@ -19,7 +19,6 @@ type metrics struct {
 	diskOps     *prometheus.CounterVec
 	diskErrors  *prometheus.CounterVec
 	readsCached prometheus.Counter
-	readsHere   prometheus.Gauge
 	msgsSent    prometheus.Counter
 	msgsDropped prometheus.Counter
 	epoch       prometheus.Gauge
@@ -31,8 +30,18 @@ type metrics struct {
 	leader      prometheus.Gauge
 }
 
-func newMetrics() *metrics {
+// newMetrics makes the registry; status gives the loop's latest snapshot,
+// which counters the loop owns are read from.
+func newMetrics(status func() *Status) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sheepdog_gateway_reads_local_total",
+		Help: "Object reads this node served from its own replica as a VDI's attacher, without asking the primary."},
+		func() float64 {
+			if s := status(); s != nil {
+				return float64(s.ReadsHere)
+			}
+			return 0
+		}))
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.ioRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_requests_total", Help: "Front-end I/O requests by operation."}, []string{"op"})
 	m.ioErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_errors_total", Help: "Front-end I/O requests that failed, by operation and result."}, []string{"op", "code"})
@@ -42,7 +51,6 @@ func newMetrics() *metrics {
 	m.diskOps = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_disk_operations_total", Help: "Local store operations."}, []string{"op"})
 	m.diskErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_disk_errors_total", Help: "Local store operations that failed."}, []string{"op", "code"})
 	m.readsCached = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_disk_reads_cached_total", Help: "Local reads served from the page cache by the event loop, without a hand-off to a disk worker."})
-	m.readsHere = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_gateway_reads_local", Help: "Object reads this node served from its own replica as the VDI's attacher, without asking the primary (a count since the node started)."})
 	m.msgsSent = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_peer_messages_sent_total", Help: "Messages sent to peers."})
 	m.msgsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_peer_messages_dropped_total", Help: "Messages to peers dropped by back-pressure."})
 	m.epoch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_epoch", Help: "Current epoch."})
@@ -52,7 +60,7 @@ func newMetrics() *metrics {
 	m.recDone = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_recovery_finished", Help: "1 once this node recovered the current epoch."})
 	m.objects = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_objects", Help: "Objects stored on this node."})
 	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_cluster_leader", Help: "1 if this node leads the cluster log."})
-	for _, c := range []prometheus.Collector{m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.readsCached, m.readsHere, m.msgsSent, m.msgsDropped,
+	for _, c := range []prometheus.Collector{m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.readsCached, m.msgsSent, m.msgsDropped,
 		m.epoch, m.members, m.recTotal, m.recLeft, m.recDone, m.objects, m.leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)

@@ -10,7 +10,10 @@ type Status struct {
 	Members  int
 	Finished bool
 	AllDone  bool
-	At       time.Time
+	// ReadsHere counts the object reads this node served from its own
+	// replica as a VDI's attacher (core.Node.ReadsHere).
+	ReadsHere uint64
+	At        time.Time
 }
 
 // Status returns the latest snapshot (nil before the first one).
@@ -25,11 +28,10 @@ func (d *Daemon) publishStatus() {
 	n := d.node
 	r := n.Recovery()
 	s := &Status{Epoch: n.Epoch(), Serving: n.Serving(), Leader: n.IsLeader(), Members: len(n.Cluster().Nodes),
-		Finished: r.Finished, AllDone: r.AllDone, At: time.Now()}
+		Finished: r.Finished, AllDone: r.AllDone, ReadsHere: n.ReadsHere(), At: time.Now()}
 	d.status.Store(s)
 	d.metrics.epoch.Set(float64(s.Epoch))
 	d.metrics.members.Set(float64(s.Members))
-	d.metrics.readsHere.Set(float64(n.ReadsHere()))
 	d.metrics.recTotal.Set(float64(r.Total))
 	d.metrics.recLeft.Set(float64(r.Remaining))
 	b2f := func(b bool) float64 {

@@ -748,7 +748,8 @@ func TestE2EMetrics(t *testing.T) {
 	// The loop publishes its state at most every 100 ms: scrape until it
 	// shows the format and the I/O.
 	wants := []string{`sheepdog_io_requests_total{op="write"}`, `sheepdog_io_requests_total{op="read"}`,
-		"sheepdog_io_latency_seconds_bucket", "sheepdog_epoch 1", "sheepdog_recovery_remaining_objects", "sheepdog_members 1"}
+		"sheepdog_io_latency_seconds_bucket", "sheepdog_epoch 1", "sheepdog_recovery_remaining_objects", "sheepdog_members 1",
+		"sheepdog_gateway_reads_local_total"}
 	var missing []string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
