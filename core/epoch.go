@@ -41,7 +41,9 @@ func (n *Node) dispatch(m *Message) {
 		n.handleRecovered(m)
 	case MsgCheckReq:
 		n.handleCheck(m)
-	case MsgLeaseGrant, MsgReplResp, MsgSyncResp, MsgListResp, MsgFetchResp, MsgCheckResp:
+	case MsgRevoke:
+		n.handleRevoke(m)
+	case MsgLeaseGrant, MsgReplResp, MsgSyncResp, MsgListResp, MsgFetchResp, MsgCheckResp, MsgRevokeResp:
 		n.response(m)
 	}
 }
@@ -117,6 +119,7 @@ func (n *Node) clusterChanged() {
 	}
 
 	n.abortPrimary()
+	n.endDirect()
 	n.rec = nil
 	n.failStaleCalls()
 	clear(n.done)

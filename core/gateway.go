@@ -20,9 +20,15 @@ type gateway struct {
 	dirty  map[uint32]map[OID]struct{}
 	failed map[OID]struct{} // objects whose last write here failed: replicas may differ until one succeeds
 
-	readsHere uint64   // object reads served from this node's own replica (readHere)
-	stashHits uint64   // replica writes that took their data from this gateway's queue (stashed)
-	wait      []*subOp // waiting for a newer epoch
+	readsHere uint64 // object reads served from this node's own replica (readHere)
+	stashHits uint64 // replica writes that took their data from this gateway's queue (stashed)
+
+	direct       map[OID]uint64 // objects handed over to this node (direct writes), by grant token
+	revokedUpTo  map[OID]uint64 // highest token revoked per object, this epoch
+	directGrants uint64
+	directOps    uint64
+	revokes      uint64
+	wait         []*subOp // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order
 }
@@ -67,6 +73,8 @@ func (g *gateway) init() {
 	g.queues = map[OID][]*subOp{}
 	g.dirty = map[uint32]map[OID]struct{}{}
 	g.failed = map[OID]struct{}{}
+	g.direct = map[OID]uint64{}
+	g.revokedUpTo = map[OID]uint64{}
 }
 
 func (g *gateway) attach(vid uint32, gen uint64) {
@@ -297,9 +305,15 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.op == OpRead && !s.remote && g.readHere(n, s, reps) {
 		return
 	}
-	to := reps[0]
-	if s.op == OpRead && n.bugs.ReadAny {
+	direct := s.op != OpCheck && g.ownsDirect(s.oid)
+	to, flags := reps[0], s.flags
+	switch {
+	case s.op == OpRead && n.bugs.ReadAny:
 		to = reps[n.rand.IntN(len(reps))]
+	case direct:
+		to, flags = n.id, flags|FlagDirect // this node acts as the object's primary
+	case s.reqID != 0 && reps[0] != n.id && !n.cfg.NoDirect && slices.Contains(reps, n.id):
+		flags |= FlagAskDirect
 	}
 	if s.msgID != 0 {
 		delete(g.subs, s.msgID)
@@ -307,7 +321,7 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	s.msgID = n.newID()
 	g.subs[s.msgID] = s
 	n.send(&Message{Type: MsgIO, To: to, ID: s.msgID, OID: s.oid, Op: s.op, Off: s.off, Len: s.len,
-		Data: s.data, ReqID: s.reqID, Flags: s.flags})
+		Data: s.data, ReqID: s.reqID, Flags: flags})
 	id := s.msgID
 	// The timer holds the id only: a timer must not keep a write's data
 	// alive after the write completed.
@@ -325,6 +339,7 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 	}
 	switch m.Code {
 	case OK:
+		g.takeGrant(n, m)
 		s.repaired = m.Len
 		g.complete(n, s, OK, m.Data)
 	case ErrStaleEpoch, ErrNotMember, ErrNotReady:
@@ -334,6 +349,10 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 		s.msgID = 0
 		if m.Epoch > n.epoch {
 			g.wait = append(g.wait, s)
+			return
+		}
+		if m.From == n.id && m.Code == ErrNotReady && !g.ownsDirect(s.oid) {
+			g.dispatch(n, s) // a direct write whose object was taken back: ask the primary now
 			return
 		}
 		n.after(int64(max(n.t.RetryTicks/4, 1)), func() { g.dispatch(n, s) })

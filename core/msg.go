@@ -31,6 +31,8 @@ const (
 	MsgCheckReq                      // vdi check: version and digest of an object
 	MsgCheckResp                     //
 	MsgJoinAck                       // answer to MsgJoin: the members and their addresses
+	MsgRevoke                        // primary → attacher: give back the object handed over with token Version
+	MsgRevokeResp                    // the object is settled; Prev: the highest version the attacher gave it
 	msgTypeEnd
 )
 
@@ -40,6 +42,7 @@ var msgTypeNames = [...]string{
 	MsgSync: "sync", MsgSyncResp: "sync-resp", MsgListReq: "list-req", MsgListResp: "list-resp",
 	MsgFetchReq: "fetch-req", MsgFetchResp: "fetch-resp", MsgRecovered: "recovered",
 	MsgCheckReq: "check-req", MsgCheckResp: "check-resp", MsgJoinAck: "join-ack",
+	MsgRevoke: "revoke", MsgRevokeResp: "revoke-resp",
 }
 
 func (t MsgType) String() string {
@@ -141,10 +144,12 @@ func (c Code) Err() error {
 
 // Message flags.
 const (
-	FlagFUA      uint32 = 1 << iota // make this write durable before acknowledging it
-	FlagDeleted                     // the object is a tombstone
-	FlagRepaired                    // MsgCheckResp: the copy was replaced
-	FlagStashed                     // MsgRepl without data: the replica is the writing gateway, which has it
+	FlagFUA       uint32 = 1 << iota // make this write durable before acknowledging it
+	FlagDeleted                      // the object is a tombstone
+	FlagRepaired                     // MsgCheckResp: the copy was replaced
+	FlagStashed                      // MsgRepl without data: the replica is the writing gateway, which has it
+	FlagAskDirect                    // MsgIO: the attacher, a replica, asks to be handed the object over (direct writes)
+	FlagDirect                       // MsgIOResp: handed over, token in Version; MsgIO to self, MsgRepl: from the node it was handed to
 )
 
 // ObjVersion is an entry of an object list.

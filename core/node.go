@@ -80,6 +80,7 @@ type Config struct {
 	Rand       *rand.Rand
 	Timing     Timing
 	Bugs       Bugs
+	NoDirect   bool         // the attacher always writes through each object's primary (no direct writes)
 	Raft       RaftState    // restored cluster log
 	Objects    []ObjectInfo // restored local objects
 }
@@ -212,6 +213,10 @@ type Node struct {
 	// peer requests awaiting answers
 	calls map[uint64]*call
 
+	// direct writes (direct.go)
+	grants  map[OID]*direct  // objects this node, their primary, handed over
+	revokes map[OID]*Message // revokes to answer once the object is settled here
+
 	gw     gateway
 	rec    *recovery
 	done   map[NodeID]bool // members that announced recovery of the current epoch
@@ -254,6 +259,8 @@ func NewNode(cfg Config) (*Node, error) {
 		leaseUsed:         map[NodeID]int64{},
 		calls:             map[uint64]*call{},
 		done:              map[NodeID]bool{},
+		grants:            map[OID]*direct{},
+		revokes:           map[OID]*Message{},
 	}
 	n.gw.init()
 	n.addrs[n.id] = n.self.Addr

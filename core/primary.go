@@ -35,12 +35,26 @@ func (n *Node) respondIOCount(p *primOp, code Code, count uint32) {
 }
 
 func (n *Node) respondIOData(p *primOp, code Code, data []byte, count uint32) {
+	n.respondIOGrant(p, code, data, count, 0)
+}
+
+// respondIOGrant answers p, handing its object over with token grant
+// (see direct writes) when that is not 0.
+func (n *Node) respondIOGrant(p *primOp, code Code, data []byte, count uint32, grant uint64) {
 	if p.replied {
 		return
 	}
 	p.replied = true
-	n.send(&Message{Type: MsgIOResp, To: p.m.From, ID: p.m.ID, Code: code, OID: p.m.OID, Op: p.m.Op, Data: data, Len: count})
+	m := &Message{Type: MsgIOResp, To: p.m.From, ID: p.m.ID, Code: code, OID: p.m.OID, Op: p.m.Op, Data: data, Len: count}
+	if grant != 0 {
+		m.Flags, m.Version = FlagDirect, grant
+	}
+	n.send(m)
 }
+
+// direct reports whether p is this node's own gateway's operation on an
+// object it was handed over.
+func (p *primOp) direct() bool { return p.m.Flags&FlagDirect != 0 && p.m.From == p.reps[0] }
 
 func (n *Node) objectSize(oid OID) uint32 {
 	if v := n.cs.VDI(oid.VID()); v != nil {
@@ -68,7 +82,16 @@ func (n *Node) handleIO(m *Message) {
 		n.readAny(m)
 		return
 	}
-	if reps[0] != n.id {
+	if m.Flags&FlagDirect != 0 && m.From == n.id {
+		// This node's gateway, writing an object it was handed over.
+		if !n.gw.ownsDirect(m.OID) || !slices.Contains(reps, n.id) {
+			delete(n.gw.direct, m.OID)
+			n.respond(m, MsgIOResp, ErrNotReady) // taken back meanwhile: ask the primary
+			return
+		}
+		reps = selfFirst(reps, n.id)
+		n.gw.directOps++
+	} else if reps[0] != n.id {
 		if !(n.bugs.NoEpochCheck && m.Epoch < n.epoch && slices.Contains(reps, n.id)) {
 			n.respond(m, MsgIOResp, ErrNotReady) // routed with another view of the epoch
 			return
@@ -89,6 +112,15 @@ func (n *Node) runPrimary(oid OID) {
 		return
 	}
 	for len(o.queue) > 0 && o.active == nil {
+		if d := n.grants[oid]; d != nil {
+			n.revokeDirect(oid, d) // handed over: take it back first
+			return
+		}
+		if p := o.queue[0]; p.direct() && !n.gw.ownsDirect(oid) {
+			o.queue = o.queue[1:]
+			n.respondIO(p, ErrNotReady, nil) // taken back: the gateway asks the primary
+			continue
+		}
 		if !n.objectReady(oid) {
 			n.whenReady(oid, func() { n.runPrimary(oid) })
 			return
@@ -114,6 +146,9 @@ func (n *Node) runPrimary(oid OID) {
 			continue
 		}
 		n.primaryWrite(oid, o, p)
+	}
+	if o.active == nil && len(o.queue) == 0 {
+		n.answerRevoke(oid)
 	}
 	n.forget(oid)
 }
@@ -249,6 +284,9 @@ func (n *Node) replicateTo(oid OID, p *primOp, r NodeID, stash bool) {
 		msg.Data = nil
 		msg.Flags |= FlagStashed
 	}
+	if p.direct() {
+		msg.Flags |= FlagDirect
+	}
 	epoch := n.epoch
 	id := n.rpc(msg, func(resp *Message) {
 		o := n.objs[oid]
@@ -301,7 +339,7 @@ func (n *Node) finishWrite(oid OID, p *primOp) {
 		n.runPrimary(oid)
 		return
 	}
-	n.respondIO(p, p.code, nil)
+	n.respondIOGrant(p, p.code, nil, 0, n.grantDirect(oid, o, p))
 	if p.code != OK && !p.converging {
 		// Some copies may have the write and others not: bring every
 		// replica to the primary's copy before the next operation.
@@ -321,6 +359,9 @@ func (n *Node) finishWrite(oid OID, p *primOp) {
 func (n *Node) converge(oid OID, p *primOp, r NodeID) {
 	o := n.objs[oid]
 	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: OpConverge, Version: o.meta.Version}
+	if p.direct() {
+		msg.Flags |= FlagDirect
+	}
 	epoch := n.epoch
 	id := n.rpc(msg, func(resp *Message) {
 		o := n.objs[oid]
@@ -383,9 +424,9 @@ func (n *Node) handleRepl(m *Message) {
 	if !stale && !n.epochGate(m, MsgReplResp) {
 		return
 	}
-	if reps := n.placement(m.OID); !stale && (!slices.Contains(reps, n.id) || reps[0] != m.From) {
+	if reps := n.placement(m.OID); !stale && (!slices.Contains(reps, n.id) || (reps[0] != m.From && !(m.Flags&FlagDirect != 0 && slices.Contains(reps, m.From)))) {
 		// Only the epoch's primary of the object replicates to its
-		// replicas.
+		// replicas, or the replica it handed the object over to.
 		n.respond(m, MsgReplResp, ErrInvalid)
 		return
 	}

@@ -42,6 +42,14 @@ func newMetrics(status func() *Status) *metrics {
 			}
 			return 0
 		}))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sheepdog_gateway_direct_ops_total",
+		Help: "Object operations this node ran itself as a VDI's attacher, on objects their primaries handed over to it."},
+		func() float64 {
+			if s := status(); s != nil {
+				return float64(s.DirectOps)
+			}
+			return 0
+		}))
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.ioRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_requests_total", Help: "Front-end I/O requests by operation."}, []string{"op"})
 	m.ioErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_errors_total", Help: "Front-end I/O requests that failed, by operation and result."}, []string{"op", "code"})

@@ -13,6 +13,9 @@ type Status struct {
 	// ReadsHere counts the object reads this node served from its own
 	// replica as a VDI's attacher (core.Node.ReadsHere).
 	ReadsHere uint64
+	// DirectOps counts the operations this node ran as the primary of
+	// objects handed over to it as their VDI's attacher (core.Node.DirectOps).
+	DirectOps uint64
 	At        time.Time
 }
 
@@ -28,7 +31,7 @@ func (d *Daemon) publishStatus() {
 	n := d.node
 	r := n.Recovery()
 	s := &Status{Epoch: n.Epoch(), Serving: n.Serving(), Leader: n.IsLeader(), Members: len(n.Cluster().Nodes),
-		Finished: r.Finished, AllDone: r.AllDone, ReadsHere: n.ReadsHere(), At: time.Now()}
+		Finished: r.Finished, AllDone: r.AllDone, ReadsHere: n.ReadsHere(), DirectOps: n.DirectOps(), At: time.Now()}
 	d.status.Store(s)
 	d.metrics.epoch.Set(float64(s.Epoch))
 	d.metrics.members.Set(float64(s.Members))

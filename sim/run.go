@@ -30,11 +30,13 @@ func (s *Sim) run() Result {
 	res := Result{Seed: s.cfg.Seed, Ops: s.opsDone, Failed: s.opsFailed, SimTime: s.now, Events: s.events, TraceHash: s.hash}
 	res.Problems = s.problems
 	res.HTML = s.html
-	res.ReadsHere, res.Stashed = s.readsHere, s.stashed
+	res.ReadsHere, res.Stashed, res.Direct, res.Revokes = s.readsHere, s.stashed, s.direct, s.revokes
 	for _, nd := range s.nodes {
 		if nd.n != nil {
 			res.ReadsHere += nd.n.ReadsHere()
 			res.Stashed += nd.n.StashedWrites()
+			res.Direct += nd.n.DirectOps()
+			res.Revokes += nd.n.Revokes()
 		}
 	}
 	if len(s.problems) == 0 && !done {

@@ -58,6 +58,8 @@ type Result struct {
 	TraceHash uint64
 	ReadsHere uint64 // object reads attachers served from their own replica
 	Stashed   uint64 // replica writes that took their data from the writing gateway (sent without it)
+	Direct    uint64 // operations attachers ran as primary of objects handed over to them
+	Revokes   uint64 // objects primaries took back from attachers
 	Problems  []string
 	HTML      string // visualisation written for a failing history
 }
@@ -145,6 +147,8 @@ type node struct {
 type Sim struct {
 	readsHere uint64 // ReadsHere of node incarnations that ended
 	stashed   uint64 // StashedWrites of node incarnations that ended
+	direct    uint64 // DirectOps of node incarnations that ended
+	revokes   uint64 // Revokes of node incarnations that ended
 	cfg       Config
 	rng       *rand.Rand
 	now       int64
@@ -381,6 +385,8 @@ func (s *Sim) startNode(nd *node) {
 	if nd.n != nil { // the previous incarnation's counts
 		s.readsHere += nd.n.ReadsHere()
 		s.stashed += nd.n.StashedWrites()
+		s.direct += nd.n.DirectOps()
+		s.revokes += nd.n.Revokes()
 	}
 	nd.n = n
 	nd.up = true

@@ -237,8 +237,10 @@ func TestParseFaults(t *testing.T) {
 
 // TestAttacherShortcuts: an attacher serves reads of objects it holds a
 // replica of from that replica once its writes to them have completed
-// (readHere), and receives its own writes as a replica without their data
-// (stashed), with and without faults, and every check still holds.
+// (readHere), receives its own writes as a replica without their data
+// (stashed), and runs the operations of objects their primaries handed
+// over to it (direct writes), which the primaries take back when someone
+// else needs them, with and without faults, and every check still holds.
 func TestAttacherShortcuts(t *testing.T) {
 	for _, faults := range []string{"none", "all"} {
 		f, err := ParseFaults(faults)
@@ -258,7 +260,10 @@ func TestAttacherShortcuts(t *testing.T) {
 		if r.Stashed == 0 {
 			t.Errorf("faults %s: no replica write took its data from the writing gateway (%d operations)", faults, r.Ops)
 		}
-		t.Logf("faults %s: %d operations, %d object reads served by the attacher's replica, %d stashed replica writes",
-			faults, r.Ops, r.ReadsHere, r.Stashed)
+		if r.Direct == 0 || r.Revokes == 0 {
+			t.Errorf("faults %s: %d operations ran at attachers as primaries of objects handed over to them, %d objects taken back; want both", faults, r.Direct, r.Revokes)
+		}
+		t.Logf("faults %s: %d operations, %d object reads served by the attacher's replica, %d stashed replica writes, %d direct operations, %d revokes",
+			faults, r.Ops, r.ReadsHere, r.Stashed, r.Direct, r.Revokes)
 	}
 }

@@ -749,7 +749,7 @@ func TestE2EMetrics(t *testing.T) {
 	// shows the format and the I/O.
 	wants := []string{`sheepdog_io_requests_total{op="write"}`, `sheepdog_io_requests_total{op="read"}`,
 		"sheepdog_io_latency_seconds_bucket", "sheepdog_epoch 1", "sheepdog_recovery_remaining_objects", "sheepdog_members 1",
-		"sheepdog_gateway_reads_local_total"}
+		"sheepdog_gateway_reads_local_total", "sheepdog_gateway_direct_ops_total"}
 	var missing []string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
