@@ -50,6 +50,7 @@ type Bugs struct {
 	ReadAny      bool // serve reads from any replica, without lease or recovery
 	NoEpochCheck bool // accept requests and replication from an older epoch as if current
 	SkipRecovery bool // a new replica serves without recovering
+	NoRevoke     bool // a primary runs operations on an object it handed over to the attacher without taking it back
 }
 
 // ObjMeta is what a node stores with each object besides its data.

@@ -112,7 +112,7 @@ func (n *Node) runPrimary(oid OID) {
 		return
 	}
 	for len(o.queue) > 0 && o.active == nil {
-		if d := n.grants[oid]; d != nil {
+		if d := n.grants[oid]; d != nil && !n.bugs.NoRevoke {
 			n.revokeDirect(oid, d) // handed over: take it back first
 			return
 		}

@@ -18,6 +18,7 @@ var Plants = []struct {
 	{"read-any", core.Bugs{ReadAny: true}, "serve reads from any replica, without lease or recovery"},
 	{"no-epoch-check", core.Bugs{NoEpochCheck: true}, "accept requests and replication from an older epoch"},
 	{"skip-recovery", core.Bugs{SkipRecovery: true}, "a new replica serves without recovering"},
+	{"no-revoke", core.Bugs{NoRevoke: true}, "a primary serves an object it handed over to the attacher without taking it back"},
 }
 
 // ParsePlant reads a comma-separated list of planted bug names.
@@ -46,6 +47,7 @@ func ParsePlant(s string) (core.Bugs, error) {
 		b.ReadAny = b.ReadAny || p.ReadAny
 		b.NoEpochCheck = b.NoEpochCheck || p.NoEpochCheck
 		b.SkipRecovery = b.SkipRecovery || p.SkipRecovery
+		b.NoRevoke = b.NoRevoke || p.NoRevoke
 	}
 	return b, nil
 }
@@ -55,7 +57,7 @@ func PlantName(b core.Bugs) string {
 	var names []string
 	for _, p := range Plants {
 		if (p.Bugs.AckEarly && b.AckEarly) || (p.Bugs.ReadAny && b.ReadAny) ||
-			(p.Bugs.NoEpochCheck && b.NoEpochCheck) || (p.Bugs.SkipRecovery && b.SkipRecovery) {
+			(p.Bugs.NoEpochCheck && b.NoEpochCheck) || (p.Bugs.SkipRecovery && b.SkipRecovery) || (p.Bugs.NoRevoke && b.NoRevoke) {
 			names = append(names, p.Name)
 		}
 	}

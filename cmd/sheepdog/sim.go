@@ -37,7 +37,7 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			fs.IntVar(&clients, "clients", d.Clients, "concurrent clients per volume")
 			fs.IntVar(&ops, "ops", d.Ops, "client operations per run")
 			fs.StringVar(&faults, "faults", "all", "fault kinds to inject")
-			fs.StringVar(&plant, "plant", "", "planted bug(s) to switch on: ack-early, read-any, no-epoch-check, skip-recovery")
+			fs.StringVar(&plant, "plant", "", "planted bug(s) to switch on: ack-early, read-any, no-epoch-check, skip-recovery, no-revoke")
 			fs.StringVar(&out, "out", "", "directory for the visualisations of failing runs")
 			fs.BoolVar(&traceHash, "trace-hash", false, "print each run's trace hash")
 			fs.IntVar(&parallel, "parallel", 0, "runs at once (0: one per CPU)")
