@@ -522,8 +522,8 @@ func (n *Node) catchUpFrom(oid OID, from NodeID, min uint64, done func(Code)) {
 
 // repair replaces a corrupted local copy of oid with a co-replica's copy
 // of the same version (or, if no co-replica has that version intact, the
-// newest intact one). The object takes no other operation meanwhile;
-// concurrent callers share one repair.
+// newest intact one, if not older). The object takes no other operation
+// meanwhile; concurrent callers share one repair.
 func (n *Node) repair(oid OID, done func(bool)) {
 	o := n.obj(oid)
 	o.repairWaits = append(o.repairWaits, done)
@@ -579,7 +579,11 @@ func (n *Node) repair(oid OID, done func(bool)) {
 				if left > 0 {
 					return
 				}
-				if best == nil || epoch != n.epoch {
+				if best == nil || epoch != n.epoch || best.Version < want {
+					// Never an older version than the corrupted copy's:
+					// that version may have been acknowledged, and
+					// co-replicas still recovering it will have it later.
+					// Until then the object fails its reads.
 					finish(false)
 					return
 				}
