@@ -72,6 +72,7 @@ type object struct {
 	catchingUp  bool       // fetching the object from its primary
 	repairing   bool       // replacing a corrupted local copy
 	repairWaits []func(bool)
+	replSeen    []replMark // the last replication request acted on, per sender
 
 	// any role
 	diskBusy bool     // a local write/put/delete is in flight
@@ -271,4 +272,45 @@ func (n *Node) Busy() []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// replMark is the last replication request (MsgRepl) a replica acted on
+// from one sender, in one epoch.
+type replMark struct {
+	from  NodeID
+	epoch uint32
+	id    uint64
+}
+
+// staleRepl reports whether m is a copy of a replication request this
+// replica already acted on, or older. A sender sends its next request for
+// an object only once the previous one was answered, and message ids
+// grow, so such a copy can only be a duplicate or a retransmission that
+// arrived late. Acting on a convergence again would make this copy the
+// sender's current one again, which, with the object handed over to the
+// attacher meanwhile (direct writes), can be older than a write this
+// replica already acknowledged; applying a write again after a
+// convergence rolled it back (it failed) would bring it back on this
+// replica only. Callers check it only where they would act: a copy of a
+// write still being applied must wait for it, not be answered at once.
+func (o *object) staleRepl(m *Message) bool {
+	for _, r := range o.replSeen {
+		if r.from == m.From {
+			return r.epoch == m.Epoch && m.ID <= r.id
+		}
+	}
+	return false
+}
+
+// markRepl records that this replica acts on m.
+func (o *object) markRepl(m *Message) {
+	for i := range o.replSeen {
+		if o.replSeen[i].from == m.From {
+			if o.replSeen[i].epoch != m.Epoch || m.ID > o.replSeen[i].id {
+				o.replSeen[i] = replMark{from: m.From, epoch: m.Epoch, id: m.ID}
+			}
+			return
+		}
+	}
+	o.replSeen = append(o.replSeen, replMark{from: m.From, epoch: m.Epoch, id: m.ID})
 }

@@ -391,6 +391,7 @@ func (n *Node) handleConverge(m *Message) {
 		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
 		return
 	}
+	o.markRepl(m)
 	if (o.present && o.meta.Version == m.Version) || (!o.present && m.Version == 0) {
 		n.respond(m, MsgReplResp, OK)
 		return
@@ -435,6 +436,10 @@ func (n *Node) handleRepl(m *Message) {
 		return
 	}
 	if m.Op == OpConverge {
+		if n.obj(m.OID).staleRepl(m) {
+			n.respond(m, MsgReplResp, OK) // acted on before: a duplicate, or late
+			return
+		}
 		n.handleConverge(m)
 		return
 	}
@@ -449,6 +454,12 @@ func (n *Node) handleRepl(m *Message) {
 	}
 	if o.diskBusy || o.catchingUp || o.repairing || o.reading > 0 {
 		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
+		return
+	}
+	if o.staleRepl(m) {
+		// Acted on before, then rolled back by a convergence (the write
+		// failed): a late copy must not bring it back.
+		n.respond(m, MsgReplResp, OK)
 		return
 	}
 	if o.meta.Version != m.Prev {
@@ -466,6 +477,7 @@ func (n *Node) handleRepl(m *Message) {
 		withData.Data = data
 		m = &withData
 	}
+	o.markRepl(m)
 	o.applying = m.Version
 	epoch := n.epoch
 	meta := ObjMeta{Version: m.Version, ReqID: m.ReqID, Deleted: m.Op == OpDiscard}

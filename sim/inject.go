@@ -7,8 +7,9 @@ import (
 )
 
 // impaired counts the nodes that may hold less than their share of the
-// data right now: members that are down or cut off, and nodes that are
-// not serving or have not finished recovery. Faults are only injected
+// data right now: members that are down or cut off, nodes that are not
+// serving or have not finished recovery, and the members missing to
+// place every copy (fewer members than copies). Faults are only injected
 // while fewer than Copies-1 are impaired, the condition under which no
 // acknowledged write may be lost.
 func (s *Sim) impaired() int {
@@ -42,7 +43,10 @@ func (s *Sim) impaired() int {
 	for _, id := range cs.Restarted {
 		bad[id] = true
 	}
-	return len(bad)
+	// With fewer members than copies every object lacks that many
+	// replicas: as if that many members were down.
+	short := max(s.cfg.Copies-len(cs.Nodes), 0)
+	return len(bad) + short
 }
 
 func (s *Sim) isolated(nd *node) bool {

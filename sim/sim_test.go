@@ -52,52 +52,62 @@ func TestSeeds(t *testing.T) {
 // TestRegressionSeeds replays every seed that failed during development,
 // with the faults it failed under. The bug each one found is noted.
 func TestRegressionSeeds(t *testing.T) {
+	shape := func(nodes, copies, clients, ops int) func(*Config) {
+		return func(c *Config) { c.Nodes, c.Copies, c.Clients, c.Ops = nodes, copies, clients, ops }
+	}
 	tests := []struct {
 		seed   uint64
 		faults string
 		found  string
+		mod    func(*Config) // the run's shape, if not the default
 	}{
-		{9, "partition", "a deposed leader's queued 'leave' proposals removed live nodes"},
-		{11, "partition", "same"},
-		{13, "oneway", "a leader that hears nobody declared everyone dead"},
-		{24, "oneway", "same"},
-		{6, "diskerror", "a failed write left replicas diverged"},
-		{12, "diskerror", "same"},
-		{2, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a lost snapshot message left a new node stuck"},
-		{13, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "the only seed address had left"},
-		{53, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a lost 'recovered' announcement blocked garbage collection"},
-		{52, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a partition split the cluster and the leader removed more nodes than copies allow"},
-		{269, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "nodes that came back still counted as removed"},
-		{120, "all", "concurrent repairs overwrote a write acknowledged meanwhile"},
-		{60, "all", "recovery waited forever for a version whose only copy was corrupted"},
-		{67, "all", "a corrupted replica plus two failures: the sim exceeded its fault budget"},
-		{72, "all", "a late-settled write was counted as flushed"},
-		{98, "all", "a retransmitted converge request looped forever"},
-		{867, "all", "an object busy during garbage collection was never collected"},
-		{221, "all", "a recovery copy landing after garbage collection stayed as an extra copy"},
-		{603, "all", "same"},
-		{510, "all", "a scrub aborted by an epoch change told replicas to take its stale copy"},
-		{100937, "all", "a restarted node that had not recovered yet did not count as missing data: two more removals lost a write"},
-		{103988, "all", "same"},
-		{101510, "all", "a self-repair waited on the queue it blocked itself (deadlock)"},
-		{103722, "all", "same"},
-		{101675, "all", "same, seen as recovery that never ended"},
-		{203722, "all", "an old retransmitted scrub request made a replica delete a write acknowledged since"},
-		{206703, "all", "a node removed then restarted did not count as missing data"},
-		{205442, "all", "a repair and a catch-up waited for each other's fetch (deadlock)"},
-		{301261, "all", "the last node to finish recovery never announced it: no stable point, a dead node could never be removed"},
-		{300012, "all", "same"},
-		{306147, "all", "same"},
-		{403755, "all", "the leader left before it recorded a full recovery, so a node removed earlier still counted as missing"},
-		{407973, "all", "same"},
-		{152, "all", "a node back from a partition (same incarnation, data intact) counted as missing data"},
-		{504577, "all", "the simulator crashed a node while a removed node's data was not re-replicated yet (its fault budget ignored removed and restarted nodes)"},
+		{9, "partition", "a deposed leader's queued 'leave' proposals removed live nodes", nil},
+		{11, "partition", "same", nil},
+		{13, "oneway", "a leader that hears nobody declared everyone dead", nil},
+		{24, "oneway", "same", nil},
+		{6, "diskerror", "a failed write left replicas diverged", nil},
+		{12, "diskerror", "same", nil},
+		{2, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a lost snapshot message left a new node stuck", nil},
+		{13, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "the only seed address had left", nil},
+		{53, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a lost 'recovered' announcement blocked garbage collection", nil},
+		{52, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "a partition split the cluster and the leader removed more nodes than copies allow", nil},
+		{269, "crash,join,leave,loss,delay,dup,reorder,partition,oneway,disklatency,diskerror,drift,powerloss", "nodes that came back still counted as removed", nil},
+		{120, "all", "concurrent repairs overwrote a write acknowledged meanwhile", nil},
+		{60, "all", "recovery waited forever for a version whose only copy was corrupted", nil},
+		{67, "all", "a corrupted replica plus two failures: the sim exceeded its fault budget", nil},
+		{72, "all", "a late-settled write was counted as flushed", nil},
+		{98, "all", "a retransmitted converge request looped forever", nil},
+		{867, "all", "an object busy during garbage collection was never collected", nil},
+		{221, "all", "a recovery copy landing after garbage collection stayed as an extra copy", nil},
+		{603, "all", "same", nil},
+		{510, "all", "a scrub aborted by an epoch change told replicas to take its stale copy", nil},
+		{100937, "all", "a restarted node that had not recovered yet did not count as missing data: two more removals lost a write", nil},
+		{103988, "all", "same", nil},
+		{101510, "all", "a self-repair waited on the queue it blocked itself (deadlock)", nil},
+		{103722, "all", "same", nil},
+		{101675, "all", "same, seen as recovery that never ended", nil},
+		{203722, "all", "an old retransmitted scrub request made a replica delete a write acknowledged since", nil},
+		{206703, "all", "a node removed then restarted did not count as missing data", nil},
+		{205442, "all", "a repair and a catch-up waited for each other's fetch (deadlock)", nil},
+		{301261, "all", "the last node to finish recovery never announced it: no stable point, a dead node could never be removed", nil},
+		{300012, "all", "same", nil},
+		{306147, "all", "same", nil},
+		{403755, "all", "the leader left before it recorded a full recovery, so a node removed earlier still counted as missing", nil},
+		{407973, "all", "same", nil},
+		{152, "all", "a node back from a partition (same incarnation, data intact) counted as missing data", nil},
+		{504577, "all", "the simulator crashed a node while a removed node's data was not re-replicated yet (its fault budget ignored removed and restarted nodes)", nil},
+		{33000396, "all", "a repair replaced a corrupted copy with an older version while co-replicas were still recovering the newer one (an acknowledged write lost)", shape(4, 3, 6, 4000)},
+		{33000325, "all", "a duplicated converge request reached a replica after the attacher's direct write and rolled it back", shape(4, 3, 6, 4000)},
+		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
 			t.Parallel()
 			cfg := DefaultConfig()
 			cfg.Seed = tt.seed
+			if tt.mod != nil {
+				tt.mod(&cfg)
+			}
 			f, err := ParseFaults(tt.faults)
 			if err != nil {
 				t.Fatal(err)
