@@ -63,7 +63,7 @@ func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 		}
 		left := len(others)
 		for _, r := range others {
-			id := n.rpc(&Message{Type: MsgCheckReq, To: r, OID: oid, Version: o.meta.Version}, func(resp *Message) {
+			id := n.rpc(&Message{Type: MsgCheckReq, To: r, OID: oid, Version: o.meta.Version, Fence: p.fence}, func(resp *Message) {
 				if !current() {
 					return
 				}
@@ -129,6 +129,10 @@ func (n *Node) handleCheck(m *Message) {
 		return
 	}
 	o := n.obj(m.OID)
+	if o.fenced(m) {
+		n.respond(m, MsgCheckResp, OK) // from before a later hand-over: answered long ago
+		return
+	}
 	if o.diskBusy || o.catchingUp || o.repairing {
 		o.waiting = append(o.waiting, func() { n.handleCheck(m) })
 		return

@@ -46,6 +46,7 @@ func (n *Node) grantDirect(oid OID, o *object, p *primOp) uint64 {
 	}
 	d := &direct{to: m.From, token: n.newID()}
 	n.grants[oid] = d
+	n.fences[oid] = d.token
 	return d.token
 }
 
@@ -135,11 +136,16 @@ func (g *gateway) takeGrant(n *Node, m *Message) {
 	}
 	g.direct[m.OID] = max(g.direct[m.OID], m.Version)
 	g.directGrants++
+	// As a replica too, this node now refuses requests from before the grant.
+	if o := n.obj(m.OID); o.fenceEpoch != m.Epoch || o.fence < m.Version {
+		o.fence, o.fenceEpoch = m.Version, m.Epoch
+	}
 }
 
 // endDirect forgets the grants of the old epoch, given and taken.
 func (n *Node) endDirect() {
 	clear(n.grants)
+	clear(n.fences)
 	clear(n.revokes)
 	clear(n.gw.direct)
 	clear(n.gw.revokedUpTo)

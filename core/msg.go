@@ -177,6 +177,7 @@ type Message struct {
 	Version uint64 // object version (new version for MsgRepl)
 	Prev    uint64 // MsgRepl: the version the write applies on top of
 	ReqID   uint64 // client write id, for de-duplication of retries
+	Fence   uint64 // MsgRepl, MsgCheckReq: the hand-over the sender acts under (direct writes; 0: none yet)
 	Data    []byte
 	Node    *NodeInfo       // MsgJoin
 	Nodes   []NodeInfo      // MsgJoinAck
@@ -219,6 +220,7 @@ func (m *Message) Marshal() ([]byte, error) {
 	e.u64(m.Version)
 	e.u64(m.Prev)
 	e.u64(m.ReqID)
+	e.u64(m.Fence)
 	e.bytes(m.Data)
 	e.bool(m.Node != nil)
 	if m.Node != nil {
@@ -275,6 +277,7 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 	m.Version = d.u64()
 	m.Prev = d.u64()
 	m.ReqID = d.u64()
+	m.Fence = d.u64()
 	m.Data = d.bytes()
 	if d.bool() {
 		n := decodeNode(&d)

@@ -216,6 +216,7 @@ type Node struct {
 
 	// direct writes (direct.go)
 	grants  map[OID]*direct  // objects this node, their primary, handed over
+	fences  map[OID]uint64   // the last hand-over of each object this node made as its primary (this epoch)
 	revokes map[OID]*Message // revokes to answer once the object is settled here
 
 	gw     gateway
@@ -261,6 +262,7 @@ func NewNode(cfg Config) (*Node, error) {
 		calls:             map[uint64]*call{},
 		done:              map[NodeID]bool{},
 		grants:            map[OID]*direct{},
+		fences:            map[OID]uint64{},
 		revokes:           map[OID]*Message{},
 	}
 	n.gw.init()

@@ -73,6 +73,8 @@ type object struct {
 	repairing   bool       // replacing a corrupted local copy
 	repairWaits []func(bool)
 	replSeen    []replMark // the last replication request acted on, per sender
+	fence       uint64     // the newest hand-over seen in requests for this object (direct writes)
+	fenceEpoch  uint32
 
 	// any role
 	diskBusy bool     // a local write/put/delete is in flight
@@ -282,17 +284,15 @@ type replMark struct {
 	id    uint64
 }
 
-// staleRepl reports whether m is a copy of a replication request this
-// replica already acted on, or older. A sender sends its next request for
-// an object only once the previous one was answered, and message ids
-// grow, so such a copy can only be a duplicate or a retransmission that
-// arrived late. Acting on a convergence again would make this copy the
-// sender's current one again, which, with the object handed over to the
-// attacher meanwhile (direct writes), can be older than a write this
-// replica already acknowledged; applying a write again after a
-// convergence rolled it back (it failed) would bring it back on this
-// replica only. Callers check it only where they would act: a copy of a
-// write still being applied must wait for it, not be answered at once.
+// staleRepl reports whether m, a replicated write, is a copy of a
+// replication request this replica already acted on, or older. A sender
+// sends its next request for an object only once the previous one was
+// answered, and message ids grow, so such a copy can only be a duplicate
+// or a retransmission that arrived late: applying it again after a
+// convergence rolled that write back (it failed) would bring it back on
+// this replica only. Callers check it only where they would act: a copy
+// of a write still being applied must wait for it, not be answered at
+// once.
 func (o *object) staleRepl(m *Message) bool {
 	for _, r := range o.replSeen {
 		if r.from == m.From {
@@ -313,4 +313,22 @@ func (o *object) markRepl(m *Message) {
 		}
 	}
 	o.replSeen = append(o.replSeen, replMark{from: m.From, epoch: m.Epoch, id: m.ID})
+}
+
+// fenced reports whether m, a replication or check request, was sent
+// under an older hand-over of the object than one this replica has seen
+// (a late duplicate of the primary's request from before it handed the
+// object over to the attacher, or of the attacher's from before it was
+// taken back and handed over again). Its sender got its answer long ago,
+// and acting on it could roll back writes made since: a convergence or a
+// check makes this copy the primary's current one, which lags the
+// attacher's writes in flight. Otherwise it records m's hand-over.
+func (o *object) fenced(m *Message) bool {
+	if o.fenceEpoch == m.Epoch && m.Fence < o.fence {
+		return true
+	}
+	if o.fenceEpoch != m.Epoch || m.Fence > o.fence {
+		o.fence, o.fenceEpoch = m.Fence, m.Epoch
+	}
+	return false
 }

@@ -24,6 +24,7 @@ type primOp struct {
 	repaired   int
 	dedup      bool // verifying replicas before acknowledging a retry
 	verified   bool
+	fence      uint64 // the hand-over its replication requests carry (direct writes)
 }
 
 func (n *Node) respondIO(p *primOp, code Code, data []byte) {
@@ -99,8 +100,12 @@ func (n *Node) handleIO(m *Message) {
 		// The planted bug trusts the old epoch's routing: act as primary.
 		reps = append([]NodeID{n.id}, slices.DeleteFunc(slices.Clone(reps), func(id NodeID) bool { return id == n.id })...)
 	}
+	fence := n.fences[m.OID]
+	if m.Flags&FlagDirect != 0 && m.From == n.id {
+		fence = n.gw.direct[m.OID] // acting as primary under the attacher's grant
+	}
 	o := n.obj(m.OID)
-	o.queue = append(o.queue, &primOp{m: m, reps: reps})
+	o.queue = append(o.queue, &primOp{m: m, reps: reps, fence: fence})
 	n.runPrimary(m.OID)
 }
 
@@ -279,7 +284,7 @@ func (n *Node) replicate(oid OID, p *primOp, r NodeID) {
 func (n *Node) replicateTo(oid OID, p *primOp, r NodeID, stash bool) {
 	m := p.m
 	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: m.Op, Off: m.Off, Len: m.Len, Data: m.Data,
-		Flags: m.Flags, Version: p.meta.Version, Prev: p.prev, ReqID: m.ReqID}
+		Flags: m.Flags, Version: p.meta.Version, Prev: p.prev, ReqID: m.ReqID, Fence: p.fence}
 	if stash {
 		msg.Data = nil
 		msg.Flags |= FlagStashed
@@ -358,7 +363,7 @@ func (n *Node) finishWrite(oid OID, p *primOp) {
 
 func (n *Node) converge(oid OID, p *primOp, r NodeID) {
 	o := n.objs[oid]
-	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: OpConverge, Version: o.meta.Version}
+	msg := &Message{Type: MsgRepl, To: r, OID: oid, Op: OpConverge, Version: o.meta.Version, Fence: p.fence}
 	if p.direct() {
 		msg.Flags |= FlagDirect
 	}
@@ -435,11 +440,11 @@ func (n *Node) handleRepl(m *Message) {
 		n.whenReady(m.OID, func() { n.handleRepl(m) })
 		return
 	}
+	if n.obj(m.OID).fenced(m) {
+		n.respond(m, MsgReplResp, OK) // from before a later hand-over: answered long ago
+		return
+	}
 	if m.Op == OpConverge {
-		if n.obj(m.OID).staleRepl(m) {
-			n.respond(m, MsgReplResp, OK) // acted on before: a duplicate, or late
-			return
-		}
 		n.handleConverge(m)
 		return
 	}

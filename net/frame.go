@@ -12,7 +12,7 @@ import (
 // ProtocolVersion is the wire protocol version announced in every handshake.
 // Both ends must speak the same version; a mismatch is rejected with
 // ErrVersion.
-const ProtocolVersion uint16 = 1
+const ProtocolVersion uint16 = 2
 
 const (
 	handshakeMagic uint32 = 0x53444F47 // "SDOG"

@@ -265,7 +265,7 @@ func TestVersionMismatch(t *testing.T) {
 
 	t.Run("listener rejects", func(t *testing.T) {
 		c := dialRaw(t, b.Addr(), 0, 0)
-		if _, err := c.Write(rawHello(2, rolePeer, 77)); err != nil {
+		if _, err := c.Write(rawHello(ProtocolVersion+1, rolePeer, 77)); err != nil {
 			t.Fatal(err)
 		}
 		a, err := readAck(c)
@@ -273,25 +273,25 @@ func TestVersionMismatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := ack{version: ProtocolVersion, status: statusVersion, node: 2,
-			reason: "protocol version 2 not supported; node 2 speaks version 1"}
+			reason: fmt.Sprintf("protocol version %d not supported; node 2 speaks version %d", ProtocolVersion+1, ProtocolVersion)}
 		if diff := cmp.Diff(want, a, cmp.AllowUnexported(ack{})); diff != "" {
 			t.Errorf("ack (-want +got):\n%s", diff)
 		}
 		expectClosed(t, c)
 		waitFor(t, "the rejection to be logged", func() bool {
-			return logs.count("handshake failed", "remote="+c.LocalAddr().String(), "version 2", "version 1") == 1
+			return logs.count("handshake failed", "remote="+c.LocalAddr().String(), fmt.Sprintf("version %d", ProtocolVersion+1), fmt.Sprintf("version %d", ProtocolVersion)) == 1
 		})
 	})
 
 	// Servers of another version, as seen by our dialers.
 	rejecting := fakeServer(t, func(c gonet.Conn, _ <-chan struct{}) {
 		io.ReadFull(c, make([]byte, helloSize))
-		c.Write(appendAck(nil, ack{version: 2, status: statusVersion, node: 9,
-			reason: "protocol version 1 not supported; node 9 speaks version 2"}))
+		c.Write(appendAck(nil, ack{version: ProtocolVersion + 1, status: statusVersion, node: 9,
+			reason: fmt.Sprintf("protocol version %d not supported; node 9 speaks version %d", ProtocolVersion, ProtocolVersion+1)}))
 	})
 	newer := fakeServer(t, func(c gonet.Conn, _ <-chan struct{}) {
 		io.ReadFull(c, make([]byte, helloSize))
-		c.Write(appendAck(nil, ack{version: 2, status: statusOK, node: 9}))
+		c.Write(appendAck(nil, ack{version: ProtocolVersion + 1, status: statusOK, node: 9}))
 	})
 	a := newTransport(t, Config{NodeID: 1})
 	dialers := []struct {
@@ -320,7 +320,7 @@ func TestVersionMismatch(t *testing.T) {
 				if !errors.Is(err, ErrVersion) {
 					t.Fatalf("err = %v, want ErrVersion", err)
 				}
-				if msg := err.Error(); !strings.Contains(msg, "speaks version 2") || !strings.Contains(msg, "we speak version 1") {
+				if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("speaks version %d", ProtocolVersion+1)) || !strings.Contains(msg, fmt.Sprintf("we speak version %d", ProtocolVersion)) {
 					t.Errorf("error %q does not name both versions", msg)
 				}
 			})
@@ -370,10 +370,10 @@ func TestMalformedInput(t *testing.T) {
 		wantLog   string
 		delivered int // frames from node 99 delivered before the bad one
 	}{
-		{name: "hello bad magic", in: corrupt(rawHello(1, rolePeer, 99), func(b []byte) { b[0] = 'X' }), wantLog: "bad magic"},
+		{name: "hello bad magic", in: corrupt(rawHello(ProtocolVersion, rolePeer, 99), func(b []byte) { b[0] = 'X' }), wantLog: "bad magic"},
 		{name: "hello garbage", in: garbage, wantLog: "bad magic"},
-		{name: "hello truncated", in: rawHello(1, rolePeer, 99)[:9], halfClose: true, wantLog: "truncated hello (9 of 16 bytes)"},
-		{name: "hello unknown role", in: rawHello(1, 7, 99), wantLog: "unknown role 7"},
+		{name: "hello truncated", in: rawHello(ProtocolVersion, rolePeer, 99)[:9], halfClose: true, wantLog: "truncated hello (9 of 16 bytes)"},
+		{name: "hello unknown role", in: rawHello(ProtocolVersion, 7, 99), wantLog: "unknown role 7"},
 		{name: "bad magic", role: rolePeer, in: corrupt(frame, func(b []byte) { b[2] = 0 }), wantLog: "bad magic"},
 		{name: "unknown type", role: rolePeer, in: corrupt(frame, func(b []byte) { b[4] = 0x42 }), wantLog: "unknown frame type 66"},
 		{name: "unknown flags", role: rolePeer, in: corrupt(frame, func(b []byte) { b[5] = 1 }), wantLog: "unknown flags"},

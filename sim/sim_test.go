@@ -98,6 +98,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{504577, "all", "the simulator crashed a node while a removed node's data was not re-replicated yet (its fault budget ignored removed and restarted nodes)", nil},
 		{33000396, "all", "a repair replaced a corrupted copy with an older version while co-replicas were still recovering the newer one (an acknowledged write lost)", shape(4, 3, 6, 4000)},
 		{33000325, "all", "a duplicated converge request reached a replica after the attacher's direct write and rolled it back", shape(4, 3, 6, 4000)},
+		{40001313, "all", "a duplicated scrub request reached the attacher after its direct write and made it take the primary's older copy", nil},
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 	}
 	for _, tt := range tests {
