@@ -150,6 +150,7 @@ const (
 	FlagStashed                      // MsgRepl without data: the replica is the writing gateway, which has it
 	FlagAskDirect                    // MsgIO: the attacher, a replica, asks to be handed the object over (direct writes)
 	FlagDirect                       // MsgIOResp: handed over, token in Version; MsgIO to self, MsgRepl: from the node it was handed to
+	FlagRecovered                    // MsgFetchReq: answer only with a copy recovered in the asker's epoch, else ErrNotReady
 )
 
 // ObjVersion is an entry of an object list.

@@ -539,8 +539,10 @@ func (n *Node) catchUpFrom(oid OID, from NodeID, min uint64, done func(Code)) {
 
 // repair replaces a corrupted local copy of oid with a co-replica's copy
 // of the same version (or, if no co-replica has that version intact, the
-// newest intact one, if not older). The object takes no other operation
-// meanwhile; concurrent callers share one repair.
+// newest intact one — but an older version only once every co-replica
+// has recovered the object in this epoch, so that none of them is still
+// bringing a newer one). The object takes no other operation meanwhile;
+// concurrent callers share one repair.
 func (n *Node) repair(oid OID, done func(bool)) {
 	o := n.obj(oid)
 	o.repairWaits = append(o.repairWaits, done)
@@ -582,25 +584,30 @@ func (n *Node) repair(oid OID, done func(bool)) {
 	// Second pass: the newest intact copy any co-replica has.
 	fallback := func() {
 		var best *Message
+		unready := false
 		left := len(others)
 		if left == 0 {
 			finish(false)
 			return
 		}
 		for _, r := range others {
-			n.rpc(&Message{Type: MsgFetchReq, To: r, OID: oid}, func(resp *Message) {
+			n.rpc(&Message{Type: MsgFetchReq, To: r, OID: oid, Flags: FlagRecovered}, func(resp *Message) {
 				if resp.Code == OK && (best == nil || resp.Version > best.Version) {
 					best = resp
+				}
+				if resp.Code == ErrNotReady {
+					unready = true
 				}
 				left--
 				if left > 0 {
 					return
 				}
-				if best == nil || epoch != n.epoch || best.Version < want {
-					// Never an older version than the corrupted copy's:
-					// that version may have been acknowledged, and
-					// co-replicas still recovering it will have it later.
-					// Until then the object fails its reads.
+				if best == nil || epoch != n.epoch || (unready && best.Version < want) {
+					// Not an older version than the corrupted copy's
+					// while a co-replica is still recovering the object:
+					// that version may have been acknowledged, and the
+					// recovery may be bringing it. Until then the object
+					// fails its reads (and the next read tries again).
 					finish(false)
 					return
 				}
@@ -637,6 +644,10 @@ func (n *Node) whenIdle(oid OID, fn func()) {
 
 // handleFetch sends a copy of a local object (recovery, catch-up, repair).
 func (n *Node) handleFetch(m *Message) {
+	if m.Flags&FlagRecovered != 0 && (m.Epoch != n.epoch || !n.serving || !n.objectReady(m.OID)) {
+		n.respond(m, MsgFetchResp, ErrNotReady) // may be recovering a newer version
+		return
+	}
 	o := n.objs[m.OID]
 	if o == nil || !o.present || o.meta.Version < m.Version {
 		n.respond(m, MsgFetchResp, ErrNoObject)

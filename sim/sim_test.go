@@ -99,6 +99,8 @@ func TestRegressionSeeds(t *testing.T) {
 		{33000396, "all", "a repair replaced a corrupted copy with an older version while co-replicas were still recovering the newer one (an acknowledged write lost)", shape(4, 3, 6, 4000)},
 		{33000325, "all", "a duplicated converge request reached a replica after the attacher's direct write and rolled it back", shape(4, 3, 6, 4000)},
 		{40001313, "all", "a duplicated scrub request reached the attacher after its direct write and made it take the primary's older copy", nil},
+		{46000117, "all", "a repair refused to fall back to an older version when the newest existed only in its own corrupted copy (a write that failed): the object stayed unreadable", shape(3, 3, 3, 2000)},
+		{40001076, "all", "same", nil},
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 	}
 	for _, tt := range tests {
