@@ -19,6 +19,9 @@ type gateway struct {
 	queues map[OID][]*subOp     // writes per object; the head is in flight
 	dirty  map[uint32]map[OID]struct{}
 	failed map[OID]struct{} // objects whose last write here failed: replicas may differ until one succeeds
+	// committed is, per VDI and object, a version the object's primary
+	// reported every replica held (after a read or write of this gateway).
+	committed map[uint32]map[OID]uint64
 
 	readsHere uint64 // object reads served from this node's own replica (readHere)
 	stashHits uint64 // replica writes that took their data from this gateway's queue (stashed)
@@ -73,6 +76,7 @@ func (g *gateway) init() {
 	g.queues = map[OID][]*subOp{}
 	g.dirty = map[uint32]map[OID]struct{}{}
 	g.failed = map[OID]struct{}{}
+	g.committed = map[uint32]map[OID]uint64{}
 	g.direct = map[OID]uint64{}
 	g.revokedUpTo = map[OID]uint64{}
 }
@@ -84,7 +88,10 @@ func (g *gateway) attach(vid uint32, gen uint64) {
 	g.vdis[vid] = &gwVDI{gen: gen}
 }
 
-func (g *gateway) detach(vid uint32) { delete(g.vdis, vid) }
+func (g *gateway) detach(vid uint32) {
+	delete(g.vdis, vid)
+	delete(g.committed, vid)
+}
 
 // ReadsHere counts the object reads this node, as the attacher, served
 // from its own replica instead of asking the object's primary.
@@ -226,14 +233,17 @@ func (n *Node) clientMap(r *Request, v *VDI) {
 
 // readHere serves a read from this node's own replica when that is as
 // good as asking the primary: this node holds the VDI's attach lock, so
-// every write to the object comes through it, and none is queued or in
-// flight here, so every write it issued has completed, and a write
-// completes only once every replica of the epoch has it; the object is
-// recovered here in the current epoch and idle; and every co-replica has
-// granted a read lease, so no newer epoch can have written the object
-// elsewhere meanwhile (the argument that lets a primary serve reads). A
-// read that finds its replica unreadable asks the primary after all. It
-// reports whether it took the read.
+// every new write to the object comes through it, and none is queued or
+// in flight here, so every write it issued has completed, and a write
+// completes only once every replica of the epoch has it; the replica
+// holds a version the primary reported complete (after this gateway's
+// last read or write of the object), so it is not a write of a previous
+// attacher still in flight, which may yet fail; the object is recovered
+// here in the current epoch and idle; and every co-replica has granted a
+// read lease, so no newer epoch can have written the object elsewhere
+// meanwhile (the argument that lets a primary serve reads). A read that
+// finds its replica unreadable asks the primary after all. It reports
+// whether it took the read.
 func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 	if n.bugs.ReadAny || reps[0] == n.id || !slices.Contains(reps, n.id) || len(g.queues[s.oid]) > 0 {
 		return false
@@ -249,6 +259,12 @@ func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 	}
 	o := n.objs[s.oid]
 	if o != nil && (o.diskBusy || o.catchingUp || o.repairing || o.applying != 0 || o.active != nil) {
+		return false
+	}
+	if o != nil && o.present && g.committed[s.oid.VID()][s.oid] != o.meta.Version {
+		// Not a version known to be on every replica: right after the
+		// attach lock changed hands, the previous attacher's last write
+		// may still be in flight here, and may yet fail.
 		return false
 	}
 	if !n.haveLeases(reps) {
@@ -340,6 +356,13 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 	switch m.Code {
 	case OK:
 		g.takeGrant(n, m)
+		if m.Prev != 0 && m.Epoch == n.epoch {
+			vid := s.oid.VID()
+			if g.committed[vid] == nil {
+				g.committed[vid] = map[OID]uint64{}
+			}
+			g.committed[vid][s.oid] = m.Prev
+		}
 		s.repaired = m.Len
 		g.complete(n, s, OK, m.Data)
 	case ErrStaleEpoch, ErrNotMember, ErrNotReady:

@@ -18,7 +18,7 @@ const (
 	MsgLeaseReq                      // a primary asks a co-replica for a read lease
 	MsgLeaseGrant                    // the co-replica promises not to serve a newer epoch's recovery before the lease ends
 	MsgIO                            // gateway → primary: one object operation
-	MsgIOResp                        //
+	MsgIOResp                        // Prev: the object's version once the operation completed (every replica has it)
 	MsgRepl                          // primary → replica: apply one versioned write
 	MsgReplResp                      //
 	MsgSync                          // gateway → replica: make these objects durable (flush)

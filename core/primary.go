@@ -47,6 +47,11 @@ func (n *Node) respondIOGrant(p *primOp, code Code, data []byte, count uint32, g
 	}
 	p.replied = true
 	m := &Message{Type: MsgIOResp, To: p.m.From, ID: p.m.ID, Code: code, OID: p.m.OID, Op: p.m.Op, Data: data, Len: count}
+	if o := n.objs[p.m.OID]; code == OK && o != nil && o.present {
+		// Every replica of the epoch has this version now: the gateway
+		// may read its own replica while it still has exactly this one.
+		m.Prev = o.meta.Version
+	}
 	if grant != 0 {
 		m.Flags, m.Version = FlagDirect, grant
 	}

@@ -11,8 +11,9 @@ import (
 
 // TestDebugSeed replays one seed with a full trace, for investigating a
 // failure: SIM_SEED=52 SIM_BLOCK=23 go test ./sim -run TestDebugSeed -v
-// It runs the default fault set (SIM_FAULTS overrides) and always passes
-// unless the replay itself fails to run.
+// It runs the default configuration (SIM_FAULTS, SIM_NODES, SIM_COPIES,
+// SIM_VDIS, SIM_CLIENTS and SIM_OPS override it) and always passes unless
+// the replay itself fails to run.
 func TestDebugSeed(t *testing.T) {
 	seed, err := strconv.ParseUint(os.Getenv("SIM_SEED"), 10, 64)
 	if err != nil {
@@ -20,6 +21,14 @@ func TestDebugSeed(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	cfg.Seed = seed
+	for name, field := range map[string]*int{"SIM_NODES": &cfg.Nodes, "SIM_COPIES": &cfg.Copies, "SIM_VDIS": &cfg.VDIs,
+		"SIM_CLIENTS": &cfg.Clients, "SIM_OPS": &cfg.Ops} {
+		if v := os.Getenv(name); v != "" {
+			if *field, err = strconv.Atoi(v); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+	}
 	if f := os.Getenv("SIM_FAULTS"); f != "" {
 		if cfg.Faults, err = ParseFaults(f); err != nil {
 			t.Fatal(err)
