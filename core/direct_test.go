@@ -59,3 +59,67 @@ func TestDirectGrantTokens(t *testing.T) {
 		t.Fatalf("revoke 7: answer %v, still owned %v; want OK and given back", r, n.gw.ownsDirect(oid))
 	}
 }
+
+// TestFencedRequests: a replica that has seen a request sent under a
+// hand-over answers a late copy of a request from before it without
+// acting on it (a convergence or a check would otherwise make its copy the
+// primary's again, undoing the attacher's writes), and still acts on
+// requests sent under the current hand-over.
+func TestFencedRequests(t *testing.T) {
+	d := newSolo(t)
+	id := uint64(100)
+	next := func() uint64 { id++; return id }
+	oid := DataOID(d.formatAndCreate(t, next), 0)
+	n := d.n
+
+	// deliver hands m to the node and returns its answer to m and the disk
+	// operations and messages it issued meanwhile.
+	deliver := func(m *Message, answer MsgType) (*Message, []DiskOp, []*Message) {
+		m.To, m.ID, m.Epoch, m.OID = n.id, next(), n.epoch, oid
+		n.Step(m)
+		var resp *Message
+		var ops []DiskOp
+		var out []*Message
+		for n.HasReady() {
+			rd := n.Ready()
+			for _, o := range rd.Messages {
+				if o.Type == answer && o.ID == m.ID {
+					resp = o
+				} else {
+					out = append(out, o)
+				}
+			}
+			ops = append(ops, rd.Disk...)
+			n.Advance()
+		}
+		return resp, ops, out
+	}
+
+	// The node saw a write under hand-over 9 (as the solo node is every
+	// object's primary, it plays the primary sending to itself).
+	w := &Message{Type: MsgRepl, From: n.id, Op: OpWrite, Len: 4096, Data: make([]byte, 4096),
+		Version: uint64(n.epoch)<<32 | 1, ReqID: 1<<writeSeqBits | 1, Fence: 9}
+	if _, ops, _ := deliver(w, MsgReplResp); len(ops) != 1 {
+		t.Fatalf("write under hand-over 9 issued %d disk operations, want 1", len(ops))
+	}
+	// (The write stays in flight: a request the node acts on waits for it.)
+	for _, tt := range []struct {
+		name   string
+		m      *Message
+		answer MsgType
+		acts   bool
+	}{
+		{"converge from before", &Message{Type: MsgRepl, From: n.id, Op: OpConverge, Version: 7, Fence: 3}, MsgReplResp, false},
+		{"check from before", &Message{Type: MsgCheckReq, From: n.id, Version: 7, Fence: 3}, MsgCheckResp, false},
+		{"converge now", &Message{Type: MsgRepl, From: n.id, Op: OpConverge, Version: 7, Fence: 9}, MsgReplResp, true},
+	} {
+		resp, ops, out := deliver(tt.m, tt.answer)
+		acted := len(ops) > 0 || len(out) > 0 || resp == nil
+		if acted != tt.acts {
+			t.Errorf("%s: acted %v (answer %v, %d disk operations, %d messages), want %v", tt.name, acted, resp, len(ops), len(out), tt.acts)
+		}
+		if !tt.acts && (resp == nil || resp.Code != OK) {
+			t.Errorf("%s: answer %v, want OK at once", tt.name, resp)
+		}
+	}
+}
