@@ -96,12 +96,24 @@ func Check(h *History, timeout time.Duration) Result {
 // partition converts ops to porcupine operations grouped by block, sorted by
 // block. Indeterminate writes return one tick after the last recorded event,
 // so that they may be linearized anywhere after their call.
+//
+// An indeterminate write whose value no read of its block returned is left
+// out: it can always be linearized last, after every other operation,
+// where it changes nothing any operation saw, so the block is linearizable
+// with it exactly when it is without it. Each such write would otherwise
+// double the orders porcupine may have to try (a burst of failed writes,
+// as a failing disk causes, made blocks time out).
 func partition(ops []Op) []blockHistory {
 	var last int64 = -1 << 63
+	type blockValue struct{ block, value uint64 }
+	read := make(map[blockValue]bool)
 	for _, op := range ops {
 		last = max(last, op.Call)
 		if op.Return != Pending {
 			last = max(last, op.Return)
+		}
+		if op.Kind == Read && op.Return != Pending {
+			read[blockValue{op.Block, op.Value}] = true
 		}
 	}
 	horizon := last + 1
@@ -116,6 +128,9 @@ func partition(ops []Op) []blockHistory {
 			parts = append(parts, blockHistory{block: op.Block})
 		}
 		indeterminate := op.Return == Pending
+		if indeterminate && op.Kind == Write && !read[blockValue{op.Block, op.Value}] {
+			continue
+		}
 		ret := op.Return
 		if indeterminate {
 			ret = horizon

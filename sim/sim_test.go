@@ -102,6 +102,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{46000117, "all", "a repair refused to fall back to an older version when the newest existed only in its own corrupted copy (a write that failed): the object stayed unreadable", shape(3, 3, 3, 2000)},
 		{40001076, "all", "same", nil},
 		{60001067, "all", "the new attacher read its own replica holding the previous attacher's write still in flight, which then failed (a read saw a value that a later read no longer did)", func(c *Config) { c.VDIs, c.Clients = 1, 4 }},
+		{77000210, "all", "a failing disk made 48 writes to one block end with unknown outcome, and the checker timed out on the block", shape(6, 3, 3, 3000)},
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 	}
 	for _, tt := range tests {
