@@ -34,7 +34,10 @@
 // any moment after its invocation, or never. Check models this by giving it a
 // return time after every other event of the history, so porcupine may
 // linearize it anywhere after its call; a write that never took effect is
-// indistinguishable from one linearized after every read of its block.
+// indistinguishable from one linearized after every read of its block. So
+// an unknown write whose value no read of its block returned is left out of
+// the search altogether (it can always go last), which keeps bursts of
+// failed writes from making a block undecidable.
 // Operations still open when the history is checked are treated as Unknown.
 //
 // # Results
