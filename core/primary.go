@@ -88,6 +88,7 @@ func (n *Node) handleIO(m *Message) {
 		n.readAny(m)
 		return
 	}
+	fence := n.fences[m.OID]
 	if m.Flags&FlagDirect != 0 && m.From == n.id {
 		// This node's gateway, writing an object it was handed over.
 		if !n.gw.ownsDirect(m.OID) || !slices.Contains(reps, n.id) {
@@ -96,6 +97,7 @@ func (n *Node) handleIO(m *Message) {
 			return
 		}
 		reps = selfFirst(reps, n.id)
+		fence = n.gw.direct[m.OID] // acting as primary under the attacher's grant
 		n.gw.directOps++
 	} else if reps[0] != n.id {
 		if !(n.bugs.NoEpochCheck && m.Epoch < n.epoch && slices.Contains(reps, n.id)) {
@@ -104,10 +106,6 @@ func (n *Node) handleIO(m *Message) {
 		}
 		// The planted bug trusts the old epoch's routing: act as primary.
 		reps = append([]NodeID{n.id}, slices.DeleteFunc(slices.Clone(reps), func(id NodeID) bool { return id == n.id })...)
-	}
-	fence := n.fences[m.OID]
-	if m.Flags&FlagDirect != 0 && m.From == n.id {
-		fence = n.gw.direct[m.OID] // acting as primary under the attacher's grant
 	}
 	o := n.obj(m.OID)
 	o.queue = append(o.queue, &primOp{m: m, reps: reps, fence: fence})
