@@ -34,22 +34,21 @@ type metrics struct {
 // which counters the loop owns are read from.
 func newMetrics(status func() *Status) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
-	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sheepdog_gateway_reads_local_total",
-		Help: "Object reads this node served from its own replica as a VDI's attacher, without asking the primary."},
-		func() float64 {
+	// fromStatus registers a counter the loop keeps, read from its snapshot.
+	fromStatus := func(name, help string, get func(*Status) uint64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
 			if s := status(); s != nil {
-				return float64(s.ReadsHere)
+				return float64(get(s))
 			}
 			return 0
 		}))
-	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sheepdog_gateway_direct_ops_total",
-		Help: "Object operations this node ran itself as a VDI's attacher, on objects their primaries handed over to it."},
-		func() float64 {
-			if s := status(); s != nil {
-				return float64(s.DirectOps)
-			}
-			return 0
-		}))
+	}
+	fromStatus("sheepdog_gateway_reads_local_total",
+		"Object reads this node served from its own replica as a VDI's attacher, without asking the primary.",
+		func(s *Status) uint64 { return s.ReadsHere })
+	fromStatus("sheepdog_gateway_direct_ops_total",
+		"Object operations this node ran itself as a VDI's attacher, on objects their primaries handed over to it.",
+		func(s *Status) uint64 { return s.DirectOps })
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.ioRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_requests_total", Help: "Front-end I/O requests by operation."}, []string{"op"})
 	m.ioErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_errors_total", Help: "Front-end I/O requests that failed, by operation and result."}, []string{"op", "code"})
