@@ -135,7 +135,6 @@ func (g *gateway) takeGrant(n *Node, m *Message) {
 		return
 	}
 	g.direct[m.OID] = max(g.direct[m.OID], m.Version)
-	g.directGrants++
 	// As a replica too, this node now refuses requests from before the grant.
 	if o := n.obj(m.OID); o.fenceEpoch != m.Epoch || o.fence < m.Version {
 		o.fence, o.fenceEpoch = m.Version, m.Epoch
@@ -163,10 +162,6 @@ func selfFirst(reps []NodeID, self NodeID) []NodeID {
 	}
 	return out
 }
-
-// DirectGrants counts the objects this node was handed over as their
-// VDI's attacher (see direct writes).
-func (n *Node) DirectGrants() uint64 { return n.gw.directGrants }
 
 // DirectOps counts the operations this node ran as the primary of an
 // object it was handed over.

@@ -26,12 +26,11 @@ type gateway struct {
 	readsHere uint64 // object reads served from this node's own replica (readHere)
 	stashHits uint64 // replica writes that took their data from this gateway's queue (stashed)
 
-	direct       map[OID]uint64 // objects handed over to this node (direct writes), by grant token
-	revokedUpTo  map[OID]uint64 // highest token revoked per object, this epoch
-	directGrants uint64
-	directOps    uint64
-	revokes      uint64
-	wait         []*subOp // waiting for a newer epoch
+	direct      map[OID]uint64 // objects handed over to this node (direct writes), by grant token
+	revokedUpTo map[OID]uint64 // highest token revoked per object, this epoch
+	directOps   uint64
+	revokes     uint64
+	wait        []*subOp // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order
 }

@@ -105,7 +105,7 @@ func (n *Node) handleIO(m *Message) {
 			return
 		}
 		// The planted bug trusts the old epoch's routing: act as primary.
-		reps = append([]NodeID{n.id}, slices.DeleteFunc(slices.Clone(reps), func(id NodeID) bool { return id == n.id })...)
+		reps = selfFirst(reps, n.id)
 	}
 	o := n.obj(m.OID)
 	o.queue = append(o.queue, &primOp{m: m, reps: reps, fence: fence})
