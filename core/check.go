@@ -129,8 +129,8 @@ func (n *Node) handleCheck(m *Message) {
 		return
 	}
 	o := n.obj(m.OID)
-	if o.fenced(m) {
-		n.respond(m, MsgCheckResp, OK) // from before a later hand-over: answered long ago
+	if o.fenced(m) || o.superseded(m) {
+		n.respond(m, MsgCheckResp, OK) // from before a later hand-over or write: answered long ago
 		return
 	}
 	if o.diskBusy || o.catchingUp || o.repairing {

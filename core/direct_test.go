@@ -63,8 +63,9 @@ func TestDirectGrantTokens(t *testing.T) {
 // TestFencedRequests: a replica that has seen a request sent under a
 // hand-over answers a late copy of a request from before it without
 // acting on it (a convergence or a check would otherwise make its copy the
-// primary's again, undoing the attacher's writes), and still acts on
-// requests sent under the current hand-over.
+// primary's again, undoing the attacher's writes); so it does with a
+// convergence or check its sender sent before a write it replicated here
+// since; and it still acts on current requests.
 func TestFencedRequests(t *testing.T) {
 	d := newSolo(t)
 	id := uint64(100)
@@ -75,7 +76,10 @@ func TestFencedRequests(t *testing.T) {
 	// deliver hands m to the node and returns its answer to m and the disk
 	// operations and messages it issued meanwhile.
 	deliver := func(m *Message, answer MsgType) (*Message, []DiskOp, []*Message) {
-		m.To, m.ID, m.Epoch, m.OID = n.id, next(), n.epoch, oid
+		if m.ID == 0 {
+			m.ID = next()
+		}
+		m.To, m.Epoch, m.OID = n.id, n.epoch, oid
 		n.Step(m)
 		var resp *Message
 		var ops []DiskOp
@@ -111,6 +115,8 @@ func TestFencedRequests(t *testing.T) {
 	}{
 		{"converge from before", &Message{Type: MsgRepl, From: n.id, Op: OpConverge, Version: 7, Fence: 3}, MsgReplResp, false},
 		{"check from before", &Message{Type: MsgCheckReq, From: n.id, Version: 7, Fence: 3}, MsgCheckResp, false},
+		{"converge sent before the write", &Message{Type: MsgRepl, From: n.id, ID: 1, Op: OpConverge, Version: 7, Fence: 9}, MsgReplResp, false},
+		{"check sent before the write", &Message{Type: MsgCheckReq, From: n.id, ID: 1, Version: 7, Fence: 9}, MsgCheckResp, false},
 		{"converge now", &Message{Type: MsgRepl, From: n.id, Op: OpConverge, Version: 7, Fence: 9}, MsgReplResp, true},
 	} {
 		resp, ops, out := deliver(tt.m, tt.answer)

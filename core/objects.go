@@ -72,7 +72,7 @@ type object struct {
 	catchingUp  bool       // fetching the object from its primary
 	repairing   bool       // replacing a corrupted local copy
 	repairWaits []func(bool)
-	replSeen    []replMark // the last replication request acted on, per sender
+	replSeen    []replMark // the last replicated write applied, per sender
 	fence       uint64     // the newest hand-over seen in requests for this object (direct writes)
 	fenceEpoch  uint32
 
@@ -276,8 +276,8 @@ func (n *Node) Busy() []string {
 	return out
 }
 
-// replMark is the last replication request (MsgRepl) a replica acted on
-// from one sender, in one epoch.
+// replMark is the last replicated write (MsgRepl) a replica applied from
+// one sender, in one epoch.
 type replMark struct {
 	from  NodeID
 	epoch uint32
@@ -302,7 +302,25 @@ func (o *object) staleRepl(m *Message) bool {
 	return false
 }
 
-// markRepl records that this replica acts on m.
+// superseded reports whether m, a convergence or check request, is older
+// than a write the same sender replicated here since: a late duplicate.
+// The sender runs one operation on an object at a time and sends the next
+// one's requests only once the previous one's were answered, so the
+// request it duplicates was answered long ago; acting on it now would
+// make this copy the sender's current one again, which may not have that
+// write yet (it may still be applying it). Unlike staleRepl it does not
+// match the request's own id: a retransmission of a convergence or check
+// still in progress must wait for it, not be answered at once.
+func (o *object) superseded(m *Message) bool {
+	for _, r := range o.replSeen {
+		if r.from == m.From {
+			return r.epoch == m.Epoch && m.ID < r.id
+		}
+	}
+	return false
+}
+
+// markRepl records that this replica applies the replicated write m.
 func (o *object) markRepl(m *Message) {
 	for i := range o.replSeen {
 		if o.replSeen[i].from == m.From {

@@ -399,7 +399,6 @@ func (n *Node) handleConverge(m *Message) {
 		o.waiting = append(o.waiting, func() { n.handleRepl(m) })
 		return
 	}
-	o.markRepl(m)
 	if (o.present && o.meta.Version == m.Version) || (!o.present && m.Version == 0) {
 		n.respond(m, MsgReplResp, OK)
 		return
@@ -443,8 +442,8 @@ func (n *Node) handleRepl(m *Message) {
 		n.whenReady(m.OID, func() { n.handleRepl(m) })
 		return
 	}
-	if n.obj(m.OID).fenced(m) {
-		n.respond(m, MsgReplResp, OK) // from before a later hand-over: answered long ago
+	if o := n.obj(m.OID); o.fenced(m) || (m.Op == OpConverge && o.superseded(m)) {
+		n.respond(m, MsgReplResp, OK) // from before a later hand-over or write: answered long ago
 		return
 	}
 	if m.Op == OpConverge {
