@@ -74,7 +74,7 @@ func (n *Node) revokeDirect(oid OID, d *direct) {
 			return
 		}
 		delete(n.grants, oid)
-		n.gw.revokes++
+		n.revoked++
 		o := n.obj(oid)
 		o.assigned = max(o.assigned, resp.Prev)
 		n.runPrimary(oid)
@@ -136,9 +136,7 @@ func (g *gateway) takeGrant(n *Node, m *Message) {
 	}
 	g.direct[m.OID] = max(g.direct[m.OID], m.Version)
 	// As a replica too, this node now refuses requests from before the grant.
-	if o := n.obj(m.OID); o.fenceEpoch != m.Epoch || o.fence < m.Version {
-		o.fence, o.fenceEpoch = m.Version, m.Epoch
-	}
+	n.obj(m.OID).raiseFence(m.Version, m.Epoch)
 }
 
 // endDirect forgets the grants of the old epoch, given and taken.
@@ -168,4 +166,4 @@ func selfFirst(reps []NodeID, self NodeID) []NodeID {
 func (n *Node) DirectOps() uint64 { return n.gw.directOps }
 
 // Revokes counts the objects this node, as their primary, took back.
-func (n *Node) Revokes() uint64 { return n.gw.revokes }
+func (n *Node) Revokes() uint64 { return n.revoked }

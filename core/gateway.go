@@ -29,7 +29,6 @@ type gateway struct {
 	direct      map[OID]uint64 // objects handed over to this node (direct writes), by grant token
 	revokedUpTo map[OID]uint64 // highest token revoked per object, this epoch
 	directOps   uint64
-	revokes     uint64
 	wait        []*subOp // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order

@@ -218,6 +218,7 @@ type Node struct {
 	grants  map[OID]*direct  // objects this node, their primary, handed over
 	fences  map[OID]uint64   // the last hand-over of each object this node made as its primary (this epoch)
 	revokes map[OID]*Message // revokes to answer once the object is settled here
+	revoked uint64           // objects this node, their primary, took back (Revokes)
 
 	gw     gateway
 	rec    *recovery

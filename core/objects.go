@@ -294,12 +294,8 @@ type replMark struct {
 // of a write still being applied must wait for it, not be answered at
 // once.
 func (o *object) staleRepl(m *Message) bool {
-	for _, r := range o.replSeen {
-		if r.from == m.From {
-			return r.epoch == m.Epoch && m.ID <= r.id
-		}
-	}
-	return false
+	id, ok := o.lastApplied(m)
+	return ok && m.ID <= id
 }
 
 // superseded reports whether m, a convergence or check request, is older
@@ -312,12 +308,19 @@ func (o *object) staleRepl(m *Message) bool {
 // match the request's own id: a retransmission of a convergence or check
 // still in progress must wait for it, not be answered at once.
 func (o *object) superseded(m *Message) bool {
+	id, ok := o.lastApplied(m)
+	return ok && m.ID < id
+}
+
+// lastApplied returns the id of the last replicated write from m's sender
+// this replica applied in m's epoch, if any.
+func (o *object) lastApplied(m *Message) (uint64, bool) {
 	for _, r := range o.replSeen {
 		if r.from == m.From {
-			return r.epoch == m.Epoch && m.ID < r.id
+			return r.id, r.epoch == m.Epoch
 		}
 	}
-	return false
+	return 0, false
 }
 
 // markRepl records that this replica applies the replicated write m.
@@ -345,8 +348,13 @@ func (o *object) fenced(m *Message) bool {
 	if o.fenceEpoch == m.Epoch && m.Fence < o.fence {
 		return true
 	}
-	if o.fenceEpoch != m.Epoch || m.Fence > o.fence {
-		o.fence, o.fenceEpoch = m.Fence, m.Epoch
-	}
+	o.raiseFence(m.Fence, m.Epoch)
 	return false
+}
+
+// raiseFence records hand-over fence of epoch if it is the newest seen.
+func (o *object) raiseFence(fence uint64, epoch uint32) {
+	if o.fenceEpoch != epoch || fence > o.fence {
+		o.fence, o.fenceEpoch = fence, epoch
+	}
 }
