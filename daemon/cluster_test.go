@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/disk"
@@ -214,4 +217,101 @@ func TestClusterDirectWrites(t *testing.T) {
 	fill(2)
 	check(c.ds[0], "a third node")
 	check(c.ds[1], "the attacher")
+}
+
+// TestRunToCompletion: with one client request at a time, the goroutines
+// that receive the requests and the replicas' answers run the node
+// themselves, on the attacher and on the replicas; with many in flight
+// the loop goroutine runs batches of them. Both ways every write lands.
+func TestRunToCompletion(t *testing.T) {
+	c := startCluster(t, 3)
+	c.waitFor("3 members everywhere", func() bool {
+		for _, d := range c.ds {
+			if s := d.Status(); s == nil || s.Members != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	ctx := context.Background()
+	if _, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqFormat, Copies: 3, BlockShift: 22}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: "v", Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vol nbd.Volume
+	c.waitFor("the VDI at the attacher", func() bool {
+		vol, err = (&backend{d: c.ds[1]}).Open(ctx, "v")
+		return err == nil
+	})
+	defer vol.Close()
+	runs := func(d *Daemon, by string) float64 { return testutil.ToFloat64(d.metrics.runs.WithLabelValues(by)) }
+	var before [3]float64
+	for i, d := range c.ds {
+		before[i] = runs(d, "caller")
+	}
+	const writes = 64
+	want := make([]byte, 64<<20)
+	for i := range writes {
+		off := i * (1 << 20)
+		p := want[off : off+4096]
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		if err := vol.WriteAt(ctx, p, uint64(off), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := runs(c.ds[1], "caller") - before[1]; got < writes {
+		t.Errorf("the attacher's callers ran the node %v times for %d sequential writes, want at least one run each", got, writes)
+	}
+	for _, i := range []int{0, 2} {
+		if got := runs(c.ds[i], "caller") - before[i]; got == 0 {
+			t.Errorf("node %d: no run by a caller (the network reader) during sequential writes", i)
+		}
+	}
+
+	// Many writes in flight at once: batches for the loop goroutine.
+	const writers, each, size = 32, 16, 8192
+	for g := range writers {
+		for k := range each {
+			off := (g*each + k) * size
+			for j := range size {
+				want[off+j] = byte(g ^ k ^ j)
+			}
+		}
+	}
+	loopBefore := runs(c.ds[1], "loop")
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for g := range writers {
+		wg.Go(func() {
+			for k := range each {
+				off := (g*each + k) * size
+				if err := vol.WriteAt(ctx, want[off:off+size], uint64(off), false); err != nil {
+					errs <- fmt.Errorf("write at %d: %w", off, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := runs(c.ds[1], "loop") - loopBefore; got == 0 {
+		t.Errorf("no run by the loop goroutine with %d writes in flight", writers)
+	}
+	for off := 0; off < len(want); off += 4 << 20 {
+		rep, err := c.ds[2].do(ctx, &core.Request{Type: core.ReqRead, VID: created.VID, Off: uint64(off), Len: 4 << 20})
+		if err != nil {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+		if !bytes.Equal(rep.Data, want[off:off+4<<20]) {
+			t.Fatalf("read at %d through another node differs from what was written", off)
+		}
+	}
 }

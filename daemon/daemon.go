@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/raft/v3"
 
 	"github.com/sheepdog-go/sheepdog/core"
@@ -45,31 +46,42 @@ type Config struct {
 
 // Daemon is a running sheep.
 type Daemon struct {
-	cfg   Config
-	log   *slog.Logger
-	store *disk.Store
-	tr    *sdnet.Transport
-	self  core.NodeInfo
+	cfg      Config
+	log      *slog.Logger
+	store    *disk.Store
+	tr       *sdnet.Transport
+	out      *sdnet.Batch // (nodeMu) messages not yet sent
+	heldRuns int          // (nodeMu) batches run since out was last flushed
+	self     core.NodeInfo
 
-	node      *core.Node // owned by the loop goroutine
-	inbox     chan event
-	local     []*core.Message // messages to self, handled by the loop
-	localDisk []core.DiskDone // disk operations the loop completed itself
+	// nodeMu is held by the one goroutine that runs the node at a time
+	// (see drive); it guards the node and the fields marked (nodeMu).
+	nodeMu    sync.Mutex
+	node      *core.Node      // (nodeMu)
+	inbox     chan event      // events for the node, in order
+	wake      chan struct{}   // asks the loop goroutine to run the node; capacity 1
+	halted    bool            // (nodeMu) the daemon stopped: events are no longer handled
+	local     []*core.Message // (nodeMu) messages to self
+	localDisk []core.DiskDone // (nodeMu) disk operations completed while running the node
 
-	pending map[uint64]chan core.Reply // loop-owned
+	pending map[uint64]chan core.Reply // (nodeMu)
 	nextReq atomic.Uint64
+	clients atomic.Int64 // client requests (Do) in flight
 	workers []chan core.DiskOp
 	syncs   chan core.DiskOp
 	wg      sync.WaitGroup
 
-	metrics *metrics
-	admin   *adminState
-	status  atomic.Pointer[Status]
-	stopped chan struct{}
-	cancel  context.CancelFunc
-	stopErr error
+	metrics    *metrics
+	runsCaller prometheus.Counter // runs of the node by the goroutine that queued an event
+	runsLoop   prometheus.Counter // runs by the loop goroutine for queued events
+	runsTick   prometheus.Counter // runs by the loop goroutine for a tick
+	admin      *adminState
+	status     atomic.Pointer[Status]
+	stopped    chan struct{}
+	cancel     context.CancelFunc
+	stopErr    error
 
-	shuttingDown bool // loop-owned
+	shuttingDown bool // (nodeMu)
 
 	openMu sync.Mutex
 	open   map[uint32]bool // VDIs a local client holds
@@ -126,13 +138,16 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: open store in %s: %w", cfg.Dir, err)
 	}
-	d := &Daemon{cfg: cfg, store: store, pending: map[uint64]chan core.Reply{}, inbox: make(chan event, inboxSize), stopped: make(chan struct{})}
+	d := &Daemon{cfg: cfg, store: store, pending: map[uint64]chan core.Reply{}, inbox: make(chan event, inboxSize), wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	if err := d.identity(); err != nil {
 		store.Close()
 		return nil, err
 	}
 	d.log = cfg.Logger.With("node", fmt.Sprintf("%x", uint64(d.self.ID)), "addr", cfg.Listen)
 	d.metrics = newMetrics(d.Status)
+	d.runsCaller = d.metrics.runs.WithLabelValues("caller")
+	d.runsLoop = d.metrics.runs.WithLabelValues("loop")
+	d.runsTick = d.metrics.runs.WithLabelValues("tick")
 	d.admin = newAdminState()
 	return d, nil
 }
@@ -241,12 +256,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		NodeID:       uint64(d.self.ID),
 		Logger:       d.log,
 		OnMessage:    d.onMessage,
+		OnDrained:    d.kick,
 		OnRequest:    d.onAdmin,
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: listen on %s: %w", d.cfg.Listen, err)
 	}
 	d.tr = tr
+	d.out = tr.NewBatch()
 	d.startDisk()
 	var frontends sync.WaitGroup
 	stopFront, err := d.startFrontends(ctx, &frontends)
@@ -263,7 +280,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.loop(ctx)
 	}()
 	<-ctx.Done()
-	// Front ends first (their in-flight requests still need the loop),
+	// Front ends first (their in-flight requests still need the node),
 	// then the loop, the transport and the disk.
 	stopFront()
 	frontends.Wait()
@@ -295,11 +312,35 @@ func (d *Daemon) onMessage(from uint64, payload []byte) {
 		d.log.Warn("dropping peer message with a forged sender", "from", fmt.Sprintf("%x", from), "claims", fmt.Sprintf("%x", uint64(m.From)))
 		return
 	}
-	d.post(event{msg: m})
+	// Run by OnDrained once the frames that arrived together are queued.
+	d.enqueue(event{msg: m})
 }
 
-// post hands an event to the loop; it gives up once the daemon stops.
+// post hands an event to the node and has it run (see kick).
 func (d *Daemon) post(ev event) bool {
+	if !d.enqueue(ev) {
+		return false
+	}
+	d.kick()
+	return true
+}
+
+// kick has the node run the events queued so far. While at most one
+// client request is in flight, the node's work is latency-bound and the
+// calling goroutine runs it at once (drive). Under load the loop
+// goroutine takes it: events pile up while it wakes, and running them as
+// one batch lets their messages and replies share system calls, which
+// costs less than it saves in hand-offs once a node is busy.
+func (d *Daemon) kick() {
+	if d.clients.Load() <= 1 {
+		d.drive()
+	} else {
+		d.wakeLoop()
+	}
+}
+
+// enqueue adds an event to the inbox; it gives up once the daemon stops.
+func (d *Daemon) enqueue(ev event) bool {
 	select {
 	case d.inbox <- ev:
 		return true
@@ -308,32 +349,117 @@ func (d *Daemon) post(ev event) bool {
 	}
 }
 
+// postAsync hands an event to the node without running it here: the loop
+// goroutine takes it. Disk workers use it, so that a worker never runs the
+// node and blocks queueing an operation on its own full channel.
+func (d *Daemon) postAsync(ev event) bool {
+	if !d.enqueue(ev) {
+		return false
+	}
+	d.wakeLoop()
+	return true
+}
+
+func (d *Daemon) wakeLoop() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// driveRounds bounds how many batches a goroutine that posted an event
+// runs for others before it leaves the rest to the loop goroutine.
+const driveRounds = 4
+
+// drive runs the node on the calling goroutine when no other goroutine
+// holds it: it takes what is queued, steps the node and carries out its
+// Ready. This "run to completion" saves the hand-off to a loop goroutine
+// on the paths that matter for latency (a peer's replication request is
+// stepped, journaled and answered by the goroutine that read it from the
+// network; a client's write is stepped and sent to the replicas by the
+// goroutine serving the client's request), and each hand-off costs a
+// thread wake-up, which on a virtualised machine is tens of
+// microseconds. If another goroutine holds the node, it takes the event:
+// the holder checks the inbox again after unlocking, so nothing is left
+// behind. Events are still handled one goroutine at a time, in inbox
+// order, as the core requires.
+func (d *Daemon) drive() {
+	for range driveRounds {
+		if !d.nodeMu.TryLock() {
+			return
+		}
+		d.runsCaller.Inc()
+		d.runLocked()
+		d.nodeMu.Unlock()
+		if len(d.inbox) == 0 {
+			return
+		}
+	}
+	d.wakeLoop()
+}
+
+// runLocked handles queued events in batches and processes the Ready of
+// each batch; called with nodeMu held.
+func (d *Daemon) runLocked() {
+	if d.halted {
+		return
+	}
+	for i := 0; i < batchMax; i++ {
+		select {
+		case ev := <-d.inbox:
+			d.handle(ev)
+			continue
+		default:
+		}
+		break
+	}
+	if err := d.process(); err != nil && d.stopErr == nil {
+		d.log.Error("fatal: cannot persist the cluster log", "err", err)
+		d.stopErr = err
+		d.cancel()
+	}
+	// Send the messages once there is nothing more to do at once, so
+	// that the messages of a burst of events share system calls, but
+	// never hold them for more than a few batches.
+	d.heldRuns++
+	if len(d.inbox) == 0 || d.heldRuns >= flushRuns {
+		d.out.Flush()
+		d.heldRuns = 0
+	}
+}
+
+// flushRuns bounds the batches whose messages are held back while more
+// events wait.
+const flushRuns = 4
+
+// loop ticks the node, and runs it when events were left to it (under
+// load, disk completions, or more than a caller would run).
 func (d *Daemon) loop(ctx context.Context) {
 	t := time.NewTicker(d.cfg.Tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-d.stopped:
+			d.nodeMu.Lock()
+			d.halted = true
 			d.failPending()
+			d.out.Flush()
+			d.nodeMu.Unlock()
 			return
 		case <-t.C:
+			d.nodeMu.Lock()
+			d.runsTick.Inc()
 			d.node.Step(core.Tick{Unix: time.Now().Unix()})
-		case ev := <-d.inbox:
-			d.handle(ev)
+			d.runLocked()
+			d.nodeMu.Unlock()
+		case <-d.wake:
+			d.nodeMu.Lock()
+			d.runsLoop.Inc()
+			d.runLocked()
+			d.nodeMu.Unlock()
 		}
-	drain:
-		for i := 0; i < batchMax; i++ {
-			select {
-			case ev := <-d.inbox:
-				d.handle(ev)
-			default:
-				break drain
-			}
-		}
-		if err := d.process(); err != nil {
-			d.log.Error("fatal: cannot persist the cluster log", "err", err)
-			d.stopErr = err
-			d.cancel()
+		if len(d.inbox) > 0 {
+			d.wakeLoop()
 		}
 	}
 }
@@ -354,7 +480,8 @@ func (d *Daemon) handle(ev event) {
 	}
 }
 
-// process carries out everything the node has ready.
+// process carries out everything the node has ready. Messages are
+// collected in d.out; runLocked sends them.
 func (d *Daemon) process() error {
 	for {
 		for len(d.local) > 0 || len(d.localDisk) > 0 {
@@ -440,7 +567,7 @@ func (d *Daemon) sendMsg(m *core.Message) {
 		lane = 0
 	}
 	d.metrics.msgsSent.Inc()
-	if err := d.tr.Send(uint64(m.To), m.ToAddr, lane, b); err != nil {
+	if err := d.out.Send(uint64(m.To), m.ToAddr, lane, b); err != nil {
 		d.metrics.msgsDropped.Inc()
 	}
 }

@@ -10,8 +10,8 @@ import (
 
 var oidSeed = maphash.MakeSeed()
 
-// inlineReadMax bounds the reads the loop may serve itself from the page
-// cache (about 100µs of copying and checksumming).
+// inlineReadMax bounds the reads the goroutine running the node may serve
+// itself from the page cache (about 100µs of copying and checksumming).
 const inlineReadMax = 1 << 20
 
 // zeros backs writes of zeros; the store only reads it.
@@ -57,11 +57,12 @@ func (d *Daemon) stopDisk() {
 
 // submitDisk queues op on its object's worker: one object's operations
 // run in the order they were issued. A write that need not be durable at
-// once only appends to the store's journal buffer, so the loop does it
-// itself and saves two goroutine hand-offs (the core never issues it
-// while another operation on the object is in flight) — unless the store
-// is applying backpressure: then the write waits on a worker, and the
-// loop keeps serving heartbeats, the cluster log and other objects.
+// once only appends to the store's journal buffer, so the goroutine
+// running the node does it itself and saves two goroutine hand-offs (the
+// core never issues it while another operation on the object is in
+// flight) — unless the store is applying backpressure: then the write
+// waits on a worker, and the node keeps serving heartbeats, the cluster
+// log and other objects.
 func (d *Daemon) submitDisk(op core.DiskOp) {
 	if op.Kind == core.DiskSync {
 		d.syncs <- op
@@ -75,7 +76,7 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		// A read whose bytes are in the page cache is cheaper done here
 		// than handed to a worker and back; one that would wait for the
 		// device (or for the applier) goes to the worker, and so do
-		// whole-object reads (recovery), which would hold up the loop.
+		// whole-object reads (recovery), which would hold up the node.
 		buf := make([]byte, op.Len)
 		m, ok, err := d.store.TryRead(uint64(op.OID), int64(op.Off), buf)
 		if ok {
@@ -88,13 +89,13 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 	d.workers[w] <- op
 }
 
-// complete hands a worker's result to the loop.
+// complete hands a worker's result to the node.
 func (d *Daemon) complete(op core.DiskOp, res core.DiskDone) {
 	d.countDisk(op, res)
-	d.post(event{disk: &res})
+	d.postAsync(event{disk: &res})
 }
 
-// doneHere queues the result of an operation the loop ran itself.
+// doneHere queues the result of an operation run while running the node.
 func (d *Daemon) doneHere(op core.DiskOp, res core.DiskDone) {
 	d.countDisk(op, res)
 	d.localDisk = append(d.localDisk, res)

@@ -21,6 +21,8 @@ var ErrStopped = errors.New("daemon: stopping")
 // a cancelled ctx.
 func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	ch := make(chan core.Reply, 1)
+	d.clients.Add(1)
+	defer d.clients.Add(-1)
 	select {
 	case d.inbox <- event{req: r, reply: ch}:
 	case <-d.stopped:
@@ -28,6 +30,7 @@ func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	case <-ctx.Done():
 		return core.Reply{}, ctx.Err()
 	}
+	d.kick()
 	select {
 	case rep := <-ch:
 		return rep, nil
@@ -36,7 +39,7 @@ func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	}
 }
 
-// Query runs fn on the loop goroutine, where it may read the node.
+// Query runs fn while holding the node, which it may read.
 func (d *Daemon) Query(ctx context.Context, fn func(n *core.Node)) error {
 	done := make(chan struct{})
 	select {
@@ -46,6 +49,7 @@ func (d *Daemon) Query(ctx context.Context, fn func(n *core.Node)) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	d.kick()
 	select {
 	case <-done:
 		return nil

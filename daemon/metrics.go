@@ -19,6 +19,7 @@ type metrics struct {
 	diskOps     *prometheus.CounterVec
 	diskErrors  *prometheus.CounterVec
 	readsCached prometheus.Counter
+	runs        *prometheus.CounterVec
 	msgsSent    prometheus.Counter
 	msgsDropped prometheus.Counter
 	epoch       prometheus.Gauge
@@ -30,11 +31,11 @@ type metrics struct {
 	leader      prometheus.Gauge
 }
 
-// newMetrics makes the registry; status gives the loop's latest snapshot,
-// which counters the loop owns are read from.
+// newMetrics makes the registry; status gives the node's latest snapshot,
+// which the counters kept by the node are read from.
 func newMetrics(status func() *Status) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
-	// fromStatus registers a counter the loop keeps, read from its snapshot.
+	// fromStatus registers a counter the node keeps, read from its snapshot.
 	fromStatus := func(name, help string, get func(*Status) uint64) {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
 			if s := status(); s != nil {
@@ -57,7 +58,9 @@ func newMetrics(status func() *Status) *metrics {
 		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}, []string{"op"})
 	m.diskOps = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_disk_operations_total", Help: "Local store operations."}, []string{"op"})
 	m.diskErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_disk_errors_total", Help: "Local store operations that failed."}, []string{"op", "code"})
-	m.readsCached = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_disk_reads_cached_total", Help: "Local reads served from the page cache by the event loop, without a hand-off to a disk worker."})
+	m.readsCached = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_disk_reads_cached_total", Help: "Local reads served from the page cache while running the node, without a hand-off to a disk worker."})
+	m.runs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_node_runs_total",
+		Help: "Batches of events the node ran, by who ran them: the goroutine that queued an event (caller, while at most one client request is in flight), the loop goroutine (loop, under load) or the loop goroutine on a timer tick (tick)."}, []string{"by"})
 	m.msgsSent = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_peer_messages_sent_total", Help: "Messages sent to peers."})
 	m.msgsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "sheepdog_peer_messages_dropped_total", Help: "Messages to peers dropped by back-pressure."})
 	m.epoch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_epoch", Help: "Current epoch."})
@@ -67,7 +70,7 @@ func newMetrics(status func() *Status) *metrics {
 	m.recDone = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_recovery_finished", Help: "1 once this node recovered the current epoch."})
 	m.objects = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_objects", Help: "Objects stored on this node."})
 	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_cluster_leader", Help: "1 if this node leads the cluster log."})
-	for _, c := range []prometheus.Collector{m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.readsCached, m.msgsSent, m.msgsDropped,
+	for _, c := range []prometheus.Collector{m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.readsCached, m.runs, m.msgsSent, m.msgsDropped,
 		m.epoch, m.members, m.recTotal, m.recLeft, m.recDone, m.objects, m.leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)

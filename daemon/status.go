@@ -2,7 +2,7 @@ package daemon
 
 import "time"
 
-// Status is a snapshot of the node for cheap reads outside the loop.
+// Status is a snapshot of the node for cheap reads without its lock.
 type Status struct {
 	Epoch    uint32
 	Serving  bool

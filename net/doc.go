@@ -16,7 +16,12 @@
 //
 // Each lane has a queue and a writer goroutine that encodes frames into a
 // bufio.Writer and flushes when the queue is momentarily empty, so bursts
-// share system calls. Every write has a deadline (Config.WriteTimeout). The
+// share system calls. A Batch lets an event loop skip that hand-off: frames
+// it sends to a lane whose writer is idle stay queued until Batch.Flush,
+// which writes them from the caller in one non-blocking writev and leaves
+// only what the socket did not take to the writer. On the receiving side,
+// Config.OnDrained tells when the frames that arrived together have been
+// delivered. Every write has a deadline (Config.WriteTimeout). The
 // per-peer queue is bounded by Config.QueueLen: when it is full Send
 // returns ErrQueueFull at once, which is the back-pressure signal. A peer
 // that stops reading therefore fills its own queue and affects no other

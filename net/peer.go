@@ -9,6 +9,7 @@ import (
 	gonet "net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -33,13 +34,17 @@ type peer struct {
 // changed by the writer goroutine, holding peer.mu.
 type lane struct {
 	p       *peer
-	q       [][]byte      // (mu) frames waiting for the writer
-	running bool          // (mu) a writer goroutine exists
-	wake    chan struct{} // wakes an idle writer; capacity 1
-	conn    gonet.Conn    // current connection or nil
-	dead    chan struct{} // closed when conn's watcher sees it end
-	spare   [][]byte      // writer-owned: recycled queue backing array
-	bw      *bufio.Writer // writer-owned
+	q       [][]byte        // (mu) frames waiting for the writer
+	running bool            // (mu) a writer goroutine exists
+	wake    chan struct{}   // wakes an idle writer; capacity 1
+	conn    gonet.Conn      // current connection or nil
+	raw     syscall.RawConn // conn's descriptor for direct writes (nil: none)
+	dead    chan struct{}   // closed when conn's watcher sees it end
+	idle    bool            // (mu) the writer waits for frames, with nothing buffered
+	held    bool            // (mu) a Batch holds frames queued here until its Flush
+	rest    [][]byte        // (mu) unwritten tail of a frame written directly; goes first
+	spare   [][]byte        // writer-owned: recycled queue backing array
+	bw      *bufio.Writer   // writer-owned
 	hdr     [headerSize]byte
 }
 
@@ -94,6 +99,10 @@ func (t *Transport) getPeer(id uint64) *peer {
 // from the address last used for this peer, existing connections are
 // closed and the next frames go to the new address.
 func (t *Transport) Send(to uint64, addr string, lane uint64, payload []byte) error {
+	return t.send(to, addr, lane, payload, nil)
+}
+
+func (t *Transport) send(to uint64, addr string, lane uint64, payload []byte, b *Batch) error {
 	if len(payload) > t.cfg.MaxFrame {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(payload), t.cfg.MaxFrame)
 	}
@@ -105,7 +114,7 @@ func (t *Transport) Send(to uint64, addr string, lane uint64, payload []byte) er
 		if p == nil {
 			return ErrClosed
 		}
-		if err := p.send(addr, lane, payload); err != errForgotten {
+		if err := p.send(addr, lane, payload, b); err != errForgotten {
 			return err
 		}
 		// The peer was forgotten concurrently; start afresh.
@@ -115,7 +124,7 @@ func (t *Transport) Send(to uint64, addr string, lane uint64, payload []byte) er
 // errForgotten tells Send to look the peer up again.
 var errForgotten = errors.New("peer forgotten")
 
-func (p *peer) send(addr string, lane uint64, payload []byte) error {
+func (p *peer) send(addr string, lane uint64, payload []byte, b *Batch) error {
 	t := p.t
 	l := p.lanes[lane%uint64(len(p.lanes))]
 	p.mu.Lock()
@@ -145,6 +154,12 @@ func (p *peer) send(addr string, lane uint64, payload []byte) error {
 		l.running = true
 		t.wg.Add(1)
 		go l.run()
+	case b != nil && l.idle:
+		// Left for the batch's Flush, which writes it directly.
+		if !l.held {
+			l.held = true
+			b.lanes = append(b.lanes, l)
+		}
 	case len(l.q) == 1:
 		// The writer may be idle; a longer queue means it has not yet
 		// looked at it and will see this frame anyway.
@@ -246,36 +261,43 @@ func (l *lane) run() {
 		switch {
 		case p.closed:
 			l.dropLocked()
+			l.dropRestLocked()
 			l.running = false
 			c := l.conn
-			l.conn, l.dead = nil, nil
+			l.conn, l.raw, l.dead = nil, nil, nil
 			p.mu.Unlock()
 			if c != nil {
 				c.Close()
 			}
 			return
 
-		case len(l.q) == 0:
+		case len(l.q) == 0 && l.rest == nil, l.held && l.conn != nil && l.rest == nil:
+			// Nothing to write, or only frames a Batch will write.
 			if l.conn == nil {
 				l.running = false
 				p.mu.Unlock()
 				return
 			}
 			dead := l.dead
-			p.mu.Unlock()
 			if l.bw.Buffered() > 0 {
+				p.mu.Unlock()
 				// The queue is momentarily empty: push the batch out.
 				if err := l.bw.Flush(); err != nil {
 					l.fail(err)
 				}
 				continue
 			}
+			l.idle = true
+			p.mu.Unlock()
 			select {
 			case <-l.wake:
 			case <-dead:
 				l.fail(errors.New("connection closed by the remote side"))
 			case <-t.ctx.Done():
 			}
+			p.mu.Lock()
+			l.idle = false
+			p.mu.Unlock()
 
 		case l.conn == nil:
 			if !l.connect() { // unlocks p.mu
@@ -283,16 +305,48 @@ func (l *lane) run() {
 			}
 
 		default:
-			batch := l.q
-			l.q = l.spare[:0]
+			batch, rest := l.q, l.rest
+			l.q, l.rest = l.spare[:0], nil
 			p.mu.Unlock()
-			err := l.writeBatch(batch)
+			err := l.writeRest(rest)
+			if err == nil {
+				err = l.writeBatch(batch)
+			} else {
+				l.p.queued.Add(-int64(len(batch)))
+				l.p.t.stats.framesDropped.Add(uint64(len(batch)))
+			}
 			clear(batch)
 			l.spare = batch[:0]
 			if err != nil {
 				l.fail(err)
 			}
 		}
+	}
+}
+
+// writeRest writes the tail of a frame that a Batch wrote in part.
+func (l *lane) writeRest(rest [][]byte) error {
+	if rest == nil {
+		return nil
+	}
+	l.p.queued.Add(-1)
+	for _, b := range rest {
+		if _, err := l.bw.Write(b); err != nil {
+			l.p.t.stats.framesDropped.Add(1)
+			return err
+		}
+	}
+	l.p.t.stats.framesSent.Add(1)
+	return nil
+}
+
+// dropRestLocked discards the tail of a partly written frame: it belonged
+// to the connection that is going away.
+func (l *lane) dropRestLocked() {
+	if l.rest != nil {
+		l.rest = nil
+		l.p.queued.Add(-1)
+		l.p.t.stats.framesDropped.Add(1)
 	}
 }
 
@@ -360,6 +414,12 @@ func (l *lane) connect() bool {
 		return true
 	}
 	l.conn = c
+	l.raw = nil
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			l.raw = rc
+		}
+	}
 	l.dead = make(chan struct{})
 	w := deadlineWriter{c, t.cfg.WriteTimeout}
 	if l.bw == nil {
@@ -392,7 +452,8 @@ func (l *lane) fail(err error) {
 	p, t := l.p, l.p.t
 	p.mu.Lock()
 	c := l.conn
-	l.conn, l.dead = nil, nil
+	l.conn, l.raw, l.dead = nil, nil, nil
+	l.dropRestLocked()
 	closed := p.closed
 	p.mu.Unlock()
 	if c == nil {
