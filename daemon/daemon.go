@@ -64,7 +64,7 @@ type Daemon struct {
 	local     []*core.Message // (nodeMu) messages to self
 	localDisk []core.DiskDone // (nodeMu) disk operations completed while running the node
 
-	pending map[uint64]chan core.Reply // (nodeMu)
+	pending map[uint64]func(core.Reply) // (nodeMu) where the replies to client requests go
 	nextReq atomic.Uint64
 	clients atomic.Int64 // client requests (Do) in flight
 	workers []chan core.DiskOp
@@ -91,7 +91,7 @@ type event struct {
 	msg   *core.Message
 	disk  *core.DiskDone
 	req   *core.Request
-	reply chan core.Reply
+	reply func(core.Reply) // takes the reply to req, holding the node: must not block
 	query func(*core.Node)
 }
 
@@ -138,7 +138,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: open store in %s: %w", cfg.Dir, err)
 	}
-	d := &Daemon{cfg: cfg, store: store, pending: map[uint64]chan core.Reply{}, inbox: make(chan event, inboxSize), wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	d := &Daemon{cfg: cfg, store: store, pending: map[uint64]func(core.Reply){}, inbox: make(chan event, inboxSize), wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	if err := d.identity(); err != nil {
 		store.Close()
 		return nil, err
@@ -519,9 +519,9 @@ func (d *Daemon) process() error {
 			d.submitDisk(op)
 		}
 		for _, r := range rd.Replies {
-			if ch, ok := d.pending[r.ID]; ok {
+			if done, ok := d.pending[r.ID]; ok {
 				delete(d.pending, r.ID)
-				ch <- r
+				done(r)
 			}
 		}
 		d.node.Advance()
@@ -539,8 +539,8 @@ func (d *Daemon) process() error {
 }
 
 func (d *Daemon) failPending() {
-	for id, ch := range d.pending {
-		ch <- core.Reply{ID: id, Code: core.ErrShutdown}
+	for id, done := range d.pending {
+		done(core.Reply{ID: id, Code: core.ErrShutdown})
 		delete(d.pending, id)
 	}
 }

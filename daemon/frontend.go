@@ -24,7 +24,7 @@ func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	d.clients.Add(1)
 	defer d.clients.Add(-1)
 	select {
-	case d.inbox <- event{req: r, reply: ch}:
+	case d.inbox <- event{req: r, reply: func(rep core.Reply) { ch <- rep }}:
 	case <-d.stopped:
 		return core.Reply{}, ErrStopped
 	case <-ctx.Done():
@@ -37,6 +37,20 @@ func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	case <-ctx.Done():
 		return core.Reply{}, ctx.Err()
 	}
+}
+
+// submit queues a client request without waiting for it and without
+// running the node (the caller kicks it once it has queued what arrived
+// together): done gets the reply, once, from the goroutine running the
+// node at that moment, which it must not block. submit returns false (and
+// done is not called) if the daemon stops.
+func (d *Daemon) submit(r *core.Request, done func(core.Reply)) bool {
+	d.clients.Add(1)
+	if !d.enqueue(event{req: r, reply: func(rep core.Reply) { d.clients.Add(-1); done(rep) }}) {
+		d.clients.Add(-1)
+		return false
+	}
+	return true
 }
 
 // Query runs fn while holding the node, which it may read.

@@ -114,18 +114,57 @@ func (v *volume) do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	r.VID = v.vid
 	start := time.Now()
 	rep, err := v.d.Do(ctx, r)
+	return rep, v.record(r, start, rep, err)
+}
+
+// start queues one request without waiting (see nbd.Submitter); it runs
+// at the latest on Drained. done gets the reply and its error, from the
+// goroutine running the node.
+func (v *volume) start(r *core.Request, done func(core.Reply, error)) {
+	r.VID = v.vid
+	start := time.Now()
+	if !v.d.submit(r, func(rep core.Reply) { done(rep, v.record(r, start, rep, nil)) }) {
+		done(core.Reply{}, v.record(r, start, core.Reply{}, ErrStopped))
+	}
+}
+
+// record counts a finished request in the metrics and returns its error.
+func (v *volume) record(r *core.Request, start time.Time, rep core.Reply, err error) error {
 	op := r.Type.String()
 	v.d.metrics.ioLatency.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	v.d.metrics.ioRequests.WithLabelValues(op).Inc()
 	v.d.metrics.ioBytes.WithLabelValues(op).Add(float64(r.Len))
 	if err != nil {
-		return rep, err
+		return err
 	}
 	if rep.Code != core.OK {
 		v.d.metrics.ioErrors.WithLabelValues(op, rep.Code.String()).Inc()
-		return rep, codeErr(rep.Code)
+		return codeErr(rep.Code)
 	}
-	return rep, nil
+	return nil
+}
+
+var _ nbd.Submitter = (*volume)(nil)
+
+// Drained runs the requests the NBD connection submitted together: on
+// this goroutine if they are all there is (one request at a time), else
+// as a batch on the loop goroutine (see Daemon.kick).
+func (v *volume) Drained() { v.d.kick() }
+
+// SubmitRead reads without a goroutine waiting for it; the reply's data
+// goes to the client as it is.
+func (v *volume) SubmitRead(off uint64, n uint32, done func([]byte, error)) {
+	v.start(&core.Request{Type: core.ReqRead, Off: off, Len: uint64(n)}, func(rep core.Reply, err error) {
+		done(rep.Data, err)
+	})
+}
+
+// SubmitWrite writes without a goroutine waiting for it; p is handed over
+// as with WriteAdopted.
+func (v *volume) SubmitWrite(p []byte, off uint64, fua bool, done func(error)) {
+	v.start(&core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: p[:len(p):len(p)], FUA: fua}, func(_ core.Reply, err error) {
+		done(err)
+	})
 }
 
 func (v *volume) ReadAt(ctx context.Context, p []byte, off uint64) error {

@@ -65,6 +65,32 @@ type Adopter interface {
 	WriteAdopted(ctx context.Context, p []byte, off uint64, fua bool) error
 }
 
+// Submitter is implemented by volumes that can start a read or a write
+// without waiting for it to finish. The server then calls SubmitRead and
+// SubmitWrite from the connection's reader goroutine, which goes on
+// reading requests, instead of calling ReadAt and WriteAt on a worker
+// goroutine that waits: no goroutine is handed the request and none is
+// woken to answer it, which is what a client with one request at a time
+// waits for (two thread wake-ups per request). The volume calls done
+// exactly once, from any goroutine, when the request has finished; done
+// does not block (it queues the reply and writes it only if the socket
+// takes it at once). A Submit method must not block for long either: it
+// runs on the reader goroutine.
+//
+// SubmitWrite takes p over as WriteAdopted does; with fua the data is
+// durable when done is called. SubmitRead passes done the length bytes
+// read from off, which the server then owns (it sends them as they are).
+//
+// A volume may hold submitted requests back until Drained, which the
+// server calls after submitting the requests that arrived together,
+// before it waits for the client again: requests of a burst can then be
+// started, and answered, as one batch.
+type Submitter interface {
+	SubmitRead(off uint64, length uint32, done func(data []byte, err error))
+	SubmitWrite(p []byte, off uint64, fua bool, done func(err error))
+	Drained()
+}
+
 // ZeroFlags are the command flags of NBD_CMD_WRITE_ZEROES.
 type ZeroFlags struct {
 	FUA      bool // data durable on return

@@ -42,6 +42,16 @@
 // goes from the buffer the volume filled straight to the socket, without
 // another copy.
 //
+// A volume that implements Submitter takes reads and writes without a
+// worker: the reader goroutine submits each request and goes on reading,
+// tells the volume when the requests that arrived together are all
+// submitted (Drained), and the volume's completion callback queues the
+// reply. When that reply answers the only request in flight and nothing
+// is being written, the callback writes it at once if the socket takes it
+// without waiting; otherwise a writer goroutine writes the queue. A client
+// with one request at a time is then served without any goroutine
+// hand-off, and a busy one with batched replies.
+//
 // Invalid requests are answered with an error and the connection keeps
 // serving: unknown commands and invalid flags get NBD_EINVAL; reads,
 // trims, cache and block status beyond the end NBD_EINVAL; writes and

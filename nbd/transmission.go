@@ -10,7 +10,10 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/sheepdog-go/sheepdog/internal/nowait"
 )
 
 // request is a decoded request header ("Request message").
@@ -62,6 +65,10 @@ type transmitter struct {
 	werr    error       // first write error; later replies are dropped
 	iov     net.Buffers // scratch of the writer
 	iovw    net.Buffers // consumed by WriteTo
+
+	sub  Submitter       // the volume, if it takes requests without waiting
+	held bool            // requests were submitted since the last Drained (reader goroutine only)
+	raw  syscall.RawConn // the connection's descriptor, for writes that must not wait (nil: none)
 }
 
 // job is an accepted request with its write payload.
@@ -95,7 +102,9 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		volCtx: context.WithoutCancel(ctx),
 		sem:    make(chan struct{}, c.srv.maxInFlight()),
 		jobs:   make(chan job),
+		raw:    nowait.Raw(c.nc),
 	}
+	t.sub, _ = sess.vol.(Submitter)
 	// On shutdown stop reading, but let replies to in-flight requests
 	// drain ("the server SHOULD wait for inflight requests to be serviced
 	// prior to initiating a hard disconnect").
@@ -107,7 +116,7 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	defer stop()
 	err := t.readLoop(ctx)
 	close(t.jobs)
-	t.wg.Wait() // every worker is done, so every reply was written or dropped
+	t.wg.Wait() // every request is done, so every reply was written or dropped
 	if ctx.Err() != nil && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)) {
 		return errShutdown
 	}
@@ -115,8 +124,12 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 }
 
 func (t *transmitter) readLoop(ctx context.Context) error {
+	defer t.drained()
 	var hdr [requestHeaderLen]byte
 	for {
+		if !t.requestBuffered() {
+			t.drained() // the next read may wait for the client
+		}
 		if _, err := io.ReadFull(t.c.br, hdr[:]); err != nil {
 			return fmt.Errorf("reading request: %w", err)
 		}
@@ -175,8 +188,72 @@ func (t *transmitter) dispatch(ctx context.Context, req request) error {
 			return fmt.Errorf("reading write payload: %w", err)
 		}
 	}
+	if t.sub != nil && (req.typ == cmdRead || req.typ == cmdWrite) && req.length > 0 {
+		t.submit(req, buf)
+		return nil
+	}
 	t.start(job{req: req, buf: buf})
 	return nil
+}
+
+// drained tells a Submitter volume that the requests submitted so far
+// are all there is for now.
+func (t *transmitter) drained() {
+	if t.held {
+		t.held = false
+		t.sub.Drained()
+	}
+}
+
+// requestBuffered reports whether a whole request (header and write
+// payload) is buffered, so that reading it cannot wait for the client.
+func (t *transmitter) requestBuffered() bool {
+	br := t.c.br
+	n := br.Buffered()
+	if n < requestHeaderLen {
+		return false
+	}
+	b, err := br.Peek(requestHeaderLen)
+	if err != nil {
+		return false
+	}
+	var hdr [requestHeaderLen]byte
+	copy(hdr[:], b)
+	_, req := decodeRequest(&hdr)
+	return req.typ != cmdWrite || uint64(n) >= requestHeaderLen+uint64(req.length)
+}
+
+// submit starts a read or write on a Submitter volume; the reply is sent
+// from the volume's done callback.
+func (t *transmitter) submit(req request, buf *[]byte) {
+	t.held = true
+	t.wg.Add(1) // until the reply is queued
+	if req.typ == cmdWrite {
+		t.sub.SubmitWrite(*buf, req.offset, req.flags&cmdFlagFUA != 0, func(err error) {
+			if err != nil {
+				t.logFailure(req, errno(err), err)
+				t.post(t.errorReply(req, errno(err), err.Error()))
+			} else {
+				t.post(t.okReply(req))
+			}
+			t.wg.Done()
+		})
+		return
+	}
+	t.sub.SubmitRead(req.offset, req.length, func(data []byte, err error) {
+		switch {
+		case err != nil:
+			t.logFailure(req, errno(err), err)
+			t.post(t.errorReply(req, errno(err), err.Error()))
+		case len(data) != int(req.length):
+			err := fmt.Errorf("volume returned %d bytes for a read of %d", len(data), req.length)
+			t.logFailure(req, errnoIO, err)
+			t.post(t.errorReply(req, errnoIO, err.Error()))
+		default:
+			t.post(t.readReply(req, data, nil))
+		}
+		t.wg.Done()
+	})
 }
 
 // start hands j to an idle worker, starting one if none is idle, up to
@@ -452,13 +529,17 @@ func descriptors(exts []Extent, length, align uint32, reqOne bool) []descriptor 
 
 // volumeError replies to a request the volume failed.
 func (t *transmitter) volumeError(req request, code uint32, err error) {
+	t.logFailure(req, code, err)
+	t.enqueue(t.errorReply(req, code, err.Error()), true)
+}
+
+func (t *transmitter) logFailure(req request, code uint32, err error) {
 	level := t.c.log.Warn
 	if code == errnoNotSup {
 		level = t.c.log.Debug // fast zero refused: routine
 	}
 	level("nbd: request failed", "cmd", cmdName(req.typ), "offset", req.offset, "length", req.length,
 		"errno", code, "err", err)
-	t.enqueue(t.errorReply(req, code, err.Error()), true)
 }
 
 // Reply encoding ("Simple reply message", "Structured reply chunk
@@ -480,6 +561,10 @@ func putStructuredHeader(b []byte, flags, typ uint16, handle uint64, length uint
 
 // replyOK acknowledges a running request without payload.
 func (t *transmitter) replyOK(req request) {
+	t.enqueue(t.okReply(req), true)
+}
+
+func (t *transmitter) okReply(req request) outReply {
 	var r outReply
 	if !t.sess.structured {
 		putSimpleHeader(r.hdr[:], 0, req.handle)
@@ -488,7 +573,7 @@ func (t *transmitter) replyOK(req request) {
 		putStructuredHeader(r.hdr[:], replyFlagDone, replyTypeNone, req.handle, 0)
 		r.n = structuredHeaderLen
 	}
-	t.enqueue(r, true)
+	return r
 }
 
 // replyRead sends the data of a successful read as one reply; buf is a
@@ -500,8 +585,12 @@ func (t *transmitter) replyRead(req request, buf *[]byte) {
 		t.replyOK(req)
 		return
 	}
-	data := *buf
-	r := outReply{data: data, pool: buf}
+	t.enqueue(t.readReply(req, *buf, buf), true)
+}
+
+// readReply carries data (held in the pool buffer pool, if not nil).
+func (t *transmitter) readReply(req request, data []byte, pool *[]byte) outReply {
+	r := outReply{data: data, pool: pool}
 	if !t.sess.structured {
 		putSimpleHeader(r.hdr[:], 0, req.handle)
 		r.n = simpleReplyLen
@@ -513,7 +602,7 @@ func (t *transmitter) replyRead(req request, buf *[]byte) {
 		binary.BigEndian.PutUint64(r.hdr[structuredHeaderLen:], req.offset)
 		r.n = structuredHeaderLen + 8
 	}
-	t.enqueue(r, true)
+	return r
 }
 
 // replyError answers a request rejected before it started.
@@ -574,6 +663,70 @@ func (t *transmitter) enqueue(r outReply, slot bool) {
 	// all. With nobody else runnable this returns at once.
 	t.qmu.Unlock()
 	runtime.Gosched()
+	t.drain()
+}
+
+// post queues the reply to a request from a goroutine that must not block
+// (a Submitter's done callback). When it answers the only request in
+// flight and no write is in progress, it writes the reply at once, if the
+// socket takes it without waiting: a client with one request at a time
+// gets its answer without a goroutine hand-off. Otherwise, and for what
+// the socket does not take, a writer goroutine writes the queue; with
+// several requests in flight, replies completing meanwhile join its
+// writev.
+func (t *transmitter) post(r outReply) {
+	r.slot = true
+	t.qmu.Lock()
+	t.queue = append(t.queue, r)
+	if t.writing {
+		t.qmu.Unlock()
+		return
+	}
+	t.writing = true
+	t.wg.Add(1) // the writer, or the write here
+	if len(t.sem) > 1 || t.raw == nil || t.werr != nil {
+		t.qmu.Unlock()
+		go func() {
+			defer t.wg.Done()
+			t.drain()
+		}()
+		return
+	}
+	batch := t.queue
+	t.queue = t.spare[:0]
+	t.qmu.Unlock()
+	iov := t.iovOf(batch)
+	n, _ := nowait.Writev(t.raw, iov)
+	if n == t.iovLen(iov) {
+		clear(t.iov)
+		t.done(batch, nil)
+		t.qmu.Lock()
+		if len(t.queue) == 0 {
+			t.writing = false
+			t.qmu.Unlock()
+			t.wg.Done()
+			return
+		}
+		t.qmu.Unlock()
+		go func() {
+			defer t.wg.Done()
+			t.drain()
+		}()
+		return
+	}
+	// The socket took part of it (or nothing): a writer finishes the
+	// batch, then whatever was queued meanwhile.
+	go func() {
+		defer t.wg.Done()
+		t.iovw = nowait.Advance(iov, n)
+		t.done(batch, t.writeIOV())
+		t.drain()
+	}()
+}
+
+// drain writes the queue until it is empty, then ends the write in
+// progress; the caller set t.writing.
+func (t *transmitter) drain() {
 	t.qmu.Lock()
 	for len(t.queue) > 0 {
 		batch := t.queue
@@ -582,31 +735,38 @@ func (t *transmitter) enqueue(r outReply, slot bool) {
 		t.qmu.Unlock()
 
 		if werr == nil {
-			werr = t.write(batch)
+			t.iovw = t.iovOf(batch)
+			werr = t.writeIOV()
 		}
-		for i := range batch {
-			if batch[i].pool != nil {
-				putBuf(batch[i].pool)
-			}
-			if batch[i].slot {
-				<-t.sem
-			}
-			batch[i] = outReply{}
-		}
-
+		t.done(batch, werr)
 		t.qmu.Lock()
-		if t.werr == nil && werr != nil {
-			t.werr = werr
-		}
-		t.spare = batch[:0]
 	}
 	t.writing = false
 	t.qmu.Unlock()
 }
 
-// write sends a batch of replies with one writev. After a failure the
-// connection is closed, which also stops the request reader.
-func (t *transmitter) write(batch []outReply) error {
+// done releases the replies of a written (or failed) batch and records
+// the first write error.
+func (t *transmitter) done(batch []outReply, werr error) {
+	for i := range batch {
+		if batch[i].pool != nil {
+			putBuf(batch[i].pool)
+		}
+		if batch[i].slot {
+			<-t.sem
+		}
+		batch[i] = outReply{}
+	}
+	t.qmu.Lock()
+	if t.werr == nil && werr != nil {
+		t.werr = werr
+	}
+	t.spare = batch[:0]
+	t.qmu.Unlock()
+}
+
+// iovOf lays a batch of replies out for one writev, in t.iov.
+func (t *transmitter) iovOf(batch []outReply) net.Buffers {
 	t.iov = t.iov[:0]
 	for i := range batch {
 		t.iov = append(t.iov, batch[i].hdr[:batch[i].n])
@@ -614,9 +774,22 @@ func (t *transmitter) write(batch []outReply) error {
 			t.iov = append(t.iov, batch[i].data)
 		}
 	}
-	t.iovw = t.iov // WriteTo consumes its receiver
-	_, err := t.iovw.WriteTo(t.c.nc)
-	clear(t.iov) // drop references to payloads
+	return t.iov
+}
+
+func (t *transmitter) iovLen(iov [][]byte) int {
+	n := 0
+	for _, b := range iov {
+		n += len(b)
+	}
+	return n
+}
+
+// writeIOV writes t.iovw with blocking writes. After a failure the
+// connection is closed, which also stops the request reader.
+func (t *transmitter) writeIOV() error {
+	_, err := t.iovw.WriteTo(t.c.nc) // consumes t.iovw
+	clear(t.iov)                     // drop references to payloads
 	if err != nil {
 		t.c.log.Info("nbd: reply write failed, closing connection", "err", err)
 		t.c.nc.Close()

@@ -1,6 +1,10 @@
 package net
 
-import "hash/crc32"
+import (
+	"hash/crc32"
+
+	"github.com/sheepdog-go/sheepdog/internal/nowait"
+)
 
 // Batch sends the frames of one burst of work together. Batch.Send queues
 // a frame like Transport.Send, but where a lane's writer goroutine is idle
@@ -78,7 +82,7 @@ func (b *Batch) writeDirect(l *lane) bool {
 		b.iov = append(b.iov, h, payload)
 		total += headerSize + len(payload)
 	}
-	n, _ := writevNow(l.raw, b.iov)
+	n, _ := nowait.Writev(l.raw, b.iov)
 	if n <= 0 {
 		// Nothing went out (the socket is full, or the connection
 		// broke): the writer takes over and meets the error itself.

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sheepdog-go/sheepdog/internal/nowait"
 )
 
 // peer is the outbound state for one remote node: its address, a dial
@@ -414,12 +416,7 @@ func (l *lane) connect() bool {
 		return true
 	}
 	l.conn = c
-	l.raw = nil
-	if sc, ok := c.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			l.raw = rc
-		}
-	}
+	l.raw = nowait.Raw(c)
 	l.dead = make(chan struct{})
 	w := deadlineWriter{c, t.cfg.WriteTimeout}
 	if l.bw == nil {
