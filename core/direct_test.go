@@ -129,3 +129,56 @@ func TestFencedRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchWaitsForWriteInFlight: a fetch (recovery, repair) that arrives
+// while the first write of an object is in flight here is answered once
+// the write has landed, with its version, not at once with "no object".
+func TestFetchWaitsForWriteInFlight(t *testing.T) {
+	d := newSolo(t)
+	id := uint64(100)
+	next := func() uint64 { id++; return id }
+	oid := DataOID(d.formatAndCreate(t, next), 3) // never written
+	n := d.n
+
+	// drain runs the node's Ready and returns the fetch answers it sent
+	// and the disk operations it issued.
+	drain := func() (answers []*Message, ops []DiskOp) {
+		for n.HasReady() {
+			rd := n.Ready()
+			for _, m := range rd.Messages {
+				if m.Type == MsgFetchResp {
+					answers = append(answers, m)
+				}
+			}
+			ops = append(ops, rd.Disk...)
+			n.Advance()
+		}
+		return answers, ops
+	}
+	version := uint64(n.epoch)<<32 | 1
+	n.Step(&Message{Type: MsgRepl, From: n.id, To: n.id, Epoch: n.epoch, OID: oid, ID: next(), Op: OpWrite, Len: 4096,
+		Data: make([]byte, 4096), Version: version, ReqID: 1<<writeSeqBits | 1})
+	_, ops := drain()
+	if len(ops) != 1 || ops[0].Kind != DiskWrite {
+		t.Fatalf("the write issued %v, want one disk write", ops)
+	}
+	fetch := &Message{Type: MsgFetchReq, From: n.id, To: n.id, Epoch: n.epoch, OID: oid, ID: next()}
+	n.Step(fetch)
+	if answers, _ := drain(); len(answers) != 0 {
+		t.Fatalf("fetch answered %v while the write was in flight", answers[0].Code)
+	}
+	n.Step(DiskDone{ID: ops[0].ID, Err: OK, Meta: ops[0].Meta})
+	written := ops[0].Meta
+	var got []*Message
+	for i := 0; i < 10 && len(got) == 0; i++ {
+		answers, ops := drain()
+		got = append(got, answers...)
+		for _, op := range ops { // the fetch's read of the object
+			n.Step(DiskDone{ID: op.ID, Err: OK, Data: make([]byte, op.Len), Meta: written})
+		}
+		n.Step(Tick{})
+	}
+	if len(got) != 1 || got[0].ID != fetch.ID || got[0].Code != OK || got[0].Version != version {
+		t.Fatalf("fetch answers %+v, want one OK at version %x", got, version)
+	}
+}

@@ -651,6 +651,17 @@ func (n *Node) handleFetch(m *Message) {
 		return
 	}
 	o := n.objs[m.OID]
+	if o != nil && o.diskBusy && !o.repairing {
+		// Wait for the local write to land, so that the answer (a
+		// version, or "no object") is what the disk holds after it,
+		// also for a first write still in flight (a catch-up in
+		// progress that has not replaced the copy yet is no reason to
+		// wait: the current copy is consistent). Not through o.waiting,
+		// which also waits for catch-ups and repairs that may be waiting
+		// for this answer.
+		n.after(1, func() { n.handleFetch(m) })
+		return
+	}
 	if o == nil || !o.present || o.meta.Version < m.Version {
 		n.respond(m, MsgFetchResp, ErrNoObject)
 		return
@@ -659,14 +670,6 @@ func (n *Node) handleFetch(m *Message) {
 		// Known to be corrupted: say so at once. (Waiting could deadlock:
 		// the repair may be fetching from the node that asks.)
 		n.respond(m, MsgFetchResp, ErrCorrupt)
-		return
-	}
-	if o.diskBusy {
-		// Wait for the write to land (a catch-up in progress that has not
-		// replaced the copy yet is no reason to wait: the current copy is
-		// consistent). Not through o.waiting, which also waits for
-		// catch-ups and repairs that may be waiting for this answer.
-		n.after(1, func() { n.handleFetch(m) })
 		return
 	}
 	meta := o.meta
