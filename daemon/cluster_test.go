@@ -116,6 +116,50 @@ func TestClusterForms(t *testing.T) {
 	}
 }
 
+// formattedCluster starts n daemons, formats them with n copies and
+// waits until every node serves.
+func formattedCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	c := startCluster(t, n)
+	c.waitFor(fmt.Sprintf("%d members everywhere", n), func() bool {
+		for _, d := range c.ds {
+			if s := d.Status(); s == nil || s.Members != n {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := c.ds[0].do(context.Background(), &core.Request{Type: core.ReqFormat, Copies: uint8(n), BlockShift: 22}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("every node to serve", func() bool {
+		for _, d := range c.ds {
+			if s := d.Status(); s == nil || !s.Serving {
+				return false
+			}
+		}
+		return true
+	})
+	return c
+}
+
+// attached creates the 64 MiB VDI "v" through node 0 and attaches it at
+// node 1 (the attacher) until the test ends.
+func (c *testCluster) attached(ctx context.Context) (core.Reply, nbd.Volume) {
+	c.t.Helper()
+	created, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: "v", Size: 64 << 20})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var vol nbd.Volume
+	c.waitFor("the VDI at the attacher", func() bool {
+		vol, err = (&backend{d: c.ds[1]}).Open(ctx, "v") // the attacher may not have applied the create yet
+		return err == nil
+	})
+	c.t.Cleanup(func() { vol.Close() })
+	return created, vol
+}
+
 // soloVolume starts one daemon whose store has the options opt, formats
 // it with one copy, creates the 64 MiB VDI "v" and attaches it. The test's
 // clean-up detaches it and stops the daemon (after the test's own defers).
@@ -151,37 +195,9 @@ func soloVolume(t *testing.T, opt disk.Options) (context.Context, *Daemon, nbd.V
 // the primaries take them back, and reads what the attacher wrote; the
 // attacher's next writes still land.
 func TestClusterDirectWrites(t *testing.T) {
-	c := startCluster(t, 3)
-	c.waitFor("3 members everywhere", func() bool {
-		for _, d := range c.ds {
-			if s := d.Status(); s == nil || s.Members != 3 {
-				return false
-			}
-		}
-		return true
-	})
+	c := formattedCluster(t, 3)
 	ctx := context.Background()
-	if _, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqFormat, Copies: 3, BlockShift: 22}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("every node to serve", func() bool {
-		for _, d := range c.ds {
-			if s := d.Status(); s == nil || !s.Serving {
-				return false
-			}
-		}
-		return true
-	})
-	created, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: "v", Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vol nbd.Volume
-	c.waitFor("the VDI at the attacher", func() bool {
-		vol, err = (&backend{d: c.ds[1]}).Open(ctx, "v") // the attacher may not have applied the create yet
-		return err == nil
-	})
-	defer vol.Close()
+	created, vol := c.attached(ctx)
 	const objs, obj = 16, 4 << 20
 	want := make([]byte, objs*obj)
 	fill := func(round byte) {
@@ -224,29 +240,9 @@ func TestClusterDirectWrites(t *testing.T) {
 // themselves, on the attacher and on the replicas; with many in flight
 // the loop goroutine runs batches of them. Both ways every write lands.
 func TestRunToCompletion(t *testing.T) {
-	c := startCluster(t, 3)
-	c.waitFor("3 members everywhere", func() bool {
-		for _, d := range c.ds {
-			if s := d.Status(); s == nil || s.Members != 3 {
-				return false
-			}
-		}
-		return true
-	})
+	c := formattedCluster(t, 3)
 	ctx := context.Background()
-	if _, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqFormat, Copies: 3, BlockShift: 22}); err != nil {
-		t.Fatal(err)
-	}
-	created, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqCreateVDI, Name: "v", Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vol nbd.Volume
-	c.waitFor("the VDI at the attacher", func() bool {
-		vol, err = (&backend{d: c.ds[1]}).Open(ctx, "v")
-		return err == nil
-	})
-	defer vol.Close()
+	created, vol := c.attached(ctx)
 	runs := func(d *Daemon, by string) float64 { return testutil.ToFloat64(d.metrics.runs.WithLabelValues(by)) }
 	var before [3]float64
 	for i, d := range c.ds {

@@ -256,13 +256,7 @@ func TestSubmitDisconnect(t *testing.T) {
 		return nil
 	}}
 	addr, vol := submitServer(t, sv, 1<<20)
-	c := connect(t, addr, "disk", true, false)
-	data := bytes.Repeat([]byte{0xee}, 64<<10)
-	c.send(cmdWrite, cmdFlagFUA, 4096, uint32(len(data)), data)
-	<-entered
-	c.nc.Close()
-	close(release)
-	<-sv.closed
+	data := hangUpMidWrite(t, addr, entered, release, sv.closed)
 	if diff := cmp.Diff([]string{"write 4096", "close"}, sv.Events()); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}

@@ -652,12 +652,10 @@ func (t *transmitter) replyBlockStatus(req request, descs []descriptor) {
 func (t *transmitter) enqueue(r outReply, slot bool) {
 	r.slot = slot
 	t.qmu.Lock()
-	t.queue = append(t.queue, r)
-	if t.writing {
+	if !t.pushLocked(r) {
 		t.qmu.Unlock()
 		return
 	}
-	t.writing = true
 	// Let the workers that are already runnable (replies the daemon
 	// completed together) add theirs first: one writev then carries them
 	// all. With nobody else runnable this returns at once.
@@ -677,12 +675,10 @@ func (t *transmitter) enqueue(r outReply, slot bool) {
 func (t *transmitter) post(r outReply) {
 	r.slot = true
 	t.qmu.Lock()
-	t.queue = append(t.queue, r)
-	if t.writing {
+	if !t.pushLocked(r) {
 		t.qmu.Unlock()
 		return
 	}
-	t.writing = true
 	t.wg.Add(1) // the writer, or the write here
 	if len(t.sem) > 1 || t.raw == nil || t.werr != nil {
 		t.qmu.Unlock()
@@ -722,6 +718,17 @@ func (t *transmitter) post(r outReply) {
 		t.done(batch, t.writeIOV())
 		t.drain()
 	}()
+}
+
+// pushLocked queues r and reports whether the caller is to write the
+// queue: no write was in progress (one is now). Called with qmu held.
+func (t *transmitter) pushLocked(r outReply) bool {
+	t.queue = append(t.queue, r)
+	if t.writing {
+		return false
+	}
+	t.writing = true
+	return true
 }
 
 // drain writes the queue until it is empty, then ends the write in

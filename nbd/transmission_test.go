@@ -565,14 +565,7 @@ func TestDisconnectMidWrite(t *testing.T) {
 		<-release
 	}}
 	addr, vol := gateServer(t, &Server{}, gv)
-	c := connect(t, addr, "disk", true, false)
-	data := bytes.Repeat([]byte{0xee}, 64<<10)
-	c.send(cmdWrite, cmdFlagFUA, 4096, uint32(len(data)), data)
-	<-entered
-	c.nc.Close()
-	close(release)
-	<-gv.closed
-
+	data := hangUpMidWrite(t, addr, entered, release, gv.closed)
 	if diff := cmp.Diff([]string{"write 4096 start", "write 4096 done", "close"}, gv.Events()); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
@@ -584,6 +577,21 @@ func TestDisconnectMidWrite(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Errorf("the write did not land")
 	}
+}
+
+// hangUpMidWrite sends a 64 KiB FUA write at offset 4096, hangs up once
+// the volume has started it (entered), lets it finish (release) and waits
+// for the volume to be closed; it returns the data written.
+func hangUpMidWrite(t *testing.T, addr string, entered, release, closed chan struct{}) []byte {
+	t.Helper()
+	c := connect(t, addr, "disk", true, false)
+	data := bytes.Repeat([]byte{0xee}, 64<<10)
+	c.send(cmdWrite, cmdFlagFUA, 4096, uint32(len(data)), data)
+	<-entered
+	c.nc.Close()
+	close(release)
+	<-closed
+	return data
 }
 
 // TestDisconnectMidPayload: a write whose payload never fully arrives is
