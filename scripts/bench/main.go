@@ -2,7 +2,7 @@
 // local-disk baseline measured in the same run, and checks the issue's
 // performance targets. It is what `make bench` runs:
 //
-//	go run ./scripts/bench --bin bin/sheepdog [--runs 3] [--runtime 5s] [--json out.json]
+//	go run ./scripts/bench --bin bin/sheepdog [--runs 3] [--runtime 5s] [--json out.json] [--compare OLD]
 //
 // # What is measured
 //
@@ -17,6 +17,9 @@
 //   - 3-node: three `sheepdog sheep` processes, formatted with copies=3;
 //     fio attaches to node 1's NBD port.
 //   - 1-node: one `sheepdog sheep` process, formatted with copies=1.
+//   - with --compare OLD, the same two clusters again running the binary
+//     OLD (3-node-cmp, 1-node-cmp): a change measured against the code
+//     before it in one run, on the same minute's machine.
 //
 // fio drives every target through its nbd ioengine (libnbd, one
 // connection), so the client is identical and only the server differs. The
@@ -69,6 +72,7 @@ import (
 // config holds the command-line settings.
 type config struct {
 	bin        string // sheepdog binary (absolute after parseFlags)
+	compare    string // a second sheepdog binary run side by side ("": none; absolute after parseFlags)
 	fio        string
 	qemuNBD    string
 	runs       int
@@ -147,6 +151,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.bin, "bin", "bin/sheepdog", "sheepdog binary under test (make build builds bin/sheepdog)")
+	fs.StringVar(&c.compare, "compare", "", "also run both clusters with this other sheepdog `binary` (targets 3-node-cmp and 1-node-cmp), to compare two builds in one run")
 	fs.StringVar(&c.fio, "fio", "fio", "fio binary (needs the nbd ioengine)")
 	fs.StringVar(&c.qemuNBD, "qemu-nbd", "qemu-nbd", "qemu-nbd binary for the baseline")
 	fs.IntVar(&c.runs, "runs", 3, "runs of each job per target; the report shows medians")
@@ -176,11 +181,16 @@ Flags:
 	case c.workingSet < 1<<20 || c.workingSet%(1<<20) != 0:
 		return nil, errors.New("--working-set must be a multiple of 1M (the sequential jobs use 1M blocks)")
 	}
-	abs, err := filepath.Abs(c.bin)
-	if err != nil {
-		return nil, err
+	for _, b := range []*string{&c.bin, &c.compare} {
+		if *b == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*b)
+		if err != nil {
+			return nil, err
+		}
+		*b = abs
 	}
-	c.bin = abs
 	return c, nil
 }
 
@@ -307,12 +317,18 @@ func (b *bench) startTargets() error {
 	if err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
-	for _, c := range []struct {
+	type cluster struct {
 		name          string
 		nodes, copies int
-	}{{"3-node", 3, 3}, {"1-node", 1, 1}} {
+		bin           string
+	}
+	clusters := []cluster{{"3-node", 3, 3, b.cfg.bin}, {"1-node", 1, 1, b.cfg.bin}}
+	if b.cfg.compare != "" {
+		clusters = append(clusters, cluster{"3-node-cmp", 3, 3, b.cfg.compare}, cluster{"1-node-cmp", 1, 1, b.cfg.compare})
+	}
+	for _, c := range clusters {
 		t0 := time.Now()
-		t, err := startCluster(b.sup, b.cfg, c.name, c.nodes, c.copies, filepath.Join(b.work, c.name), filepath.Join(b.work, "logs"))
+		t, err := startCluster(b.sup, b.cfg, c.bin, c.name, c.nodes, c.copies, filepath.Join(b.work, c.name), filepath.Join(b.work, "logs"))
 		if t != nil {
 			b.targets = append(b.targets, t)
 		}

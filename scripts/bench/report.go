@@ -36,9 +36,14 @@ type machineInfo struct {
 
 // checkTools fails early, with a hint, when something is missing.
 func checkTools(cfg *config) error {
-	st, err := os.Stat(cfg.bin)
-	if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-		return fmt.Errorf("sheepdog binary %s not found or not executable: run `make build` first (or pass --bin)", cfg.bin)
+	for _, bin := range []string{cfg.bin, cfg.compare} {
+		if bin == "" {
+			continue
+		}
+		st, err := os.Stat(bin)
+		if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			return fmt.Errorf("sheepdog binary %s not found or not executable: run `make build` first (or pass --bin)", bin)
+		}
 	}
 	for _, t := range []string{cfg.fio, cfg.qemuNBD} {
 		if _, err := exec.LookPath(t); err != nil {
@@ -135,6 +140,9 @@ func (b *bench) printHeader() {
 		commit = ", repo at " + m.GitCommit
 	}
 	fmt.Printf("  binary   : %s (modified %s%s)\n", m.Bin, m.BinModTime, commit)
+	if c.compare != "" {
+		fmt.Printf("  compare  : %s (targets 3-node-cmp, 1-node-cmp; the issue targets are checked on --bin)\n", c.compare)
+	}
 	fmt.Printf("  tools    : %s; %s; harness %s\n", orQ(m.Fio), orQ(m.QemuNBD), m.Harness)
 	keep := "removed at the end (--keep keeps it)"
 	if c.keep {

@@ -103,9 +103,10 @@ func nbdProbe(addr string) error {
 	return nil
 }
 
-// startCluster starts a sheepdog cluster of n nodes, formats it with the
-// given number of copies and creates the VDI "bench" of cfg.size.
-func startCluster(sup *supervisor, cfg *config, name string, n, copies int, dir, logDir string) (*target, error) {
+// startCluster starts a sheepdog cluster of n nodes running bin, formats
+// it with the given number of copies and creates the VDI "bench" of
+// cfg.size.
+func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int, dir, logDir string) (*target, error) {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
@@ -115,7 +116,7 @@ func startCluster(sup *supervisor, cfg *config, name string, n, copies int, dir,
 	for i := 0; i < n; i++ {
 		listen[i] = fmt.Sprintf("127.0.0.1:%d", ports[2*i])
 		nbdAddr := fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])
-		argv := []string{cfg.bin, "sheep",
+		argv := []string{bin, "sheep",
 			"--dir", filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
 			"--listen", listen[i], "--nbd", nbdAddr, "--log-level", cfg.logLevel}
 		if i > 0 {
@@ -179,6 +180,9 @@ func startCluster(sup *supervisor, cfg *config, name string, n, copies int, dir,
 	}
 	t.Settings = fmt.Sprintf("%d sheep process(es), copies=%d, VDI bench of %s (thin), --log-level %s; fio attaches to node 1",
 		n, copies, formatSize(cfg.size), cfg.logLevel)
+	if bin != cfg.bin {
+		t.Settings += "; binary " + bin
+	}
 	return t, nil
 }
 
