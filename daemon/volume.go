@@ -160,7 +160,7 @@ func (v *volume) SubmitRead(off uint64, n uint32, done func([]byte, error)) {
 }
 
 // SubmitWrite writes without a goroutine waiting for it; p is handed over
-// as with WriteAdopted.
+// (the core and the store keep it as it is).
 func (v *volume) SubmitWrite(p []byte, off uint64, fua bool, done func(error)) {
 	v.start(&core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: p[:len(p):len(p)], FUA: fua}, func(_ core.Reply, err error) {
 		done(err)
@@ -176,18 +176,15 @@ func (v *volume) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	return nil
 }
 
+// WriteAt is the synchronous write (the NBD server submits its reads and
+// writes instead, see SubmitWrite).
 func (v *volume) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
 	// The node may keep retrying a write after answering (a timed-out
 	// write stays queued so later writes cannot overtake it), and the
 	// store keeps the data until applied, so they get their own copy of a
 	// buffer the caller may reuse.
-	return v.WriteAdopted(ctx, append([]byte(nil), p...), off, fua)
-}
-
-// WriteAdopted is WriteAt without the copy: the server hands p over, and
-// the core and the store keep it as it is.
-func (v *volume) WriteAdopted(ctx context.Context, p []byte, off uint64, fua bool) error {
-	_, err := v.do(ctx, &core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: p[:len(p):len(p)], FUA: fua})
+	p = append([]byte(nil), p...)
+	_, err := v.do(ctx, &core.Request{Type: core.ReqWrite, Off: off, Len: uint64(len(p)), Data: p, FUA: fua})
 	return err
 }
 
