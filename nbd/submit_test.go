@@ -213,6 +213,39 @@ func TestSubmitFullSocket(t *testing.T) {
 	}
 }
 
+// TestSubmitHeldAtMaxInFlight: a client that pipelines more requests than
+// MaxInFlight to a volume that holds requests until Drained: the server
+// must say Drained before it waits for a request to finish, or nothing
+// ever finishes.
+func TestSubmitHeldAtMaxInFlight(t *testing.T) {
+	sv := &submitVolume{hold: true}
+	mb := NewMemBackend()
+	mb.Add("disk", 1<<20)
+	sv.closed = make(chan struct{})
+	addr := startServer(t, &Server{MaxInFlight: 4, Backend: &testBackend{MemBackend: mb, wrap: func(v *MemVolume) Volume {
+		sv.MemVolume = v
+		return sv
+	}}})
+	c := connect(t, addr, "disk", true, false)
+	// All 32 requests go out in one write, so the server finds the next
+	// one buffered each time and holds them.
+	var all []byte
+	c.mu.Lock()
+	for i := range 32 {
+		c.handle++
+		c.pending[c.handle] = request{typ: cmdRead, handle: c.handle, offset: uint64(i) * 4096, length: 4096}
+		all = append(all, requestBytes(magicRequest, cmdRead, 0, c.handle, uint64(i)*4096, 4096)...)
+	}
+	c.mu.Unlock()
+	c.write(all)
+	for range 32 {
+		if r, err := c.recv(); err != nil || r.errno != 0 {
+			t.Fatalf("reply %+v, %v", r, err)
+		}
+	}
+	c.disconnect()
+}
+
 // TestSubmitErrors: a failed request gets its NBD error and the
 // connection goes on; a read that returns the wrong length is an EIO,
 // never a malformed reply.

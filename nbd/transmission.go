@@ -174,9 +174,16 @@ func (t *transmitter) dispatch(ctx context.Context, req request) error {
 
 	select {
 	case t.sem <- struct{}{}:
-	case <-ctx.Done():
-		t.replyError(req, errnoShutdown, "server is shutting down")
-		return errShutdown
+	default:
+		// MaxInFlight requests are in flight: the requests held back
+		// by a Submitter must run before one of them can finish.
+		t.drained()
+		select {
+		case t.sem <- struct{}{}:
+		case <-ctx.Done():
+			t.replyError(req, errnoShutdown, "server is shutting down")
+			return errShutdown
+		}
 	}
 	var buf *[]byte
 	if req.typ == cmdWrite && req.length > 0 {
