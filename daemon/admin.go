@@ -271,7 +271,9 @@ func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
 		if m.Type != core.MsgJoin {
 			return nil, errors.New("only join messages come through the admin channel")
 		}
-		d.post(event{msg: m})
+		if d.enqueue(event{msg: m}) {
+			d.kick()
+		}
 		return map[string]string{}, nil
 	case "vdi.create":
 		if r.Copies < 0 || r.Copies > 16 || (r.BlockShift != 0 && (r.BlockShift < 20 || r.BlockShift > core.MaxBlockShift)) {

@@ -316,15 +316,6 @@ func (d *Daemon) onMessage(from uint64, payload []byte) {
 	d.enqueue(event{msg: m})
 }
 
-// post hands an event to the node and has it run (see kick).
-func (d *Daemon) post(ev event) bool {
-	if !d.enqueue(ev) {
-		return false
-	}
-	d.kick()
-	return true
-}
-
 // kick has the node run the events queued so far. While at most one
 // client request is in flight, the node's work is latency-bound and the
 // calling goroutine runs it at once (drive). Under load the loop
@@ -349,17 +340,6 @@ func (d *Daemon) enqueue(ev event) bool {
 	}
 }
 
-// postAsync hands an event to the node without running it here: the loop
-// goroutine takes it. Disk workers use it, so that a worker never runs the
-// node and blocks queueing an operation on its own full channel.
-func (d *Daemon) postAsync(ev event) bool {
-	if !d.enqueue(ev) {
-		return false
-	}
-	d.wakeLoop()
-	return true
-}
-
 func (d *Daemon) wakeLoop() {
 	select {
 	case d.wake <- struct{}{}:
@@ -367,7 +347,7 @@ func (d *Daemon) wakeLoop() {
 	}
 }
 
-// driveRounds bounds how many batches a goroutine that posted an event
+// driveRounds bounds how many batches a goroutine that queued an event
 // runs for others before it leaves the rest to the loop goroutine.
 const driveRounds = 4
 
@@ -404,14 +384,14 @@ func (d *Daemon) runLocked() {
 	if d.halted {
 		return
 	}
+drain:
 	for i := 0; i < batchMax; i++ {
 		select {
 		case ev := <-d.inbox:
 			d.handle(ev)
-			continue
 		default:
+			break drain
 		}
-		break
 	}
 	if err := d.process(); err != nil && d.stopErr == nil {
 		d.log.Error("fatal: cannot persist the cluster log", "err", err)

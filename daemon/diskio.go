@@ -89,10 +89,14 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 	d.workers[w] <- op
 }
 
-// complete hands a worker's result to the node.
+// complete hands a worker's result to the node, for the loop goroutine
+// to run: a worker never runs the node itself, where it could block
+// queueing an operation on its own full channel.
 func (d *Daemon) complete(op core.DiskOp, res core.DiskDone) {
 	d.countDisk(op, res)
-	d.postAsync(event{disk: &res})
+	if d.enqueue(event{disk: &res}) {
+		d.wakeLoop()
+	}
 }
 
 // doneHere queues the result of an operation run while running the node.

@@ -238,8 +238,7 @@ func (t *transmitter) submit(req request, buf *[]byte) {
 	if req.typ == cmdWrite {
 		t.sub.SubmitWrite(*buf, req.offset, req.flags&cmdFlagFUA != 0, func(err error) {
 			if err != nil {
-				t.logFailure(req, errno(err), err)
-				t.post(t.errorReply(req, errno(err), err.Error()))
+				t.postError(req, errno(err), err)
 			} else {
 				t.post(t.okReply(req))
 			}
@@ -250,12 +249,9 @@ func (t *transmitter) submit(req request, buf *[]byte) {
 	t.sub.SubmitRead(req.offset, req.length, func(data []byte, err error) {
 		switch {
 		case err != nil:
-			t.logFailure(req, errno(err), err)
-			t.post(t.errorReply(req, errno(err), err.Error()))
+			t.postError(req, errno(err), err)
 		case len(data) != int(req.length):
-			err := fmt.Errorf("volume returned %d bytes for a read of %d", len(data), req.length)
-			t.logFailure(req, errnoIO, err)
-			t.post(t.errorReply(req, errnoIO, err.Error()))
+			t.postError(req, errnoIO, fmt.Errorf("volume returned %d bytes for a read of %d", len(data), req.length))
 		default:
 			t.post(t.readReply(req, data, nil))
 		}
@@ -538,6 +534,12 @@ func descriptors(exts []Extent, length, align uint32, reqOne bool) []descriptor 
 func (t *transmitter) volumeError(req request, code uint32, err error) {
 	t.logFailure(req, code, err)
 	t.enqueue(t.errorReply(req, code, err.Error()), true)
+}
+
+// postError answers a failed submitted request (see post).
+func (t *transmitter) postError(req request, code uint32, err error) {
+	t.logFailure(req, code, err)
+	t.post(t.errorReply(req, code, err.Error()))
 }
 
 func (t *transmitter) logFailure(req request, code uint32, err error) {

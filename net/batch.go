@@ -1,10 +1,6 @@
 package net
 
-import (
-	"hash/crc32"
-
-	"github.com/sheepdog-go/sheepdog/internal/nowait"
-)
+import "github.com/sheepdog-go/sheepdog/internal/nowait"
 
 // Batch sends the frames of one burst of work together. Batch.Send queues
 // a frame like Transport.Send, but where a lane's writer goroutine is idle
@@ -75,12 +71,10 @@ func (b *Batch) writeDirect(l *lane) bool {
 		b.hdrs = make([]byte, headerSize*max(len(frames), 16))
 	}
 	b.iov = b.iov[:0]
-	total := 0
 	for i, payload := range frames {
 		h := b.hdrs[i*headerSize : (i+1)*headerSize]
-		putHeader(h, header{typ: typeMessage, length: uint32(len(payload)), sum: crc32.Checksum(payload, castagnoli)})
+		putHeader(h, frameHeader(typeMessage, 0, payload))
 		b.iov = append(b.iov, h, payload)
-		total += headerSize + len(payload)
 	}
 	n, _ := nowait.Writev(l.raw, b.iov)
 	if n <= 0 {

@@ -244,14 +244,14 @@ func readFrame(r io.Reader, hdr *[headerSize]byte, maxFrame int) (header, []byte
 	return h, payload, nil
 }
 
+// frameHeader is the header of a frame carrying payload.
+func frameHeader(typ frameType, id uint64, payload []byte) header {
+	return header{typ: typ, length: uint32(len(payload)), sum: crc32.Checksum(payload, castagnoli), id: id}
+}
+
 // writeFrame encodes one frame into w, using hdr as scratch space.
 func writeFrame(w *bufio.Writer, hdr *[headerSize]byte, typ frameType, id uint64, payload []byte) error {
-	putHeader(hdr[:], header{
-		typ:    typ,
-		length: uint32(len(payload)),
-		sum:    crc32.Checksum(payload, castagnoli),
-		id:     id,
-	})
+	putHeader(hdr[:], frameHeader(typ, id, payload))
 	if _, err := w.Write(hdr[:]); err != nil {
 		return err
 	}

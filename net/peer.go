@@ -273,7 +273,7 @@ func (l *lane) run() {
 			}
 			return
 
-		case len(l.q) == 0 && l.rest == nil, l.held && l.conn != nil && l.rest == nil:
+		case l.rest == nil && (len(l.q) == 0 || l.held && l.conn != nil):
 			// Nothing to write, or only frames a Batch will write.
 			if l.conn == nil {
 				l.running = false
