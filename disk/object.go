@@ -129,6 +129,7 @@ func (s *Store) files(o *object, create bool) (*objFiles, error) {
 		o.fmu.Unlock()
 		return nil, err
 	}
+	adviseRandom(d)
 	f := &objFiles{data: d}
 	o.f = f
 	o.fmu.Unlock()
@@ -199,6 +200,29 @@ func putBuf(bp *[]byte) {
 	if bp != nil {
 		bufPool.Put(bp)
 	}
+}
+
+// writePiece bounds one write(2) into a data file. The page cache sizes
+// the folio that a write creates by the write's length, and on ext4 with
+// large folios (Linux 6.16 on) every later small write into a large folio
+// walks all its blocks. Measured on ext4 here: after filling a file with
+// 1 MiB writes a random 4 KiB pwrite took 28-34 µs, after 16 KiB writes
+// 4.4 µs (4 KiB: 4.0-4.4, 32 KiB: 4.9, 64 KiB: 6.4-6.8); filling a MiB
+// in 16 KiB pieces cost 400 µs against 150 µs in one piece. Objects take
+// far more small random writes than large ones, so large writes pay.
+const writePiece = 16 << 10
+
+// writePieces writes data at off in pieces that do not cross a
+// writePiece boundary.
+func writePieces(f io.WriterAt, data []byte, off int64) error {
+	for len(data) > 0 {
+		n := min(int64(len(data)), writePiece-off%writePiece)
+		if _, err := f.WriteAt(data[:n], off); err != nil {
+			return err
+		}
+		data, off = data[n:], off+n
+	}
+	return nil
 }
 
 // readFull reads len(b) bytes at off, zero-filling what lies past the end
@@ -529,7 +553,7 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, known
 		}
 		sums[c-c0] = sum
 	}
-	if _, err := f.data.WriteAt(data, off); err != nil {
+	if err := writePieces(f.data, data, off); err != nil {
 		return ioErr("write object", err)
 	}
 	for c := c0; c <= c1; c++ {
@@ -575,7 +599,7 @@ func (s *Store) applyPut(o *object, f *objFiles, data []byte) error {
 	}
 	for _, r := range runs {
 		lo, hi := r[0]*ChunkSize, min(r[1]*ChunkSize, n)
-		if _, err := f.data.WriteAt(data[lo:hi], int64(lo)); err != nil {
+		if err := writePieces(f.data, data[lo:hi], int64(lo)); err != nil {
 			return ioErr("write object", err)
 		}
 	}

@@ -1033,3 +1033,45 @@ func TestWouldWait(t *testing.T) {
 		t.Fatal("the store would still hold writes back after applying everything")
 	}
 }
+
+// pieceRecorder records the writes it is given.
+type pieceRecorder struct{ w [][2]int64 }
+
+func (r *pieceRecorder) WriteAt(p []byte, off int64) (int, error) {
+	r.w = append(r.w, [2]int64{off, int64(len(p))})
+	return len(p), nil
+}
+
+// TestWritePieces: data goes to the file in writes that never cross a
+// writePiece boundary, in order, covering exactly [off, off+len).
+func TestWritePieces(t *testing.T) {
+	const p = writePiece
+	for _, tc := range []struct {
+		name string
+		off  int64
+		n    int64
+		want [][2]int64
+	}{
+		{"small", 4096, 4096, [][2]int64{{4096, 4096}}},
+		{"one whole piece", p, p, [][2]int64{{p, p}}},
+		{"across one boundary", p - 512, 1024, [][2]int64{{p - 512, 512}, {p, 512}}},
+		{"1 MiB aligned", 0, 1 << 20, func() (w [][2]int64) {
+			for o := int64(0); o < 1<<20; o += p {
+				w = append(w, [2]int64{o, p})
+			}
+			return w
+		}()},
+		{"unaligned both ends", 100, 2*p + 50, [][2]int64{{100, p - 100}, {p, p}, {2 * p, 150}}},
+		{"empty", 7, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r pieceRecorder
+			if err := writePieces(&r, make([]byte, tc.n), tc.off); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, r.w); diff != "" {
+				t.Errorf("writes (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -11,6 +11,8 @@ var errNoPrealloc = errors.New("preallocation not supported")
 
 func preallocate(f *os.File, off, n int64) error { return errNoPrealloc }
 
+func adviseRandom(f *os.File) {}
+
 func fdatasync(f *os.File) error { return f.Sync() }
 
 func fsFree(path string) (uint64, error) {
