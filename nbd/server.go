@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/sheepdog-go/sheepdog/internal/nowait"
 )
 
 // Defaults of the Server knobs.
@@ -147,6 +149,7 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
 	log := s.logger().With("remote", remote)
 	log.Info("nbd: connection opened")
 	defer nc.Close()
+	nc = nowait.Wrap(nc)
 	if s.Backend == nil {
 		err := errors.New("nbd: Server.Backend is nil")
 		log.Error("nbd: connection closed", "err", err)

@@ -804,7 +804,12 @@ func (t *transmitter) iovLen(iov [][]byte) int {
 // writeIOV writes t.iovw with blocking writes. After a failure the
 // connection is closed, which also stops the request reader.
 func (t *transmitter) writeIOV() error {
-	_, err := t.iovw.WriteTo(t.c.nc) // consumes t.iovw
+	var err error
+	if w, ok := t.c.nc.(*nowait.Conn); ok {
+		_, err = w.Writev(t.iovw) // consumes t.iovw
+	} else {
+		_, err = t.iovw.WriteTo(t.c.nc) // consumes t.iovw
+	}
 	clear(t.iov)                     // drop references to payloads
 	if err != nil {
 		t.c.log.Info("nbd: reply write failed, closing connection", "err", err)

@@ -479,6 +479,7 @@ func (t *Transport) dialPeerConn(ctx context.Context, addr string, want uint64) 
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
+	c = nowait.Wrap(c)
 	a, err := dialHandshake(ctx, c, hello{version: ProtocolVersion, role: rolePeer, node: t.cfg.NodeID}, t.cfg.HandshakeTimeout)
 	if err != nil {
 		c.Close()

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sheepdog-go/sheepdog/internal/nowait"
 )
 
 // Defaults for zero Config fields.
@@ -250,6 +252,7 @@ func (t *Transport) acceptLoop() {
 			continue
 		}
 		delay = 0
+		c = nowait.Wrap(c)
 		if !t.track(c) {
 			c.Close()
 			return
