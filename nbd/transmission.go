@@ -810,7 +810,7 @@ func (t *transmitter) writeIOV() error {
 	} else {
 		_, err = t.iovw.WriteTo(t.c.nc) // consumes t.iovw
 	}
-	clear(t.iov)                     // drop references to payloads
+	clear(t.iov) // drop references to payloads
 	if err != nil {
 		t.c.log.Info("nbd: reply write failed, closing connection", "err", err)
 		t.c.nc.Close()
