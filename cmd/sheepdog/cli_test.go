@@ -5,6 +5,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func runIn(args ...string) (int, string, string) {
@@ -103,23 +105,37 @@ func TestSizeStr(t *testing.T) {
 	}
 }
 
-func TestGCPercent(t *testing.T) {
+func TestGCSettings(t *testing.T) {
 	tests := []struct {
-		flag  int
-		gogc  string
-		want  int
-		apply bool
+		name             string
+		percent          int
+		memory           string
+		nodes            int
+		gogc, gomemlimit string
+		want             gcSettings
 	}{
-		{defaultGCPercent, "", defaultGCPercent, true},
-		{100, "", 100, true},
-		{-1, "", -1, true}, // off, as GOGC=off
-		{defaultGCPercent, "50", 0, false},
-		{defaultGCPercent, "off", 0, false},
+		{"defaults", defaultGCPercent, defaultMemory, 1, "", "", gcSettings{percent: -1, setPct: true, limit: 256 << 20, setLimit: true}},
+		{"budget per node", defaultGCPercent, "100M", 3, "", "", gcSettings{percent: -1, setPct: true, limit: 300 << 20, setLimit: true}},
+		{"a percentage too", 200, "1G", 1, "", "", gcSettings{percent: 200, setPct: true, limit: 1 << 30, setLimit: true}},
+		{"no budget: collector stays on", -1, "0", 1, "", "", gcSettings{percent: 100, setPct: true}},
+		{"no budget, a percentage", 50, "0", 1, "", "", gcSettings{percent: 50, setPct: true}},
+		{"GOGC wins", defaultGCPercent, defaultMemory, 1, "50", "", gcSettings{limit: 256 << 20, setLimit: true}},
+		{"GOMEMLIMIT wins", defaultGCPercent, defaultMemory, 1, "", "1GiB", gcSettings{percent: -1, setPct: true}},
+		{"GOMEMLIMIT off, no budget", -1, "0", 1, "", "off", gcSettings{percent: 100, setPct: true}},
 	}
 	for _, tt := range tests {
-		got, apply := gcPercent(tt.flag, tt.gogc)
-		if got != tt.want || apply != tt.apply {
-			t.Errorf("gcPercent(%d, %q) = %d, %v; want %d, %v", tt.flag, tt.gogc, got, apply, tt.want, tt.apply)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			g := gcConfig{percent: tt.percent, memory: tt.memory}
+			got, err := g.resolve(tt.nodes, tt.gogc, tt.gomemlimit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(gcSettings{})); diff != "" {
+				t.Errorf("resolve (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if _, err := (&gcConfig{memory: "lots"}).resolve(1, "", ""); err == nil {
+		t.Error("--memory lots accepted")
 	}
 }

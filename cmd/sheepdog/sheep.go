@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"runtime/debug"
 	"strings"
 
 	"github.com/sheepdog-go/sheepdog/daemon"
@@ -43,7 +42,7 @@ func sheepCommand() *command {
 		zone      uint
 		logLevel  string
 		pprofAddr string
-		gcPercent int
+		gc        gcConfig
 	)
 	return &command{
 		name:  "sheep",
@@ -62,13 +61,15 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.StringVar(&cfg.Metrics, "metrics", "", "Prometheus /metrics address (none if empty)")
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-			gcFlag(fs, &gcPercent)
+			gc.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("sheep takes no arguments (got %q)", args)
 			}
-			setGC(gcPercent)
+			if err := gc.apply(1); err != nil {
+				return err
+			}
 			if cfg.Dir == "" {
 				return usagef("sheep: --dir is required")
 			}
@@ -89,31 +90,6 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			}
 			return nil
 		},
-	}
-}
-
-// defaultGCPercent: a node's heap is small and short-lived (messages,
-// buffers), so collecting less often buys throughput for little memory;
-// measured on the 3-node 4K randwrite QD32 bench job: GOGC=400 gave
-// 4-18% more IOPS than the Go default of 100.
-const defaultGCPercent = 400
-
-func gcFlag(fs *flag.FlagSet, p *int) {
-	fs.IntVar(p, "gc-percent", defaultGCPercent, "Go GC target percentage (GOGC); higher trades memory for CPU; a GOGC environment variable wins")
-}
-
-// gcPercent returns the GC percentage to set, or false to leave the
-// runtime's own (set from GOGC when that is in the environment).
-func gcPercent(flagVal int, gogc string) (int, bool) {
-	if gogc != "" {
-		return 0, false
-	}
-	return flagVal, true
-}
-
-func setGC(flagVal int) {
-	if p, ok := gcPercent(flagVal, os.Getenv("GOGC")); ok {
-		debug.SetGCPercent(p)
 	}
 }
 
