@@ -125,7 +125,7 @@ func TestGCSettings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := gcConfig{percent: tt.percent, memory: tt.memory}
+			g := tuning{percent: tt.percent, memory: tt.memory}
 			got, err := g.resolve(tt.nodes, tt.gogc, tt.gomemlimit)
 			if err != nil {
 				t.Fatal(err)
@@ -135,7 +135,7 @@ func TestGCSettings(t *testing.T) {
 			}
 		})
 	}
-	if _, err := (&gcConfig{memory: "lots"}).resolve(1, "", ""); err == nil {
+	if _, err := (&tuning{memory: "lots"}).resolve(1, "", ""); err == nil {
 		t.Error("--memory lots accepted")
 	}
 }

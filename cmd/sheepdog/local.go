@@ -20,7 +20,7 @@ func localCommand() *command {
 		vdiSize                  string
 		copies                   int
 		logLevel, pprofAddr      string
-		gc                       gcConfig
+		tune                     tuning
 	)
 	return &command{
 		name:  "local",
@@ -40,7 +40,7 @@ the same --dir it brings the same cluster back.`,
 			fs.StringVar(&vdiSize, "vdi-size", "10G", "size of that VDI")
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
-			gc.flags(fs)
+			tune.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
@@ -53,11 +53,11 @@ the same --dir it brings the same cluster back.`,
 			if err != nil {
 				return usagef("--vdi-size: %v", err)
 			}
-			if err := gc.apply(nodes); err != nil {
-				return err
-			}
 			log, err := newLogger(e, logLevel)
 			if err != nil {
+				return err
+			}
+			if err := tune.apply(nodes, log); err != nil {
 				return err
 			}
 			if err := servePprof(pprofAddr); err != nil {

@@ -42,7 +42,7 @@ func sheepCommand() *command {
 		zone      uint
 		logLevel  string
 		pprofAddr string
-		gc        gcConfig
+		tune      tuning
 	)
 	return &command{
 		name:  "sheep",
@@ -61,20 +61,20 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.StringVar(&cfg.Metrics, "metrics", "", "Prometheus /metrics address (none if empty)")
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-			gc.flags(fs)
+			tune.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("sheep takes no arguments (got %q)", args)
-			}
-			if err := gc.apply(1); err != nil {
-				return err
 			}
 			if cfg.Dir == "" {
 				return usagef("sheep: --dir is required")
 			}
 			log, err := newLogger(e, logLevel)
 			if err != nil {
+				return err
+			}
+			if err := tune.apply(1, log); err != nil {
 				return err
 			}
 			if err := servePprof(pprofAddr); err != nil {
