@@ -39,12 +39,12 @@ func TestBatchScheduling(t *testing.T) {
 			t.Errorf("thread %d has policy %d, want SCHED_BATCH (%d)", tid, p, unix.SCHED_BATCH)
 		}
 	}
-	// Make the runtime start threads: goroutines locked to their thread,
-	// each asleep in a system call.
+	// Make the runtime start threads: more goroutines locked to their
+	// threads (each holds one) than there are threads.
 	before := len(threadPolicies(t))
 	var wg sync.WaitGroup
 	release := make(chan struct{})
-	for i := 0; i < 4; i++ {
+	for i := 0; i < before+4; i++ {
 		wg.Go(func() {
 			runtime.LockOSThread()
 			<-release
