@@ -495,6 +495,14 @@ func (d *Daemon) process() error {
 		for _, m := range rd.Messages {
 			d.sendMsg(m)
 		}
+		if len(rd.Messages) > 0 && len(rd.Disk) > 0 && len(d.inbox) == 0 {
+			// Nothing else waits to share their system calls: send now,
+			// before the local disk work, which the messages do not
+			// depend on, so that the replicas start on a write while
+			// this node journals its own copy.
+			d.out.Flush()
+			d.heldRuns = 0
+		}
 		for _, op := range rd.Disk {
 			d.submitDisk(op)
 		}
