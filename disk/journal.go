@@ -235,7 +235,7 @@ func (s *Store) flushJournal() error {
 	}
 	err := s.fault(FaultJournalWrite)
 	if err == nil {
-		_, err = s.jf.WriteAt(s.jbuf, s.jflushed)
+		err = writeCachedAt(s.jf, s.jbuf, s.jflushed)
 	}
 	if err != nil {
 		s.failJournal(ioErr("write journal", err))

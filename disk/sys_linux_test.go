@@ -3,9 +3,12 @@
 package disk
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,4 +35,35 @@ func fileID(f *os.File) (string, error) {
 		return fmt.Sprint(stx.Ino), nil
 	}
 	return fmt.Sprint(stx.Ino, stx.Btime.Sec, stx.Btime.Nsec), nil
+}
+
+// TestWriteCachedAt: the raw pwrite writes exactly b at off, and reports
+// a failed write (a descriptor opened read-only) as an error.
+func TestWriteCachedAt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := bytes.Repeat([]byte("0123456789"), 30000)
+	if err := writeCachedAt(f, b, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(make([]byte, 4096), b...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("file holds %d bytes that differ from the %d written at 4096", len(got), len(b))
+	}
+	ro, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := writeCachedAt(ro, b, 0); err == nil {
+		t.Error("a write through a read-only descriptor succeeded")
+	}
 }

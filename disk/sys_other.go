@@ -13,6 +13,11 @@ func preallocate(f *os.File, off, n int64) error { return errNoPrealloc }
 
 func adviseRandom(f *os.File) {}
 
+func writeCachedAt(f *os.File, b []byte, off int64) error {
+	_, err := f.WriteAt(b, off)
+	return err
+}
+
 func fdatasync(f *os.File) error { return f.Sync() }
 
 func fsFree(path string) (uint64, error) {
