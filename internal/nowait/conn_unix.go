@@ -105,8 +105,15 @@ func (c *Conn) Writev(iov [][]byte) (int64, error) {
 
 // rawRead is one read(2) as a raw system call, retried on EINTR.
 func rawRead(fd uintptr, p []byte) (int, error) {
+	return raw(syscall.SYS_READ, fd, unsafe.Pointer(&p[0]), len(p))
+}
+
+// raw makes the raw system call trap(fd, p, n), retried on EINTR. p is
+// an unsafe.Pointer up to the call so that it stays valid should the
+// stack it points into move.
+func raw(trap, fd uintptr, p unsafe.Pointer, n int) (int, error) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		r, _, e := syscall.RawSyscall(trap, fd, uintptr(p), uintptr(n))
 		switch e {
 		case 0:
 			return int(r), nil
@@ -139,14 +146,5 @@ func rawWritev(fd uintptr, iov [][]byte) (int, error) {
 	if len(vecs) == 0 {
 		return 0, nil
 	}
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vecs[0])), uintptr(len(vecs)))
-		switch e {
-		case 0:
-			return int(r), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, e
-	}
+	return raw(syscall.SYS_WRITEV, fd, unsafe.Pointer(&vecs[0]), len(vecs))
 }

@@ -3,7 +3,6 @@ package nowait
 import (
 	"bytes"
 	"io"
-	"net"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -38,21 +37,7 @@ func TestAdvance(t *testing.T) {
 // once with what the socket took (eventually nothing), and the bytes it
 // reports are exactly the first bytes the peer reads.
 func TestWritevTakesWhatFits(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s := pair(t)
 	rc := Raw(c)
 	if rc == nil {
 		t.Fatal("no raw descriptor for a TCP connection")
