@@ -204,8 +204,8 @@ func putBuf(bp *[]byte) {
 
 // writePiece bounds one write(2) into a data file. The page cache sizes
 // the folio that a write creates by the write's length, and on ext4 with
-// large folios (Linux 6.16 on) every later small write into a large folio
-// walks all its blocks. Measured on ext4 here: after filling a file with
+// large folios (recent kernels; 6.18 here) every later small write into a
+// large folio walks all its blocks. Measured on ext4 here: after filling a file with
 // 1 MiB writes a random 4 KiB pwrite took 28-34 µs, after 16 KiB writes
 // 4.4 µs (4 KiB: 4.0-4.4, 32 KiB: 4.9, 64 KiB: 6.4-6.8); filling a MiB
 // in 16 KiB pieces cost 400 µs against 150 µs in one piece. Objects take

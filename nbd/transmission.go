@@ -806,7 +806,7 @@ func (t *transmitter) iovLen(iov [][]byte) int {
 func (t *transmitter) writeIOV() error {
 	var err error
 	if w, ok := t.c.nc.(*nowait.Conn); ok {
-		_, err = w.Writev(t.iovw) // consumes t.iovw
+		_, err = w.Writev(t.iovw)
 	} else {
 		_, err = t.iovw.WriteTo(t.c.nc) // consumes t.iovw
 	}
