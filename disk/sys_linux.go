@@ -47,10 +47,10 @@ func preallocate(f *os.File, off, n int64) error {
 // adviseRandom turns off readahead on an object's data file. Readahead
 // fills the page cache with large folios, and on ext4 with large folios
 // (recent kernels; 6.18 here) a 4 KiB write into a large folio walks
-// every block of it: measured on ext4 here, a random 4 KiB pwrite into 1 MiB folios took
-// 28-34 µs against 3.5-4.5 µs into 4 KiB ones. A VM's disk is read at
-// random far more often than streamed, and a large read still reads what
-// it asks for.
+// every block of it: measured on ext4 here, a random 4 KiB pwrite into
+// 1 MiB folios took 28-34 µs against 3.5-4.5 µs into 4 KiB ones. A VM's
+// disk is read at random far more often than streamed, and a large read
+// still reads what it asks for.
 func adviseRandom(f *os.File) {
 	rc, err := f.SyscallConn()
 	if err != nil {
