@@ -74,8 +74,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return int(n), err
 }
 
-// Writev writes all of iov (consuming it), waiting for room when the
-// socket is full, and returns the bytes written.
+// Writev writes all of iov, waiting for room when the socket is full,
+// and returns the bytes written. It may reslice the buffers of iov in
+// place.
 func (c *Conn) Writev(iov [][]byte) (int64, error) {
 	var total int64
 	var werr error
@@ -87,10 +88,7 @@ func (c *Conn) Writev(iov [][]byte) (int64, error) {
 				return werr != unix.EAGAIN
 			}
 			total += int64(n)
-			iov = Advance(iov, n)
-			for len(iov) > 0 && len(iov[0]) == 0 {
-				iov = iov[1:]
-			}
+			iov = Advance(iov, n) // also drops leading empty buffers
 		}
 		return true
 	})
