@@ -336,14 +336,9 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	g.subs[s.msgID] = s
 	n.send(&Message{Type: MsgIO, To: to, ID: s.msgID, OID: s.oid, Op: s.op, Off: s.off, Len: s.len,
 		Data: s.data, ReqID: s.reqID, Flags: flags})
-	id := s.msgID
 	// The timer holds the id only: a timer must not keep a write's data
 	// alive after the write completed.
-	n.after(int64(n.t.RetryTicks), func() {
-		if s, ok := g.subs[id]; ok {
-			g.dispatch(n, s)
-		}
-	})
+	n.afterRetry(retryDispatch, s.msgID)
 }
 
 func (g *gateway) ioResp(n *Node, m *Message) {

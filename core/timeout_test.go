@@ -3,6 +3,8 @@ package core
 import (
 	"math/rand/v2"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // soloDriver drives one node that forms its own cluster: messages to
@@ -120,5 +122,54 @@ func TestClientOpTimeout(t *testing.T) {
 	}
 	if len(d.held) == 0 {
 		t.Fatal("the hung write never reached the disk")
+	}
+}
+
+// TestTimersFireInArmingOrder: retry timers live in their own queue, but
+// they and the heap's timers due at the same tick fire in the order they
+// were armed, as one heap would fire them (the simulator's traces depend
+// on it); a retry for a call that was answered does nothing.
+func TestTimersFireInArmingOrder(t *testing.T) {
+	d := newSolo(t)
+	n := d.n
+	for n.HasReady() {
+		n.Ready()
+		n.Advance()
+	}
+	retry := int64(n.t.RetryTicks)
+	var fired []string
+	sentAt := func(name string) func() {
+		return func() { fired = append(fired, name+"@"+string(rune('0'+len(n.out.Messages)))) }
+	}
+	call := func(id uint64) {
+		n.calls[id] = &call{msg: &Message{Type: MsgLeaseReq, To: 2, ID: id}, onResp: func(*Message) {}}
+		n.armRetry(id)
+	}
+	n.after(retry, sentAt("a"))
+	call(1001)
+	n.after(retry, sentAt("b"))
+	call(1002)
+	n.after(retry-1, sentAt("early"))
+	call(1003)
+	n.cancel(1003) // answered: its retry must not send
+	n.after(retry, sentAt("c"))
+	for range retry {
+		n.Step(Tick{})
+	}
+	want := []string{"early@0", "a@0", "b@1", "c@2"}
+	if diff := cmp.Diff(want, fired); diff != "" {
+		t.Fatalf("firing order (name@messages sent before it) (-want +got):\n%s", diff)
+	}
+	var ids []uint64
+	for _, m := range n.out.Messages {
+		if m.Type == MsgLeaseReq {
+			ids = append(ids, m.ID)
+		}
+	}
+	if diff := cmp.Diff([]uint64{1001, 1002}, ids); diff != "" {
+		t.Fatalf("retransmitted calls (-want +got):\n%s", diff)
+	}
+	if got := len(n.retries); got != 2 {
+		t.Fatalf("%d retry timers queued; want the 2 re-armed for the unanswered calls", got)
 	}
 }
