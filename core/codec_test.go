@@ -17,6 +17,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		{"io write", Message{Type: MsgIO, From: 1, To: 2, Epoch: 5, ID: 99, OID: DataOID(0x7c2b25, 3), Op: OpWrite, Off: 512, Len: 4, Data: []byte{1, 2, 3, 4}, ReqID: 1<<40 | 5, Flags: FlagFUA}},
 		{"repl", Message{Type: MsgRepl, From: 2, To: 3, Epoch: 5, ID: 100, OID: 42, Op: OpZero, Off: 0, Len: 4096, Version: 5<<32 | 2, Prev: 5<<32 | 1, Fence: 77}},
 		{"join by address", Message{Type: MsgJoin, From: 7, ToAddr: "10.0.0.1:7000", Node: &node, Flags: 1}},
+		{"4 KiB write", Message{Type: MsgRepl, From: 1, To: 2, ToAddr: "127.0.0.1:7002", Epoch: 3, ID: 8, OID: 42, Op: OpWrite, Len: 4096, Data: make([]byte, 4096), Version: 3<<32 | 9}},
 		{"join ack", Message{Type: MsgJoinAck, From: 1, To: 7, Nodes: []NodeInfo{node, {ID: 1, Addr: "10.0.0.1:7000", Zone: 1, VNodes: 8}}}},
 		{"list response", Message{Type: MsgListResp, From: 1, To: 7, Epoch: 6, ID: 3, Objects: []ObjVersion{{OID: 1, Version: 2}, {OID: 3, Version: 4, Deleted: true}}}},
 		{"sync", Message{Type: MsgSync, From: 1, To: 2, Epoch: 6, ID: 4, OIDs: []OID{1, 2, 3}}},
@@ -29,6 +30,9 @@ func TestMessageRoundTrip(t *testing.T) {
 			b, err := tt.m.Marshal()
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(b) != tt.m.Size() || cap(b) != tt.m.Size() {
+				t.Fatalf("encoded %d bytes in a buffer of %d; Size says %d", len(b), cap(b), tt.m.Size())
 			}
 			got, err := UnmarshalMessage(b)
 			if err != nil {
