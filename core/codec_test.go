@@ -1,6 +1,7 @@
 package core
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -34,6 +35,16 @@ func TestMessageRoundTrip(t *testing.T) {
 			if len(b) != tt.m.Size() || cap(b) != tt.m.Size() {
 				t.Fatalf("encoded %d bytes in a buffer of %d; Size says %d", len(b), cap(b), tt.m.Size())
 			}
+			head, data, err := tt.m.MarshalSplit()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(append(head, data...), b) {
+				t.Fatal("MarshalSplit's head and data differ from Marshal")
+			}
+			if len(tt.m.Data) > 0 && &data[0] != &tt.m.Data[0] {
+				t.Fatal("MarshalSplit copied the data")
+			}
 			got, err := UnmarshalMessage(b)
 			if err != nil {
 				t.Fatal(err)
@@ -55,6 +66,7 @@ func TestUnmarshalMessageRejectsBadInput(t *testing.T) {
 		{"bad magic", append([]byte{0, 0}, good[2:]...)},
 		{"truncated", good[:len(good)-3]},
 		{"trailing bytes", append(append([]byte(nil), good...), 0)},
+		{"data length beyond the end", func() []byte { b := append([]byte(nil), good...); return b[:len(b)-1] }()},
 		{"unknown type", func() []byte { b := append([]byte(nil), good...); b[2] = 200; return b }()},
 	}
 	for _, tt := range tests {

@@ -223,6 +223,25 @@ const msgMagic = 0x5344 // "SD"
 
 // Marshal encodes m for the wire.
 func (m *Message) Marshal() ([]byte, error) {
+	head, err := m.marshalHead()
+	if err != nil {
+		return nil, err
+	}
+	return append(head, m.Data...), nil
+}
+
+// MarshalSplit encodes m as head followed by m.Data, which it returns
+// uncopied: the encoding puts Data's bytes last, so a transport can send
+// both parts with one writev without copying a write's data into a new
+// buffer (or allocating one) per replica. head has room for data appended
+// (Marshal does that).
+func (m *Message) MarshalSplit() (head, data []byte, err error) {
+	head, err = m.marshalHead()
+	return head, m.Data, err
+}
+
+// marshalHead encodes everything but Data's bytes, in a buffer of Size.
+func (m *Message) marshalHead() ([]byte, error) {
 	e := enc{b: make([]byte, 0, m.Size())}
 	e.u16(msgMagic)
 	e.u8(uint8(m.Type))
@@ -241,7 +260,7 @@ func (m *Message) Marshal() ([]byte, error) {
 	e.u64(m.Prev)
 	e.u64(m.ReqID)
 	e.u64(m.Fence)
-	e.bytes(m.Data)
+	e.u32(uint32(len(m.Data))) // the bytes come last
 	e.bool(m.Node != nil)
 	if m.Node != nil {
 		encodeNode(&e, *m.Node)
@@ -298,7 +317,7 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 	m.Prev = d.u64()
 	m.ReqID = d.u64()
 	m.Fence = d.u64()
-	m.Data = d.bytes()
+	dataLen := int(d.u32())
 	if d.bool() {
 		n := decodeNode(&d)
 		m.Node = &n
@@ -326,6 +345,13 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		if err := m.Raft.Unmarshal(rb); err != nil {
 			return nil, fmt.Errorf("core: unmarshal raft message: %w", err)
 		}
+	}
+	if d.err == nil && dataLen != len(d.b) {
+		return nil, fmt.Errorf("core: message says %d data bytes, %d follow", dataLen, len(d.b))
+	}
+	if dataLen > 0 {
+		m.Data = d.b[:dataLen:dataLen]
+		d.b = d.b[dataLen:]
 	}
 	if err := d.done(); err != nil {
 		return nil, err

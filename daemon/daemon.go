@@ -539,7 +539,7 @@ func (d *Daemon) sendMsg(m *core.Message) {
 		d.local = append(d.local, m)
 		return
 	}
-	b, err := m.Marshal()
+	head, data, err := m.MarshalSplit()
 	if err != nil {
 		d.log.Error("encoding a message", "type", m.Type, "err", err)
 		return
@@ -547,7 +547,7 @@ func (d *Daemon) sendMsg(m *core.Message) {
 	if m.To == 0 {
 		// Joining through a seed whose id we do not know: the admin
 		// channel of that address carries it.
-		go d.sendToAddress(m.ToAddr, b)
+		go d.sendToAddress(m.ToAddr, append(head, data...))
 		return
 	}
 	lane := uint64(m.OID)
@@ -555,7 +555,9 @@ func (d *Daemon) sendMsg(m *core.Message) {
 		lane = 0
 	}
 	d.metrics.msgsSent.Inc()
-	if err := d.out.Send(uint64(m.To), m.ToAddr, lane, b); err != nil {
+	// A write's data goes out uncopied: nothing changes it once the core
+	// has it (see execDisk).
+	if err := d.out.SendSplit(uint64(m.To), m.ToAddr, lane, head, data); err != nil {
 		d.metrics.msgsDropped.Inc()
 	}
 }

@@ -24,7 +24,7 @@ type Batch struct {
 	hdrs  []byte   // scratch: encoded headers
 }
 
-// maxIOV bounds the frames of one direct write (two iovecs each; Linux
+// maxIOV bounds the frames of one direct write (three iovecs each; Linux
 // takes at most 1024).
 const maxIOV = 1024
 
@@ -34,7 +34,15 @@ func (t *Transport) NewBatch() *Batch { return &Batch{t: t} }
 // Send queues payload for node to like Transport.Send, with the same
 // results; the frame goes out at the latest when b is flushed.
 func (b *Batch) Send(to uint64, addr string, lane uint64, payload []byte) error {
-	return b.t.send(to, addr, lane, payload, b)
+	return b.t.send(to, addr, lane, split{head: payload}, b)
+}
+
+// SendSplit is Send of the payload head followed by data, without
+// copying them into one buffer: a message's fields and a write's data go
+// out together in one writev. The transport keeps both slices until the
+// frame is written or dropped; their contents must not change.
+func (b *Batch) SendSplit(to uint64, addr string, lane uint64, head, data []byte) error {
+	return b.t.send(to, addr, lane, split{head: head, data: data}, b)
 }
 
 // Flush writes the frames Send left for it and wakes the writers that
@@ -64,17 +72,17 @@ func (b *Batch) Flush() {
 // from the connection.
 func (b *Batch) writeDirect(l *lane) bool {
 	frames := l.q
-	if len(frames) > maxIOV/2 {
-		frames = frames[:maxIOV/2]
+	if len(frames) > maxIOV/3 {
+		frames = frames[:maxIOV/3]
 	}
 	if cap(b.hdrs) < headerSize*len(frames) {
 		b.hdrs = make([]byte, headerSize*max(len(frames), 16))
 	}
 	b.iov = b.iov[:0]
-	for i, payload := range frames {
+	for i, f := range frames {
 		h := b.hdrs[i*headerSize : (i+1)*headerSize]
-		putHeader(h, frameHeader(typeMessage, 0, payload))
-		b.iov = append(b.iov, h, payload)
+		putHeader(h, f.header())
+		b.iov = append(b.iov, h, f.head, f.data)
 	}
 	n, _ := nowait.Writev(l.raw, b.iov)
 	if n <= 0 {
@@ -84,8 +92,8 @@ func (b *Batch) writeDirect(l *lane) bool {
 	}
 	t := l.p.t
 	sent, bytes := 0, uint64(0)
-	for i, payload := range frames {
-		size := headerSize + len(payload)
+	for i, f := range frames {
+		size := headerSize + f.len()
 		if n == 0 {
 			sent = i
 			break
@@ -93,20 +101,14 @@ func (b *Batch) writeDirect(l *lane) bool {
 		if n < size {
 			// In part: the writer finishes this frame first. Headers
 			// live in scratch, so their tail is copied.
-			h := b.iov[2*i]
-			var rest [][]byte
-			if n < headerSize {
-				rest = append(rest, append([]byte(nil), h[n:]...), payload)
-			} else {
-				rest = append(rest, payload[n-headerSize:])
-			}
-			l.rest = rest
+			l.rest = unwritten(b.iov[3*i:3*i+3], n)
+			t.stats.framesPartial.Add(1)
 			sent = i
 			break
 		}
 		n -= size
 		sent = i + 1
-		bytes += uint64(len(payload))
+		bytes += uint64(f.len())
 	}
 	k := sent
 	if l.rest != nil {
@@ -120,4 +122,25 @@ func (b *Batch) writeDirect(l *lane) bool {
 	t.stats.framesDirect.Add(uint64(sent))
 	t.stats.bytesSent.Add(bytes)
 	return len(l.q) == 0 && l.rest == nil
+}
+
+// unwritten returns what is left of a frame's parts (header, head, data)
+// once n of their bytes were written. The header lives in scratch space,
+// so its tail is copied.
+func unwritten(parts [][]byte, n int) [][]byte {
+	rest := make([][]byte, 0, len(parts))
+	for i, p := range parts {
+		switch {
+		case n >= len(p):
+			n -= len(p)
+			continue
+		case i == 0:
+			p = append([]byte(nil), p[n:]...)
+		default:
+			p = p[n:]
+		}
+		n = 0
+		rest = append(rest, p)
+	}
+	return rest
 }

@@ -4,20 +4,24 @@ import (
 	"bufio"
 	"bytes"
 	"math/rand/v2"
+	gonet "net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sheepdog-go/sheepdog/internal/nowait"
 )
 
-// TestBatchKeepsOrder mixes Batch and plain sends on the same lanes, with
-// frames from a few bytes to several MiB (which the socket takes only in
-// part, so a writer must finish them) and a receiver that sometimes stalls
-// (so that direct writes find the socket full): every lane's frames must
-// arrive complete and in order, and small frames to an idle lane must go
-// out directly.
+// TestBatchKeepsOrder mixes Batch sends (whole, or split in two parts at
+// random) and plain sends on the same lanes, with frames from a few bytes
+// to several MiB (which the socket takes only in part, so a writer must
+// finish them) and a receiver that sometimes stalls (so that direct writes
+// find the socket full): every lane's frames must arrive complete and in
+// order, and small frames to an idle lane must go out directly.
 func TestBatchKeepsOrder(t *testing.T) {
 	checkGoroutines(t)
 	var in inbox
@@ -44,9 +48,14 @@ func TestBatchKeepsOrder(t *testing.T) {
 		seq[lane]++
 		want[lane] = append(want[lane], digestOf(p))
 		var err error
-		if batch != nil {
+		switch {
+		case batch != nil && rng.IntN(2) == 0:
+			// In two parts, split anywhere (either may be empty).
+			k := rng.IntN(len(p) + 1)
+			err = batch.SendSplit(2, b.Addr(), lane, p[:k], p[k:])
+		case batch != nil:
 			err = batch.Send(2, b.Addr(), lane, p)
-		} else {
+		default:
 			err = a.Send(2, b.Addr(), lane, p)
 		}
 		if err != nil {
@@ -95,6 +104,73 @@ func TestBatchKeepsOrder(t *testing.T) {
 	}
 	if s.FramesDirect == 0 {
 		t.Errorf("no frame was written directly by Flush: %+v", s)
+	}
+}
+
+// TestSplitFramesWrittenInPart: frames sent in two parts and larger than
+// the socket can take while the receiver is busy are written in part by
+// Flush, at every kind of boundary (no head, no data, a short head, the
+// middle, anywhere), and the writer finishes them: each arrives whole,
+// with a good checksum.
+func TestSplitFramesWrittenInPart(t *testing.T) {
+	checkGoroutines(t)
+	var in inbox
+	plugged, release := make(chan struct{}), make(chan struct{})
+	recv := func(from uint64, p []byte) {
+		in.on(from, p)
+		if lane, _ := untag(p); lane == 1 {
+			// A plug: hold up the reader, so that the socket fills.
+			plugged <- struct{}{}
+			<-release
+		}
+	}
+	a := newTransport(t, Config{NodeID: 1})
+	b := newTransport(t, Config{NodeID: 2, OnMessage: recv})
+	if err := a.Send(2, b.Addr(), 0, tagged(0, 0, 16, nil)); err != nil {
+		t.Fatal(err)
+	}
+	in.waitN(t, 1)
+	shrinkBuffers(t, a, b)
+	idle := func() bool {
+		p := a.lookup(2)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.lanes[0].idle
+	}
+
+	rng := rand.New(rand.NewPCG(3, 3))
+	fill := func(p []byte) {
+		for i := range p {
+			p[i] = byte(rng.Uint32())
+		}
+	}
+	want := []digest{digestOf(tagged(0, 0, 16, nil))}
+	batch := a.NewBatch()
+	const frames = 20
+	for i := 1; i <= frames; i++ {
+		// The plug goes on the frames' lane (connection); its tag says
+		// it is a plug.
+		if err := a.Send(2, b.Addr(), 0, tagged(1, uint64(i), 16, nil)); err != nil {
+			t.Fatal(err)
+		}
+		<-plugged
+		waitFor(t, "the lane's writer to go idle", idle)
+		p := tagged(0, uint64(i), 512<<10+rng.IntN(1<<20), fill)
+		want = append(want, digestOf(p))
+		k := []int{0, len(p), 1 + rng.IntN(64), len(p) / 2, rng.IntN(len(p) + 1)}[i%5]
+		if err := batch.SendSplit(2, b.Addr(), 0, p[:k], p[k:]); err != nil {
+			t.Fatal(err)
+		}
+		batch.Flush()
+		release <- struct{}{}
+		in.waitN(t, 2*i+1)
+	}
+	got := byLane(in.waitN(t, 2*frames+1), 1)
+	if diff := cmp.Diff(want, got[0]); diff != "" {
+		t.Fatalf("frames (-sent +received):\n%s", diff)
+	}
+	if s := a.Stats(); s.FramesPartial < frames*3/4 {
+		t.Fatalf("only %d of %d frames were written in part by Flush: %+v", s.FramesPartial, frames, s)
 	}
 }
 
@@ -215,24 +291,66 @@ func TestFrameBuffered(t *testing.T) {
 // (sender) and b (receiver).
 func shrinkBuffers(t *testing.T, a, b *Transport) {
 	t.Helper()
-	type buffered interface {
-		SetReadBuffer(int) error
-		SetWriteBuffer(int) error
+	set := func(c gonet.Conn, opt int) {
+		rc := nowait.Raw(c)
+		if rc == nil {
+			t.Fatalf("no descriptor to shrink the buffers of a %T", c)
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 64<<10)
+		}); err != nil || serr != nil {
+			t.Fatalf("shrinking socket buffers: %v %v", err, serr)
+		}
 	}
+	n := 0
 	for _, p := range *a.peers.Load() {
 		p.mu.Lock()
 		for _, l := range p.lanes {
-			if c, ok := l.conn.(buffered); ok {
-				c.SetWriteBuffer(64 << 10)
+			if l.conn != nil {
+				set(l.conn, syscall.SO_SNDBUF)
+				n++
 			}
 		}
 		p.mu.Unlock()
 	}
 	b.mu.Lock()
 	for c := range b.conns {
-		if c, ok := c.(buffered); ok {
-			c.SetReadBuffer(64 << 10)
-		}
+		set(c, syscall.SO_RCVBUF)
+		n++
 	}
 	b.mu.Unlock()
+	if n < 2 {
+		t.Fatalf("shrank the buffers of %d sockets; want both ends of a connection", n)
+	}
+}
+
+// TestUnwritten: the tail of a frame's parts after a partial write, with
+// empty parts skipped and the scratch header's tail copied.
+func TestUnwritten(t *testing.T) {
+	hdr, head, data := []byte("HHHH"), []byte("ab"), []byte("xyz")
+	tests := []struct {
+		name  string
+		parts [][]byte
+		n     int
+		want  [][]byte
+	}{
+		{"inside the header", [][]byte{hdr, head, data}, 1, [][]byte{[]byte("HHH"), head, data}},
+		{"end of the header", [][]byte{hdr, head, data}, 4, [][]byte{head, data}},
+		{"inside the head", [][]byte{hdr, head, data}, 5, [][]byte{[]byte("b"), data}},
+		{"inside the data", [][]byte{hdr, head, data}, 7, [][]byte{[]byte("yz")}},
+		{"empty head", [][]byte{hdr, nil, data}, 4, [][]byte{data}},
+		{"empty data", [][]byte{hdr, head, nil}, 2, [][]byte{[]byte("HH"), head}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := unwritten(tt.parts, tt.n)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("(-want +got):\n%s", diff)
+			}
+			if tt.n < len(hdr) && &got[0][0] == &hdr[tt.n] {
+				t.Fatal("the header's tail aliases the scratch header")
+			}
+		})
+	}
 }

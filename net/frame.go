@@ -11,8 +11,9 @@ import (
 
 // ProtocolVersion is the wire protocol version announced in every handshake.
 // Both ends must speak the same version; a mismatch is rejected with
-// ErrVersion.
-const ProtocolVersion uint16 = 2
+// ErrVersion. It covers what the frames carry too: version 3 moved a
+// core message's data bytes to its end (core.Message.MarshalSplit).
+const ProtocolVersion uint16 = 3
 
 const (
 	handshakeMagic uint32 = 0x53444F47 // "SDOG"
@@ -251,10 +252,32 @@ func frameHeader(typ frameType, id uint64, payload []byte) header {
 
 // writeFrame encodes one frame into w, using hdr as scratch space.
 func writeFrame(w *bufio.Writer, hdr *[headerSize]byte, typ frameType, id uint64, payload []byte) error {
-	putHeader(hdr[:], frameHeader(typ, id, payload))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
+	return writeSplitFrame(w, hdr, typ, id, split{head: payload})
+}
+
+// split is an outgoing frame's payload in two parts, sent one after the
+// other: head, then data, which a sender passes uncopied (a write's data).
+type split struct{ head, data []byte }
+
+func (f split) len() int { return len(f.head) + len(f.data) }
+
+// header is the header of a message frame carrying f.
+func (f split) header() header {
+	sum := crc32.Update(crc32.Checksum(f.head, castagnoli), castagnoli, f.data)
+	return header{typ: typeMessage, length: uint32(f.len()), sum: sum}
+}
+
+// writeSplitFrame encodes one frame whose payload is f into w, using hdr
+// as scratch space. Parts larger than w's buffer go to the connection
+// uncopied.
+func writeSplitFrame(w *bufio.Writer, hdr *[headerSize]byte, typ frameType, id uint64, f split) error {
+	h := f.header()
+	h.typ, h.id = typ, id
+	putHeader(hdr[:], h)
+	for _, b := range [][]byte{hdr[:], f.head, f.data} {
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
 	}
-	_, err := w.Write(payload)
-	return err
+	return nil
 }

@@ -36,7 +36,7 @@ type peer struct {
 // changed by the writer goroutine, holding peer.mu.
 type lane struct {
 	p       *peer
-	q       [][]byte        // (mu) frames waiting for the writer
+	q       []split         // (mu) frames waiting for the writer
 	running bool            // (mu) a writer goroutine exists
 	wake    chan struct{}   // wakes an idle writer; capacity 1
 	conn    gonet.Conn      // current connection or nil
@@ -45,7 +45,7 @@ type lane struct {
 	idle    bool            // (mu) the writer waits for frames, with nothing buffered
 	held    bool            // (mu) a Batch holds frames queued here until its Flush
 	rest    [][]byte        // (mu) unwritten tail of a frame written directly; goes first
-	spare   [][]byte        // writer-owned: recycled queue backing array
+	spare   []split         // writer-owned: recycled queue backing array
 	bw      *bufio.Writer   // writer-owned
 	hdr     [headerSize]byte
 }
@@ -101,12 +101,12 @@ func (t *Transport) getPeer(id uint64) *peer {
 // from the address last used for this peer, existing connections are
 // closed and the next frames go to the new address.
 func (t *Transport) Send(to uint64, addr string, lane uint64, payload []byte) error {
-	return t.send(to, addr, lane, payload, nil)
+	return t.send(to, addr, lane, split{head: payload}, nil)
 }
 
-func (t *Transport) send(to uint64, addr string, lane uint64, payload []byte, b *Batch) error {
-	if len(payload) > t.cfg.MaxFrame {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(payload), t.cfg.MaxFrame)
+func (t *Transport) send(to uint64, addr string, lane uint64, payload split, b *Batch) error {
+	if payload.len() > t.cfg.MaxFrame {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, payload.len(), t.cfg.MaxFrame)
 	}
 	for {
 		if t.closed.Load() {
@@ -126,7 +126,7 @@ func (t *Transport) send(to uint64, addr string, lane uint64, payload []byte, b 
 // errForgotten tells Send to look the peer up again.
 var errForgotten = errors.New("peer forgotten")
 
-func (p *peer) send(addr string, lane uint64, payload []byte, b *Batch) error {
+func (p *peer) send(addr string, lane uint64, payload split, b *Batch) error {
 	t := p.t
 	l := p.lanes[lane%uint64(len(p.lanes))]
 	p.mu.Lock()
@@ -354,10 +354,10 @@ func (l *lane) dropRestLocked() {
 
 // writeBatch encodes frames into the buffered writer, which writes to the
 // connection whenever it fills up.
-func (l *lane) writeBatch(batch [][]byte) error {
+func (l *lane) writeBatch(batch []split) error {
 	var bytes uint64
 	for i, payload := range batch {
-		if err := writeFrame(l.bw, &l.hdr, typeMessage, 0, payload); err != nil {
+		if err := writeSplitFrame(l.bw, &l.hdr, typeMessage, 0, payload); err != nil {
 			lost := len(batch) - i
 			l.p.queued.Add(-int64(lost))
 			l.p.t.stats.framesDropped.Add(uint64(lost))
@@ -366,7 +366,7 @@ func (l *lane) writeBatch(batch [][]byte) error {
 			return err
 		}
 		l.p.queued.Add(-1)
-		bytes += uint64(len(payload))
+		bytes += uint64(payload.len())
 	}
 	l.p.t.stats.framesSent.Add(uint64(len(batch)))
 	l.p.t.stats.bytesSent.Add(bytes)

@@ -116,6 +116,7 @@ func (c *Config) setDefaults() error {
 type Stats struct {
 	FramesSent     uint64 // peer frames handed to a connection
 	FramesDirect   uint64 // of FramesSent, written whole by a Batch's Flush, without the lane's writer
+	FramesPartial  uint64 // frames a Batch's Flush wrote in part (the socket filled up); the writer finished them
 	BytesSent      uint64 // payload bytes of FramesSent
 	FramesReceived uint64 // peer frames delivered to OnMessage
 	BytesReceived  uint64 // payload bytes of FramesReceived
@@ -129,7 +130,7 @@ type Stats struct {
 
 type counters struct {
 	framesSent, bytesSent         atomic.Uint64
-	framesDirect                  atomic.Uint64
+	framesDirect, framesPartial   atomic.Uint64
 	framesReceived, bytesReceived atomic.Uint64
 	framesDropped, queueFull      atomic.Uint64
 	malformed                     atomic.Uint64
@@ -194,6 +195,7 @@ func (t *Transport) Stats() Stats {
 	return Stats{
 		FramesSent:     s.framesSent.Load(),
 		FramesDirect:   s.framesDirect.Load(),
+		FramesPartial:  s.framesPartial.Load(),
 		BytesSent:      s.bytesSent.Load(),
 		FramesReceived: s.framesReceived.Load(),
 		BytesReceived:  s.bytesReceived.Load(),
