@@ -25,16 +25,16 @@ import (
 
 // Config configures a sheep.
 type Config struct {
-	Dir      string   // data directory
-	Listen   string   // peer and admin address host:port
-	NBD      string   // NBD front end address ("" for none)
-	Join     []string // addresses of members to join through (empty: start a new cluster unless the directory has one)
-	Zone     uint32   // 0: one zone per node
-	VNodes   int      // ring weight; 0: weighted by capacity
-	Gateway  bool     // hold no data (0 vnodes)
-	Metrics  string   // Prometheus address ("" for none)
-	Tick     time.Duration
-	Timing   core.Timing // zero: core.DefaultTiming()
+	Dir      string        // data directory
+	Listen   string        // peer and admin address host:port
+	NBD      string        // NBD front end address ("" for none)
+	Join     []string      // addresses of members to join through (empty: start a new cluster unless the directory has one)
+	Zone     uint32        // 0: one zone per node
+	VNodes   int           // ring weight; 0: weighted by capacity
+	Gateway  bool          // hold no data (0 vnodes)
+	Metrics  string        // Prometheus address ("" for none)
+	Tick     time.Duration // the node's clock tick (0: DefaultTick)
+	Timing   core.Timing   // zero: core.DefaultTiming()
 	Logger   *slog.Logger
 	Capacity uint64 // 0: the filesystem's size
 	// Disk tunes the object store (fault injection in tests).
@@ -43,6 +43,24 @@ type Config struct {
 	// One connection batches best: frames queued together share a write.
 	ConnsPerPeer int
 }
+
+// DefaultTick is a sheep's clock tick. The core counts time in ticks
+// (core.DefaultTiming: heartbeats every tick, election after 10, a dead
+// node declared after 100, retransmission after 30), so the tick scales
+// them all: at 20 ms a failed node is declared after 2 s and a lost
+// message resent after 0.6 s. Each tick costs every node a wake-up and
+// the leader a heartbeat to each member, whose write wakes that member:
+// on the 2-vCPU guest of the README, where waking an idle vCPU is dear, a
+// heartbeat's writev took 90 µs of CPU at idle, and going from 10 ms to
+// 20 ms cut the mean latency of 4K writes at QD1 on 3 sheep from 248 to
+// 223 µs (medians of 4 alternating runs; 212 µs at 40 ms).
+const DefaultTick = 20 * time.Millisecond
+
+// Bounds of Config.Tick.
+const (
+	MinTick = time.Millisecond
+	MaxTick = time.Second
+)
 
 // Daemon is a running sheep.
 type Daemon struct {
@@ -118,7 +136,10 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Tick == 0 {
-		cfg.Tick = 10 * time.Millisecond
+		cfg.Tick = DefaultTick
+	}
+	if cfg.Tick < MinTick || cfg.Tick > MaxTick {
+		return nil, fmt.Errorf("daemon: tick %v is outside [%v, %v]", cfg.Tick, MinTick, MaxTick)
 	}
 	if cfg.ConnsPerPeer == 0 {
 		cfg.ConnsPerPeer = 1

@@ -245,11 +245,6 @@ func readFrame(r io.Reader, hdr *[headerSize]byte, maxFrame int) (header, []byte
 	return h, payload, nil
 }
 
-// frameHeader is the header of a frame carrying payload.
-func frameHeader(typ frameType, id uint64, payload []byte) header {
-	return header{typ: typ, length: uint32(len(payload)), sum: crc32.Checksum(payload, castagnoli), id: id}
-}
-
 // writeFrame encodes one frame into w, using hdr as scratch space.
 func writeFrame(w *bufio.Writer, hdr *[headerSize]byte, typ frameType, id uint64, payload []byte) error {
 	return writeSplitFrame(w, hdr, typ, id, split{head: payload})

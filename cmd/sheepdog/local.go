@@ -20,6 +20,7 @@ func localCommand() *command {
 		vdiSize                  string
 		copies                   int
 		logLevel, pprofAddr      string
+		tick                     time.Duration
 		tune                     tuning
 	)
 	return &command{
@@ -38,6 +39,7 @@ the same --dir it brings the same cluster back.`,
 			fs.IntVar(&copies, "copies", 3, "replicas per object when formatting")
 			fs.StringVar(&vdiName, "vdi", "vm0", "VDI created on first start")
 			fs.StringVar(&vdiSize, "vdi-size", "10G", "size of that VDI")
+			fs.DurationVar(&tick, "tick", daemon.DefaultTick, tickUsage)
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
 			tune.flags(fs)
@@ -48,6 +50,9 @@ the same --dir it brings the same cluster back.`,
 			}
 			if nodes < 1 {
 				return usagef("--nodes must be at least 1")
+			}
+			if err := checkTick(tick); err != nil {
+				return err
 			}
 			size, err := parseSize(vdiSize)
 			if err != nil {
@@ -72,6 +77,7 @@ the same --dir it brings the same cluster back.`,
 					Dir:    filepath.Join(dir, fmt.Sprintf("node%d", i)),
 					Listen: addr(basePort, i),
 					NBD:    addr(nbdPort, i),
+					Tick:   tick,
 					Logger: log,
 				}
 				if i > 0 {

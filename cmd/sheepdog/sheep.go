@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sheepdog-go/sheepdog/daemon"
 )
@@ -59,6 +60,7 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.IntVar(&cfg.VNodes, "vnodes", 0, "virtual nodes on the ring (default: weighted by capacity)")
 			fs.BoolVar(&cfg.Gateway, "gateway", false, "store no data: only serve clients")
 			fs.StringVar(&cfg.Metrics, "metrics", "", "Prometheus /metrics address (none if empty)")
+			fs.DurationVar(&cfg.Tick, "tick", daemon.DefaultTick, tickUsage)
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 			tune.flags(fs)
@@ -69,6 +71,9 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			}
 			if cfg.Dir == "" {
 				return usagef("sheep: --dir is required")
+			}
+			if err := checkTick(cfg.Tick); err != nil {
+				return err
 			}
 			log, err := newLogger(e, logLevel)
 			if err != nil {
@@ -114,5 +119,16 @@ func servePprof(addr string) error {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	go func() { _ = http.Serve(ln, mux) }()
+	return nil
+}
+
+// tickUsage documents --tick.
+const tickUsage = "the node's clock tick: heartbeats go out every tick, a node silent for 100 ticks is declared dead, an unanswered peer request is resent after 30 (every node of a cluster should use the same)"
+
+// checkTick validates --tick.
+func checkTick(d time.Duration) error {
+	if d < daemon.MinTick || d > daemon.MaxTick {
+		return usagef("--tick must be between %v and %v (got %v)", daemon.MinTick, daemon.MaxTick, d)
+	}
 	return nil
 }
