@@ -132,27 +132,27 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 			t.URI = "nbd://" + nbdAddr + "/bench"
 			t.Command = argv
 			// The others join through node 1: wait until it answers.
-			if err := waitMembers(sup.ctx, cfg, t, listen[0], 1); err != nil {
+			if err := waitMembers(sup.ctx, bin, t, listen[0], 1); err != nil {
 				return t, err
 			}
 		}
 	}
 	for _, a := range listen {
-		if err := waitMembers(sup.ctx, cfg, t, a, n); err != nil {
+		if err := waitMembers(sup.ctx, bin, t, a, n); err != nil {
 			return t, err
 		}
 	}
 	// Format, then create the VDI; both may fail for a moment while the
 	// cluster settles, so each is retried briefly.
 	err = poll(sup.ctx, 15*time.Second, t.procs, fmt.Sprintf("cluster format --copies %d", copies), func() error {
-		_, err := admin(sup.ctx, cfg, "cluster", "format", "-a", listen[0], "--copies", fmt.Sprint(copies))
+		_, err := admin(sup.ctx, bin, "cluster", "format", "-a", listen[0], "--copies", fmt.Sprint(copies))
 		return err
 	})
 	if err != nil {
 		return t, err
 	}
 	err = poll(sup.ctx, 15*time.Second, t.procs, "cluster info to say formatted", func() error {
-		out, err := admin(sup.ctx, cfg, "cluster", "info", "-a", listen[0], "--json")
+		out, err := admin(sup.ctx, bin, "cluster", "info", "-a", listen[0], "--json")
 		if err != nil {
 			return err
 		}
@@ -172,7 +172,7 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 		return t, err
 	}
 	err = poll(sup.ctx, 15*time.Second, t.procs, "vdi create bench "+formatSize(cfg.size), func() error {
-		_, err := admin(sup.ctx, cfg, "vdi", "create", "-a", listen[0], "bench", formatSize(cfg.size))
+		_, err := admin(sup.ctx, bin, "vdi", "create", "-a", listen[0], "bench", formatSize(cfg.size))
 		return err
 	})
 	if err != nil {
@@ -187,9 +187,9 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 }
 
 // waitMembers polls `node list --json` on addr until it lists n members.
-func waitMembers(ctx context.Context, cfg *config, t *target, addr string, n int) error {
+func waitMembers(ctx context.Context, bin string, t *target, addr string, n int) error {
 	return poll(ctx, 30*time.Second, t.procs, fmt.Sprintf("node %s to list %d member(s)", addr, n), func() error {
-		out, err := admin(ctx, cfg, "node", "list", "-a", addr, "--json")
+		out, err := admin(ctx, bin, "node", "list", "-a", addr, "--json")
 		if err != nil {
 			return err
 		}
@@ -204,12 +204,14 @@ func waitMembers(ctx context.Context, cfg *config, t *target, addr string, n int
 	})
 }
 
-// admin runs one sheepdog admin command and returns its stdout; a
-// non-zero exit becomes an error carrying the command and its output.
-func admin(ctx context.Context, cfg *config, args ...string) ([]byte, error) {
+// admin runs one admin command with bin, the binary of the cluster it
+// talks to (builds may speak different protocol versions), and returns
+// its stdout; a non-zero exit becomes an error carrying the command and
+// its output.
+func admin(ctx context.Context, bin string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	argv := append([]string{cfg.bin}, args...)
+	argv := append([]string{bin}, args...)
 	out, errOut, err := command(ctx, argv...)
 	if err != nil {
 		msg := strings.TrimSpace(string(errOut) + " " + string(out))
