@@ -81,7 +81,7 @@ func (b *Batch) writeDirect(l *lane) bool {
 	b.iov = b.iov[:0]
 	for i, f := range frames {
 		h := b.hdrs[i*headerSize : (i+1)*headerSize]
-		putHeader(h, f.header())
+		putHeader(h, f.header(typeMessage, 0))
 		b.iov = append(b.iov, h, f.head, f.data)
 	}
 	n, _ := nowait.Writev(l.raw, b.iov)

@@ -256,19 +256,17 @@ type split struct{ head, data []byte }
 
 func (f split) len() int { return len(f.head) + len(f.data) }
 
-// header is the header of a message frame carrying f.
-func (f split) header() header {
+// header is the header of a frame of type typ carrying f.
+func (f split) header(typ frameType, id uint64) header {
 	sum := crc32.Update(crc32.Checksum(f.head, castagnoli), castagnoli, f.data)
-	return header{typ: typeMessage, length: uint32(f.len()), sum: sum}
+	return header{typ: typ, length: uint32(f.len()), sum: sum, id: id}
 }
 
 // writeSplitFrame encodes one frame whose payload is f into w, using hdr
 // as scratch space. Parts larger than w's buffer go to the connection
 // uncopied.
 func writeSplitFrame(w *bufio.Writer, hdr *[headerSize]byte, typ frameType, id uint64, f split) error {
-	h := f.header()
-	h.typ, h.id = typ, id
-	putHeader(hdr[:], h)
+	putHeader(hdr[:], f.header(typ, id))
 	for _, b := range [][]byte{hdr[:], f.head, f.data} {
 		if _, err := w.Write(b); err != nil {
 			return err
