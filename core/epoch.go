@@ -43,7 +43,12 @@ func (n *Node) dispatch(m *Message) {
 		n.handleCheck(m)
 	case MsgRevoke:
 		n.handleRevoke(m)
-	case MsgLeaseGrant, MsgReplResp, MsgSyncResp, MsgListResp, MsgFetchResp, MsgCheckResp, MsgRevokeResp:
+	case MsgBarrier:
+		n.handleBarrier(m)
+	case MsgReclaim:
+		n.handleReclaim(m)
+	case MsgLeaseGrant, MsgReplResp, MsgSyncResp, MsgListResp, MsgFetchResp, MsgCheckResp, MsgRevokeResp,
+		MsgBarrierResp, MsgReclaimResp:
 		n.response(m)
 	}
 }
@@ -128,6 +133,7 @@ func (n *Node) clusterChanged() {
 		n.startRecovery()
 	}
 	n.gw.epochChanged(n)
+	n.restartBarriers()
 	n.releaseHeld()
 }
 

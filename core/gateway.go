@@ -32,15 +32,34 @@ type gateway struct {
 	wait        []*subOp // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order
+
+	tables    map[uint32]*vdiTable // cached tables (table.go)
+	switching []uint32             // attachments waiting for a live snapshot's old writes to settle
 }
 
+// gwVDI is this node's attachment of a VDI. It serves I/O once ready:
+// at once for a VDI without a table; for one with a table once every
+// member fenced the previous attachers' writes (a barrier), so that the
+// table this node caches is the truth; for the new working VDI of a live
+// snapshot once it is built and the writes sent to the old one settled.
 type gwVDI struct {
-	gen uint64
-	seq uint64
+	gen    uint64
+	seq    uint64
+	ready  bool
+	from   uint32    // a live snapshot moved the attachment from this VDI
+	built  bool      // (after a live snapshot) the new VDI is built
+	held   []heldReq // client requests waiting for ready, in arrival order
+	parked []*subOp  // writes refused by the old VDI, to redo here first
+}
+
+type heldReq struct {
+	r        *Request
+	deadline int64
 }
 
 type clientOp struct {
 	req      *Request
+	vid      uint32 // the VDI served (a request for a snapshot may be redirected to its working VDI)
 	pending  int
 	code     Code
 	buf      []byte
@@ -65,6 +84,15 @@ type subOp struct {
 	done     bool
 	remote   bool   // a read that must go to the primary (the local replica failed it)
 	onDone   func() // runs after the sub-operation settled
+
+	cb        func(Code, []byte) // internal sub-operation (no client operation): its result
+	qkey      OID                // the write queue it waits in (oid unless a planted bug moved it)
+	idx       uint32             // object index
+	src       uint32             // the VDI whose table resolves it
+	tbl       *vdiTable          // that table, nil if it has none
+	inherited bool               // reads another VDI's object: missing means reclaimed, not zeros
+	cow       *cow               // a copy-on-write in progress (cow.go)
+	copyOnly  bool               // flatten: copy the shared object, change nothing
 }
 
 func (g *gateway) init() {
@@ -77,18 +105,148 @@ func (g *gateway) init() {
 	g.committed = map[uint32]map[OID]uint64{}
 	g.direct = map[OID]uint64{}
 	g.revokedUpTo = map[OID]uint64{}
+	g.tables = map[uint32]*vdiTable{}
 }
 
-func (g *gateway) attach(vid uint32, gen uint64) {
-	if v, ok := g.vdis[vid]; ok && v.gen == gen {
+// attach records this node's attachment of vid under generation gen. A
+// VDI with a table is fenced first: every member applies the attach and
+// finishes the writes of earlier attachers, whose table writes could
+// otherwise land after this node read its table.
+func (n *Node) attachGW(vid uint32, gen uint64) {
+	g := &n.gw
+	if att, ok := g.vdis[vid]; ok && att.gen == gen {
 		return
 	}
-	g.vdis[vid] = &gwVDI{gen: gen}
+	att := &gwVDI{gen: gen}
+	g.vdis[vid] = att
+	g.dropTable(vid)
+	v := n.cs.VDI(vid)
+	if v == nil || !v.Table {
+		att.ready = true
+		return
+	}
+	n.runBarrier(vid, n.applied, func([]OID) {
+		if g.vdis[vid] == att {
+			n.becomeReady(vid, att)
+		}
+	})
 }
 
-func (g *gateway) detach(vid uint32) {
+func (n *Node) detachGW(vid uint32) {
+	g := &n.gw
+	if att := g.vdis[vid]; att != nil {
+		for _, h := range att.held {
+			n.reply(Reply{ID: h.r.ID, Code: ErrLocked})
+		}
+	}
 	delete(g.vdis, vid)
 	delete(g.committed, vid)
+	g.dropTable(vid)
+	g.switching = slices.DeleteFunc(g.switching, func(x uint32) bool { return x == vid })
+}
+
+// holdRequest keeps a client request until the attachment is ready.
+func (n *Node) holdRequest(att *gwVDI, r *Request) {
+	att.held = append(att.held, heldReq{r: r, deadline: n.now + int64(n.t.OpTimeoutTicks)})
+	n.after(int64(n.t.OpTimeoutTicks), func() {
+		for i, h := range att.held {
+			if h.r == r {
+				att.held = slices.Delete(att.held, i, i+1)
+				n.reply(Reply{ID: r.ID, Code: ErrTimeout})
+				return
+			}
+		}
+	})
+}
+
+// becomeReady lets an attachment serve: first the writes a live snapshot
+// refused on the old VDI, then the requests that waited, in order.
+func (n *Node) becomeReady(vid uint32, att *gwVDI) {
+	att.ready = true
+	parked, held := att.parked, att.held
+	att.parked, att.held = nil, nil
+	tbl := n.tableOf(n.cs.VDI(vid))
+	for _, s := range parked {
+		att.seq++
+		s.reqID = att.gen<<writeSeqBits | att.seq
+		s.oid, s.qkey, s.src, s.tbl = DataOID(vid, s.idx), DataOID(vid, s.idx), vid, tbl
+		n.gw.enqueue(n, s)
+	}
+	for _, h := range held {
+		n.clientIO(h.r)
+	}
+}
+
+// moveAttachment follows a live snapshot: this node's attachment of the
+// old working VDI becomes one of the new, ready once that is built and
+// the writes sent to the old one have settled (those it refuses are
+// redone on the new one, before anything that came after them).
+func (n *Node) moveAttachment(from, to uint32) {
+	g := &n.gw
+	old := g.vdis[from]
+	if old == nil {
+		return
+	}
+	delete(g.vdis, from)
+	g.dropTable(from)
+	delete(g.committed, from)
+	g.vdis[to] = &gwVDI{from: from, held: old.held}
+	g.switching = append(g.switching, to)
+	// Writes to the old VDI that complete from now on belong to the new
+	// VDI's flushes too (markDirty), and so do those not flushed yet.
+	if d := g.dirty[from]; d != nil {
+		if g.dirty[to] == nil {
+			g.dirty[to] = map[OID]struct{}{}
+		}
+		for oid := range d {
+			g.dirty[to][oid] = struct{}{}
+		}
+		delete(g.dirty, from)
+	}
+}
+
+// builtAttachment: the VDI this node's attachment moved to is built.
+func (n *Node) builtAttachment(vid uint32, gen uint64) {
+	att := n.gw.vdis[vid]
+	if att == nil || att.ready {
+		return
+	}
+	att.gen, att.seq, att.built = gen, 0, true
+	n.maybeSwitched(vid)
+}
+
+// maybeSwitched makes a moved attachment ready once no write to the old
+// VDI is queued here any more.
+func (n *Node) maybeSwitched(vid uint32) {
+	att := n.gw.vdis[vid]
+	if att == nil || att.ready || !att.built {
+		return
+	}
+	for oid := range n.gw.queues {
+		if oid.VID() == att.from {
+			return
+		}
+	}
+	n.gw.switching = slices.DeleteFunc(n.gw.switching, func(x uint32) bool { return x == vid })
+	n.becomeReady(vid, att)
+}
+
+// retarget takes a write the old VDI of a moved attachment refused (it
+// became a snapshot first) and parks it for the new one.
+func (n *Node) retarget(s *subOp) bool {
+	if s.cop == nil || s.op == OpRead || s.op == OpStat || s.op == OpCheck || len(n.gw.switching) == 0 {
+		return false
+	}
+	for _, vid := range n.gw.switching {
+		if att := n.gw.vdis[vid]; att != nil && att.from == s.oid.VID() {
+			n.gw.dequeue(n, s)
+			s.msgID, s.cow = 0, nil
+			att.parked = append(att.parked, s)
+			n.maybeSwitched(vid)
+			return true
+		}
+	}
+	return false
 }
 
 // ReadsHere counts the object reads this node, as the attacher, served
@@ -100,10 +258,11 @@ func (n *Node) ReadsHere() uint64 { return n.gw.readsHere }
 func (n *Node) StashedWrites() uint64 { return n.gw.stashHits }
 
 // attachment is this node's attachment of v if, as far as it knows, it
-// holds v's attach lock (this incarnation, this attach generation); else nil.
+// holds v's attach lock (this incarnation, this attach generation, or an
+// attachment not ready yet); else nil.
 func (n *Node) attachment(v *VDI) *gwVDI {
 	att := n.gw.vdis[v.ID]
-	if att == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || v.AttachGen != att.gen {
+	if att == nil || v.Owner != n.id || v.OwnerInc != n.self.Incarnation || (att.ready && v.AttachGen != att.gen) {
 		return nil
 	}
 	return att
@@ -115,13 +274,19 @@ func (n *Node) Attached(vid uint32) bool { _, ok := n.gw.vdis[vid]; return ok }
 const writeSeqBits = 40
 
 // requestVDI returns the live VDI a client request addresses, or answers
-// the request with the reason there is none.
+// the request with the reason there is none. A request for a snapshot
+// that is not Exact goes to the working VDI the snapshot's name has now,
+// if that descends from it: a client that attached the VDI before a
+// snapshot goes on writing to the VDI, not the snapshot.
 func (n *Node) requestVDI(r *Request) *VDI {
 	if !n.serving {
 		n.reply(Reply{ID: r.ID, Code: ErrNotReady})
 		return nil
 	}
 	v := n.cs.VDI(r.VID)
+	if v != nil && !v.Deleted && v.IsSnapshot() && !r.Exact {
+		v = n.cs.Successor(v)
+	}
 	if v == nil || v.Deleted {
 		n.reply(Reply{ID: r.ID, Code: ErrNoVDI})
 		return nil
@@ -142,25 +307,38 @@ func (n *Node) clientIO(r *Request) {
 		fail(ErrInvalid)
 		return
 	}
-	if r.Type == ReqMap {
-		n.clientMap(r, v)
-		return
-	}
-	var att *gwVDI
-	if r.Type != ReqRead {
-		if att = n.attachment(v); att == nil {
+	att := n.attachment(v)
+	if r.Type != ReqRead && r.Type != ReqMap {
+		if v.readOnly() {
+			fail(ErrPerm)
+			return
+		}
+		if att == nil {
 			fail(ErrLocked)
 			return
 		}
 	}
-	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks)}
+	if att != nil && !att.ready {
+		n.holdRequest(att, r)
+		return
+	}
+	if r.Type == ReqMap {
+		n.clientMap(r, v)
+		return
+	}
+	cop := &clientOp{req: r, vid: v.ID, deadline: n.now + int64(n.t.OpTimeoutTicks)}
 	if r.Type == ReqRead {
 		cop.buf = make([]byte, r.Len)
 	}
 	if r.Len == 0 {
-		n.reply(Reply{ID: r.ID, Code: OK, Data: cop.buf})
+		n.reply(Reply{ID: r.ID, Code: OK, Data: cop.buf, VID: v.ID})
 		return
 	}
+	src := v
+	if r.Type == ReqRead {
+		src = n.resolveSource(v)
+	}
+	tbl := n.tableOf(src)
 	shift := v.BlockShift
 	objSize := uint64(1) << shift
 	var subs []*subOp
@@ -168,7 +346,8 @@ func (n *Node) clientIO(r *Request) {
 		idx := off >> shift
 		inObj := off & (objSize - 1)
 		l := min(objSize-inObj, r.Off+r.Len-off)
-		s := &subOp{cop: cop, oid: DataOID(v.ID, uint32(idx)), off: uint32(inObj), len: uint32(l), bufOff: off - r.Off}
+		s := &subOp{cop: cop, oid: DataOID(src.ID, uint32(idx)), idx: uint32(idx), src: src.ID, tbl: tbl,
+			off: uint32(inObj), len: uint32(l), bufOff: off - r.Off}
 		switch r.Type {
 		case ReqRead:
 			s.op = OpRead
@@ -200,15 +379,83 @@ func (n *Node) clientIO(r *Request) {
 	n.gw.watch(n, cop)
 	for _, s := range subs {
 		if s.op == OpRead {
-			n.gw.dispatch(n, s)
+			n.gw.startRead(n, s)
 			continue
 		}
-		q := append(n.gw.queues[s.oid], s)
-		n.gw.queues[s.oid] = q
-		if len(q) == 1 {
-			n.gw.dispatch(n, s)
+		n.gw.enqueue(n, s)
+	}
+}
+
+// enqueue puts a write at the end of its object's queue, starting it if
+// it is the only one.
+func (g *gateway) enqueue(n *Node, s *subOp) {
+	if s.qkey == 0 {
+		s.qkey = s.oid
+	}
+	q := append(g.queues[s.qkey], s)
+	g.queues[s.qkey] = q
+	if len(q) == 1 {
+		g.startWrite(n, s)
+	}
+}
+
+// dequeue takes the head write s off its queue and starts the next one.
+func (g *gateway) dequeue(n *Node, s *subOp) {
+	q := g.queues[s.qkey]
+	if len(q) > 0 && q[0] == s {
+		q = q[1:]
+	}
+	if len(q) == 0 {
+		delete(g.queues, s.qkey)
+	} else {
+		g.queues[s.qkey] = q
+		g.startWrite(n, q[0])
+	}
+}
+
+// startRead resolves which object a read of s.idx reads (through the
+// table, if its VDI has one), then sends it.
+func (g *gateway) startRead(n *Node, s *subOp) {
+	if s.tbl == nil {
+		g.dispatch(n, s)
+		return
+	}
+	n.withEntry(s.tbl, s.idx, func(entry uint32) {
+		s.oid, s.inherited = ownerOID(s.src, entry, s.idx)
+		g.dispatch(n, s)
+	})
+}
+
+// startWrite sends the write at the head of its queue: as it is to an
+// object the VDI owns (or never wrote), or as a copy-on-write of an
+// object it shares (cow.go). A write to a VDI that became a snapshot
+// meanwhile is redone on its successor if this node attached that.
+func (g *gateway) startWrite(n *Node, s *subOp) {
+	if s.cop != nil {
+		if v := n.cs.VDI(s.oid.VID()); v != nil && v.readOnly() && s.cow == nil && n.retarget(s) {
+			return
 		}
 	}
+	if s.tbl == nil || s.cow != nil || !s.oid.IsData() {
+		g.dispatch(n, s)
+		return
+	}
+	n.withEntry(s.tbl, s.idx, func(entry uint32) {
+		if g.queues[s.qkey] == nil || g.queues[s.qkey][0] != s || s.done {
+			return
+		}
+		switch {
+		case entry == 0 && s.copyOnly:
+			g.complete(n, s, OK, nil) // a client's write copied it meanwhile
+		case entry == 0:
+			g.dispatch(n, s)
+		case n.bugs.CowInPlace:
+			s.oid = DataOID(entry, s.idx) // the planted bug: write the shared object itself
+			g.dispatch(n, s)
+		default:
+			n.startCOW(s, entry)
+		}
+	})
 }
 
 // clientMap asks the primary of every object r touches whether it holds
@@ -221,12 +468,39 @@ func (n *Node) clientMap(r *Request, v *VDI) {
 	}
 	shift := v.BlockShift
 	first, last := r.Off>>shift, (r.Off+r.Len-1)>>shift
-	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks), buf: make([]byte, last-first+1)}
+	cop := &clientOp{req: r, vid: v.ID, deadline: n.now + int64(n.t.OpTimeoutTicks), buf: make([]byte, last-first+1)}
 	cop.pending = len(cop.buf)
 	n.gw.watch(n, cop)
+	src := n.resolveSource(v)
+	tbl := n.tableOf(src)
 	for idx := first; idx <= last; idx++ {
-		n.gw.dispatch(n, &subOp{cop: cop, oid: DataOID(v.ID, uint32(idx)), op: OpStat, bufOff: idx - first})
+		s := &subOp{cop: cop, oid: DataOID(src.ID, uint32(idx)), op: OpStat, bufOff: idx - first, idx: uint32(idx), src: src.ID, tbl: tbl}
+		if tbl == nil {
+			n.gw.dispatch(n, s)
+			continue
+		}
+		n.withEntry(tbl, s.idx, func(entry uint32) {
+			if entry != 0 {
+				s.repaired = 1 // inherited data is data: never a hole
+				n.gw.complete(n, s, OK, nil)
+				return
+			}
+			n.gw.dispatch(n, s)
+		})
 	}
+}
+
+// internal runs an object operation for the node's own work (a table
+// read, the steps of a copy-on-write, a builder's table writes): like a
+// client's sub-operation it is retried through failures and epoch
+// changes, and writes wait in their object's queue; cb gets the result.
+func (g *gateway) internal(n *Node, s *subOp, cb func(Code, []byte)) {
+	s.cb = cb
+	if s.op == OpRead || s.op == OpStat {
+		g.dispatch(n, s)
+		return
+	}
+	g.enqueue(n, s)
 }
 
 // readHere serves a read from this node's own replica when that is as
@@ -249,7 +523,7 @@ func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 	if _, ok := g.failed[s.oid]; ok {
 		return false // a failed write may have reached some replicas only
 	}
-	if v := n.cs.VDI(s.oid.VID()); v == nil || n.attachment(v) == nil {
+	if v := n.cs.VDI(s.oid.VID()); v == nil || n.attachment(v) == nil || !n.attachment(v).ready {
 		return false
 	}
 	if !n.objectReady(s.oid) {
@@ -302,7 +576,7 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.done {
 		return
 	}
-	if (s.op == OpRead || s.op == OpStat) && s.cop.replied {
+	if (s.op == OpRead || s.op == OpStat) && s.cop != nil && s.cop.replied {
 		s.done = true // the client gave up; reads have no effect to settle
 		delete(g.subs, s.msgID)
 		return
@@ -321,6 +595,9 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	}
 	direct := s.op != OpCheck && g.ownsDirect(s.oid)
 	to, flags := reps[0], s.flags
+	if s.inherited {
+		flags |= FlagInherited
+	}
 	switch {
 	case s.op == OpRead && n.bugs.ReadAny:
 		to = reps[n.rand.IntN(len(reps))]
@@ -372,6 +649,23 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 			return
 		}
 		n.after(int64(max(n.t.RetryTicks/4, 1)), func() { g.dispatch(n, s) })
+	case ErrNoObject:
+		if s.inherited && s.tbl != nil && (s.op == OpRead || s.op == OpStat) {
+			// The shared object is gone: this VDI copied it since (the
+			// entry changed) and it was reclaimed. Resolve it again.
+			delete(g.subs, m.ID)
+			s.msgID = 0
+			if s.tbl.transient {
+				n.invalidateChunk(s.tbl, s.idx/TableEntries)
+			}
+			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+				if !s.done {
+					g.startRead(n, s)
+				}
+			})
+			return
+		}
+		g.complete(n, s, m.Code, nil)
 	default:
 		g.complete(n, s, m.Code, nil)
 	}
@@ -398,42 +692,44 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	if s.done {
 		return
 	}
-	s.done = true
 	delete(g.subs, s.msgID)
-	cop := s.cop
-	if s.op == OpCheck {
-		cop.checked++
-		cop.repaired += uint64(s.repaired)
-	} else if s.op == OpRead {
-		if code == OK {
-			copy(cop.buf[s.bufOff:s.bufOff+uint64(s.len)], data)
-		}
-	} else if s.op == OpStat {
-		if code == OK && s.repaired > 0 {
-			cop.buf[s.bufOff] = 1
-		}
-	} else {
+	if s.cow != nil && s.cow.phase == cowWriting && code == OK {
+		g.markDirty(s)
+		n.cowLink(s) // the object is this VDI's now: point the table at it
+		return
+	}
+	if code == ErrPerm && s.cow == nil && n.retarget(s) {
+		return // the VDI became a snapshot first: redone on its successor
+	}
+	s.done = true
+	if s.op != OpRead && s.op != OpStat && s.op != OpCheck {
 		if code == OK {
 			delete(g.failed, s.oid)
+			g.markDirty(s)
 		} else {
 			g.failed[s.oid] = struct{}{}
 		}
-		if code == OK && s.flags&FlagFUA == 0 {
-			vid := s.oid.VID()
-			if g.dirty[vid] == nil {
-				g.dirty[vid] = map[OID]struct{}{}
-			}
-			g.dirty[vid][s.oid] = struct{}{}
+		g.dequeue(n, s)
+		if len(g.switching) > 0 {
+			n.settledOn(s.oid.VID())
 		}
-		q := g.queues[s.oid]
-		if len(q) > 0 && q[0] == s {
-			q = q[1:]
+	}
+	if s.cb != nil {
+		s.cb(code, data)
+		return
+	}
+	cop := s.cop
+	switch s.op {
+	case OpCheck:
+		cop.checked++
+		cop.repaired += uint64(s.repaired)
+	case OpRead:
+		if code == OK {
+			copy(cop.buf[s.bufOff:s.bufOff+uint64(s.len)], data)
 		}
-		if len(q) == 0 {
-			delete(g.queues, s.oid)
-		} else {
-			g.queues[s.oid] = q
-			g.dispatch(n, q[0])
+	case OpStat:
+		if code == OK && s.repaired > 0 {
+			cop.buf[s.bufOff] = 1
 		}
 	}
 	if code == ErrStale {
@@ -446,7 +742,7 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	if cop.pending == 0 && !cop.replied {
 		cop.replied = true
 		delete(g.ops, cop.req.ID)
-		r := Reply{ID: cop.req.ID, Code: cop.code, Checked: cop.checked, Repaired: cop.repaired}
+		r := Reply{ID: cop.req.ID, Code: cop.code, Checked: cop.checked, Repaired: cop.repaired, VID: cop.vid}
 		if cop.code == OK {
 			r.Data = cop.buf
 		}
@@ -454,6 +750,33 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	}
 	if s.onDone != nil {
 		s.onDone()
+	}
+}
+
+// markDirty records a completed write for the VDI's next flush.
+func (g *gateway) markDirty(s *subOp) {
+	if s.flags&FlagFUA != 0 {
+		return
+	}
+	vid := s.oid.VID()
+	for _, to := range g.switching {
+		if att := g.vdis[to]; att != nil && att.from == vid {
+			vid = to
+		}
+	}
+	if g.dirty[vid] == nil {
+		g.dirty[vid] = map[OID]struct{}{}
+	}
+	g.dirty[vid][s.oid] = struct{}{}
+}
+
+// settledOn: a write to vid settled; an attachment a live snapshot moved
+// off vid may be ready now.
+func (n *Node) settledOn(vid uint32) {
+	for _, to := range slices.Clone(n.gw.switching) {
+		if att := n.gw.vdis[to]; att != nil && att.from == vid {
+			n.maybeSwitched(to)
+		}
 	}
 }
 
@@ -505,6 +828,11 @@ func (g *gateway) timeout(n *Node, cop *clientOp) {
 // clientFlush makes every write this gateway completed for the VDI
 // before the flush durable on all the object's replicas.
 func (n *Node) clientFlush(r *Request) {
+	if v := n.cs.VDI(r.VID); v != nil && v.IsSnapshot() && !r.Exact {
+		if w := n.cs.Successor(v); w != nil {
+			r.VID = w.ID // an attacher that does not know of the snapshot yet
+		}
+	}
 	set := n.gw.dirty[r.VID]
 	delete(n.gw.dirty, r.VID)
 	oids := make([]OID, 0, len(set))

@@ -33,6 +33,10 @@ const (
 	MsgJoinAck                       // answer to MsgJoin: the members and their addresses
 	MsgRevoke                        // primary → attacher: give back the object handed over with token Version
 	MsgRevokeResp                    // the object is settled; Prev: the highest version the attacher gave it
+	MsgBarrier                       // VDI OID.VID(): answer once you applied the cluster log up to Version and settled its writes
+	MsgBarrierResp                   // OIDs: the VDI's objects you hold
+	MsgReclaim                       // delete these objects of a deleted VDI: nothing references them
+	MsgReclaimResp                   //
 	msgTypeEnd
 )
 
@@ -42,7 +46,8 @@ var msgTypeNames = [...]string{
 	MsgSync: "sync", MsgSyncResp: "sync-resp", MsgListReq: "list-req", MsgListResp: "list-resp",
 	MsgFetchReq: "fetch-req", MsgFetchResp: "fetch-resp", MsgRecovered: "recovered",
 	MsgCheckReq: "check-req", MsgCheckResp: "check-resp", MsgJoinAck: "join-ack",
-	MsgRevoke: "revoke", MsgRevokeResp: "revoke-resp",
+	MsgRevoke: "revoke", MsgRevokeResp: "revoke-resp", MsgBarrier: "barrier", MsgBarrierResp: "barrier-resp",
+	MsgReclaim: "reclaim", MsgReclaimResp: "reclaim-resp",
 }
 
 func (t MsgType) String() string {
@@ -111,6 +116,7 @@ const (
 	ErrFull              // no free VDI id
 	ErrBusy              // an operation is already in progress
 	ErrNeedData          // MsgReplResp: the write's data was not stashed here; send it
+	ErrTagExists         // a snapshot of that VDI has that tag already
 	codeEnd
 )
 
@@ -121,7 +127,7 @@ var codeNames = [...]string{
 	ErrLocked: "VDI is attached elsewhere", ErrNotFormatted: "cluster is not formatted",
 	ErrStale: "superseded request", ErrTimeout: "timed out", ErrShutdown: "shutting down",
 	ErrPerm: "operation not permitted", ErrFull: "no free VDI id", ErrBusy: "busy",
-	ErrNeedData: "write data not stashed",
+	ErrNeedData: "write data not stashed", ErrTagExists: "snapshot tag exists already",
 }
 
 func (c Code) String() string {
@@ -151,6 +157,7 @@ const (
 	FlagAskDirect                    // MsgIO: the attacher, a replica, asks to be handed the object over (direct writes)
 	FlagDirect                       // MsgIOResp: handed over, token in Version; MsgIO to self, MsgRepl: from the node it was handed to
 	FlagRecovered                    // MsgFetchReq: answer only with a copy recovered in the asker's epoch, else ErrNotReady
+	FlagInherited                    // MsgIO read: the object is shared from an ancestor; if it is missing say ErrNoObject, not zeros
 )
 
 // ObjVersion is an entry of an object list.

@@ -46,11 +46,13 @@ func DefaultTiming() Timing {
 // Bugs are deliberately planted faults. They exist so that tests can prove
 // the simulator's checks catch them; production never sets them.
 type Bugs struct {
-	AckEarly     bool // acknowledge a write once the primary has it, before every replica does
-	ReadAny      bool // serve reads from any replica, without lease or recovery
-	NoEpochCheck bool // accept requests and replication from an older epoch as if current
-	SkipRecovery bool // a new replica serves without recovering
-	NoRevoke     bool // a primary runs operations on an object it handed over to the attacher without taking it back
+	AckEarly      bool // acknowledge a write once the primary has it, before every replica does
+	ReadAny       bool // serve reads from any replica, without lease or recovery
+	NoEpochCheck  bool // accept requests and replication from an older epoch as if current
+	SkipRecovery  bool // a new replica serves without recovering
+	NoRevoke      bool // a primary runs operations on an object it handed over to the attacher without taking it back
+	CowInPlace    bool // a write to a shared object modifies it in place (and snapshots take writes)
+	ReclaimShared bool // reclaim ignores what clones reference
 }
 
 // ObjMeta is what a node stores with each object besides its data.
@@ -244,8 +246,12 @@ type Node struct {
 	revokes map[OID]*Message // revokes to answer once the object is settled here
 	revoked uint64           // objects this node, their primary, took back (Revokes)
 
-	gw     gateway
-	rec    *recovery
+	gw         gateway
+	barriers   map[uint64]*barrier
+	builtWaits map[uint32][]func(Code)
+	jobs       jobs // the leader's builds and reclaims
+	flattens   map[uint32]*flatten
+	rec        *recovery
 	done   map[NodeID]bool // members that announced recovery of the current epoch
 	gced   bool
 	gcLeft bool // some objects to collect were busy
@@ -289,7 +295,11 @@ func NewNode(cfg Config) (*Node, error) {
 		grants:            map[OID]*direct{},
 		fences:            map[OID]uint64{},
 		revokes:           map[OID]*Message{},
+		barriers:          map[uint64]*barrier{},
+		builtWaits:        map[uint32][]func(Code){},
+		flattens:          map[uint32]*flatten{},
 	}
+	n.jobs.init()
 	n.gw.init()
 	n.addrs[n.id] = n.self.Addr
 	// A restarted node may have granted leases just before it stopped:
@@ -366,6 +376,7 @@ func (n *Node) tick() {
 	if n.isLeader {
 		n.reconcile()
 	}
+	n.tickJobs()
 	n.tickJoin()
 	n.tickLeases()
 	n.tickRecovery()

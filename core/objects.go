@@ -212,10 +212,16 @@ func (n *Node) Objects() []ObjectInfo {
 	return out
 }
 
-// copiesOf is the number of replicas of oid (0: its VDI is gone).
+// copiesOf is the number of replicas of oid; 0 for an object that is
+// garbage wherever it is: of a purged VDI, or a table object of a VDI
+// that has no table any more (deleted or flattened). A deleted VDI's data
+// objects keep their place until reclaim finds nothing references them.
 func (n *Node) copiesOf(oid OID) int {
 	v := n.cs.VDI(oid.VID())
-	if v == nil || v.Deleted {
+	if v == nil {
+		return 0
+	}
+	if oid.IsTable() && (v.Deleted || !v.Table) {
 		return 0
 	}
 	return int(v.Copies)

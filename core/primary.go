@@ -63,6 +63,9 @@ func (n *Node) respondIOGrant(p *primOp, code Code, data []byte, count uint32, g
 func (p *primOp) direct() bool { return p.m.Flags&FlagDirect != 0 && p.m.From == p.reps[0] }
 
 func (n *Node) objectSize(oid OID) uint32 {
+	if oid.IsTable() {
+		return TableChunkSize
+	}
 	if v := n.cs.VDI(oid.VID()); v != nil {
 		return uint32(1) << v.BlockShift
 	}
@@ -170,6 +173,10 @@ func (n *Node) primaryRead(oid OID, o *object, p *primOp) {
 		n.respondIOCount(p, OK, has)
 		return
 	}
+	if !o.present && p.m.Flags&FlagInherited != 0 {
+		n.respondIO(p, ErrNoObject, nil) // reclaimed: the reader's table changed since it looked
+		return
+	}
 	if !o.present || o.meta.Deleted {
 		n.respondIO(p, OK, nil) // never written, or discarded: zeros
 		return
@@ -239,6 +246,10 @@ func (n *Node) primaryWrite(oid OID, o *object, p *primOp) {
 		for _, r := range p.reps[1:] {
 			n.converge(oid, p, r)
 		}
+		return
+	}
+	if code := n.writeFence(oid, m.ReqID); code != OK {
+		n.respondIO(p, code, nil)
 		return
 	}
 	seq := uint64(1)
@@ -472,6 +483,10 @@ func (n *Node) handleRepl(m *Message) {
 	if o.meta.Version != m.Prev {
 		// We miss the version the write applies to: take the primary's copy first.
 		n.catchUp(m.OID, m.From, m.Prev, func() { n.handleRepl(m) })
+		return
+	}
+	if code := n.writeFence(m.OID, m.ReqID); code != OK && !stale {
+		n.respond(m, MsgReplResp, code)
 		return
 	}
 	if m.Flags&FlagStashed != 0 && m.Data == nil {
@@ -709,4 +724,23 @@ func (n *Node) handleSync(m *Message) {
 		}
 	}
 	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgSyncResp, d.Err) })
+}
+
+// writeFence refuses a write to a VDI that is read-only (a snapshot, or
+// deleted), or one from an attachment older than the VDI's current one
+// (a writer that lost the lock). With a barrier (barrier.go) it makes
+// sure that once a snapshot, delete or attach is fenced no older write
+// lands anywhere.
+func (n *Node) writeFence(oid OID, reqID uint64) Code {
+	v := n.cs.VDI(oid.VID())
+	if v == nil {
+		return ErrNoVDI
+	}
+	if v.readOnly() && !n.bugs.CowInPlace {
+		return ErrPerm
+	}
+	if reqID != 0 && reqID>>writeSeqBits < v.AttachGen {
+		return ErrStale
+	}
+	return OK
 }

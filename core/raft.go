@@ -247,6 +247,10 @@ func (n *Node) applyEntry(e raftpb.Entry) {
 func (n *Node) applyCmd(c *Cmd) {
 	before := n.cs.Epoch
 	wasFormatted := n.cs.Formatted
+	var replaced *VDI // the working VDI a rollback deletes
+	if c.Type == CmdRollback {
+		replaced = n.cs.LookupVDI(c.Name)
+	}
 	res := n.cs.apply(c)
 	if c.Proposer == n.id {
 		if p, ok := n.props[c.PropID]; ok {
@@ -254,11 +258,10 @@ func (n *Node) applyCmd(c *Cmd) {
 			p.done(res)
 		}
 	}
+	if res.Code == OK {
+		n.vdiApplied(c, res, replaced)
+	}
 	switch c.Type {
-	case CmdVDIDelete:
-		if res.Code == OK {
-			n.dropVDI(res.VID)
-		}
 	case CmdShutdown:
 		// Only the nodes serving when the order is applied stop: a node
 		// replaying its log after the restart must not stop again.
@@ -331,4 +334,37 @@ func (n *Node) submitProposal(id uint64) {
 	}
 	_ = n.rn.Propose(p.data)
 	n.after(int64(n.t.RetryTicks), func() { n.submitProposal(id) })
+}
+
+// vdiApplied brings this node in line with a VDI entry that succeeded.
+func (n *Node) vdiApplied(c *Cmd, res Result, replaced *VDI) {
+	g := &n.gw
+	switch c.Type {
+	case CmdVDIDelete:
+		n.detachGW(res.VID)
+		n.dropLocalTable(res.VID)
+		n.builtChanged(res.VID)
+	case CmdRollback:
+		if replaced != nil {
+			n.detachGW(replaced.ID)
+			n.dropLocalTable(replaced.ID)
+		}
+	case CmdSnapshot:
+		g.dropTable(res.Snap) // the snapshot's table is final only once sealed
+		if w := n.cs.VDI(res.VID); w != nil && w.Owner == n.id && w.OwnerInc == n.self.Incarnation {
+			n.moveAttachment(res.Snap, res.VID)
+		}
+	case CmdBuilt:
+		if v := n.cs.VDI(res.VID); v != nil && v.Owner == n.id && v.OwnerInc == n.self.Incarnation {
+			n.builtAttachment(res.VID, res.Gen)
+		}
+		n.builtChanged(res.VID)
+	case CmdFlattened:
+		g.dropTable(res.VID)
+		n.dropLocalTable(res.VID)
+	case CmdPurge:
+		g.dropTable(res.VID)
+		n.dropVDI(res.VID)
+		n.builtChanged(res.VID)
+	}
 }

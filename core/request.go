@@ -1,6 +1,9 @@
 package core
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // ReqType names a client or admin request.
 type ReqType uint8
@@ -22,6 +25,11 @@ const (
 	ReqShutdown          // stop every node of the cluster
 	ReqCheck             // VID: verify every object's replicas and repair those that differ or are corrupted
 	ReqMap               // which objects of [Off, Off+Len) hold data: Reply.Data has a byte per object, 1 if allocated
+	ReqSnapshot          // Name, Tag: snapshot the working VDI; Reply.VID is the new working VDI, Reply.Snap the snapshot
+	ReqClone             // VID (a snapshot), Name: a new VDI from it
+	ReqRollback          // Name, VID (one of its snapshots): the working VDI reads as the snapshot again
+	ReqFlatten           // VID, attached here: copy every shared object, so that it depends on no other VDI
+	ReqTable             // VID: Reply.Data has the table, 4 bytes per object (0: the VDI's own object)
 	reqTypeEnd
 )
 
@@ -29,6 +37,7 @@ var reqNames = [...]string{
 	ReqRead: "read", ReqWrite: "write", ReqFlush: "flush", ReqTrim: "trim", ReqZero: "zero",
 	ReqFormat: "format", ReqCreateVDI: "create", ReqDeleteVDI: "delete", ReqResizeVDI: "resize",
 	ReqAttach: "attach", ReqDetach: "detach", ReqShutdown: "shutdown", ReqCheck: "check", ReqMap: "map",
+	ReqSnapshot: "snapshot", ReqClone: "clone", ReqRollback: "rollback", ReqFlatten: "flatten", ReqTable: "table",
 }
 
 func (t ReqType) String() string {
@@ -55,6 +64,9 @@ type Request struct {
 	BlockShift uint8
 	Time       int64 // wall clock (unix seconds) for creation times
 	Force      bool
+	Tag        string // ReqSnapshot, ReqDeleteVDI: a snapshot tag
+	Snap       uint32 // ReqDeleteVDI: a snapshot id of Name
+	Exact      bool   // I/O: address exactly VID, even a snapshot (else a snapshot means its working VDI)
 }
 
 // Reply answers a Request.
@@ -62,7 +74,8 @@ type Reply struct {
 	ID   uint64
 	Code Code
 	Data []byte // ReqRead; ReqMap: one byte per object, 1 if it holds data
-	VID  uint32
+	VID  uint32 // the VDI served, created or deleted
+	Snap uint32 // ReqSnapshot: the snapshot; ReqClone, ReqRollback: the source snapshot
 	Gen  uint64 // ReqAttach: attach generation
 
 	Checked  uint64 // ReqCheck: objects verified
@@ -70,6 +83,9 @@ type Reply struct {
 }
 
 func (n *Node) request(r *Request) {
+	if r.Time == 0 {
+		r.Time = n.wall
+	}
 	switch r.Type {
 	case ReqRead, ReqWrite, ReqTrim, ReqZero, ReqMap:
 		n.clientIO(r)
@@ -82,18 +98,28 @@ func (n *Node) request(r *Request) {
 	case ReqCreateVDI:
 		n.adminPropose(r, &Cmd{Type: CmdVDICreate, Name: r.Name, Size: r.Size, Copies: r.Copies, BlockShift: r.BlockShift, Time: r.Time})
 	case ReqDeleteVDI:
-		n.adminPropose(r, &Cmd{Type: CmdVDIDelete, Name: r.Name, Force: r.Force, Time: r.Time})
+		n.adminPropose(r, &Cmd{Type: CmdVDIDelete, Name: r.Name, Tag: r.Tag, Snap: r.Snap, VID: r.VID, Force: r.Force, Time: r.Time})
+	case ReqSnapshot:
+		n.deriveVDI(r, &Cmd{Type: CmdSnapshot, Name: r.Name, Tag: r.Tag, Time: r.Time})
+	case ReqClone:
+		n.deriveVDI(r, &Cmd{Type: CmdClone, VID: r.VID, Dst: r.Name, Time: r.Time})
+	case ReqRollback:
+		n.deriveVDI(r, &Cmd{Type: CmdRollback, VID: r.VID, Name: r.Name, Time: r.Time})
+	case ReqFlatten:
+		n.clientFlatten(r)
+	case ReqTable:
+		n.clientTable(r)
 	case ReqResizeVDI:
 		n.adminPropose(r, &Cmd{Type: CmdVDIResize, Name: r.Name, Size: r.Size, Time: r.Time})
 	case ReqAttach:
 		n.propose(&Cmd{Type: CmdAttach, VID: r.VID, NodeID: n.id, Inc: n.self.Incarnation, Force: r.Force, Time: r.Time}, func(res Result) {
 			if res.Code == OK {
-				n.gw.attach(res.VID, res.Gen)
+				n.attachGW(res.VID, res.Gen)
 			}
 			n.reply(Reply{ID: r.ID, Code: res.Code, VID: res.VID, Gen: res.Gen})
 		})
 	case ReqDetach:
-		n.gw.detach(r.VID)
+		n.detachGW(r.VID)
 		n.adminPropose(r, &Cmd{Type: CmdDetach, VID: r.VID, NodeID: n.id, Inc: n.self.Incarnation, Time: r.Time})
 	case ReqShutdown:
 		n.adminPropose(r, &Cmd{Type: CmdShutdown, Time: r.Time})
@@ -105,5 +131,82 @@ func (n *Node) request(r *Request) {
 func (n *Node) adminPropose(r *Request, c *Cmd) {
 	n.propose(c, func(res Result) {
 		n.reply(Reply{ID: r.ID, Code: res.Code, VID: res.VID, Gen: res.Gen})
+	})
+}
+
+// deriveVDI proposes an entry that makes a VDI from another (snapshot,
+// clone, rollback) and replies once the new VDI is built.
+func (n *Node) deriveVDI(r *Request, c *Cmd) {
+	deadline := n.now + int64(n.t.OpTimeoutTicks)
+	n.propose(c, func(res Result) {
+		if res.Code != OK {
+			n.reply(Reply{ID: r.ID, Code: res.Code, VID: res.VID, Snap: res.Snap})
+			return
+		}
+		n.whenBuilt(res.VID, deadline, func(code Code) {
+			n.reply(Reply{ID: r.ID, Code: code, VID: res.VID, Snap: res.Snap})
+		})
+	})
+}
+
+// whenBuilt runs fn once vid is built (OK), gone (ErrNoVDI) or the
+// deadline passed (ErrTimeout).
+func (n *Node) whenBuilt(vid uint32, deadline int64, fn func(Code)) {
+	v := n.cs.VDI(vid)
+	switch {
+	case v == nil || v.Deleted:
+		fn(ErrNoVDI)
+		return
+	case !v.Building:
+		fn(OK)
+		return
+	}
+	fired := false
+	once := func(c Code) {
+		if !fired {
+			fired = true
+			fn(c)
+		}
+	}
+	n.builtWaits[vid] = append(n.builtWaits[vid], once)
+	n.after(max(deadline-n.now, 1), func() { once(ErrTimeout) })
+}
+
+// builtChanged runs the waiters of vid if it is built or gone.
+func (n *Node) builtChanged(vid uint32) {
+	ws := n.builtWaits[vid]
+	if len(ws) == 0 {
+		return
+	}
+	v := n.cs.VDI(vid)
+	code := OK
+	switch {
+	case v == nil || v.Deleted:
+		code = ErrNoVDI
+	case v.Building:
+		return
+	}
+	delete(n.builtWaits, vid)
+	for _, w := range ws {
+		w(code)
+	}
+}
+
+// clientTable answers ReqTable with the VDI's table.
+func (n *Node) clientTable(r *Request) {
+	v := n.requestVDI(r)
+	if v == nil {
+		return
+	}
+	if v.Building {
+		n.reply(Reply{ID: r.ID, Code: ErrNotReady, VID: v.ID})
+		return
+	}
+	n.readTable(v, func(code Code, entries []uint32) {
+		out := make([]byte, 4*len(entries))
+		for i, e := range entries {
+			binary.LittleEndian.PutUint32(out[4*i:], e)
+		}
+		n.reply(Reply{ID: r.ID, Code: code, Data: out, VID: v.ID})
 	})
 }

@@ -3,7 +3,6 @@ package core
 import (
 	"fmt"
 	"slices"
-	"strings"
 )
 
 // CmdType names an entry of the cluster log.
@@ -23,6 +22,13 @@ const (
 	CmdShutdown                     // stop every node cleanly
 	CmdStable                       // every member recovered epoch Epoch: removals start counting afresh
 	CmdRecovered                    // a restarted member (NodeID, Inc) recovered: its data is whole again
+	CmdSnapshot                     // Name, Tag: the working VDI becomes a snapshot; a new working VDI takes the name
+	CmdClone                        // VID (a snapshot), Dst: a new VDI made from it
+	CmdRollback                     // Name, VID (a snapshot of it): a new working VDI made from the snapshot
+	CmdBuilt                        // VID: its table is built; it serves I/O
+	CmdFlattened                    // VID: it shares no object any more
+	CmdReclaim                      // VID (a family root), Gen: succeeds if the family did not change since Gen
+	CmdPurge                        // VID (deleted, referenced by nothing), Gen: its record goes
 	cmdTypeEnd
 )
 
@@ -44,6 +50,10 @@ type Cmd struct {
 	Force      bool
 	Term       uint64 // leader decisions (join, leave): the term they were made in
 	Epoch      uint32 // CmdStable
+	Tag        string // snapshot tag (CmdSnapshot, CmdVDIDelete)
+	Dst        string // CmdClone: the new VDI's name
+	Snap       uint32 // CmdVDIDelete: a snapshot id of Name
+	Gen        uint64 // CmdReclaim, CmdPurge: the family generation
 	stale      bool   // set at apply time: a deposed leader's decision
 }
 
@@ -65,6 +75,10 @@ func (c *Cmd) marshal() []byte {
 	e.bool(c.Force)
 	e.u64(c.Term)
 	e.u32(c.Epoch)
+	e.str(c.Tag)
+	e.str(c.Dst)
+	e.u32(c.Snap)
+	e.u64(c.Gen)
 	return e.b
 }
 
@@ -88,6 +102,9 @@ func unmarshalCmd(b []byte) (*Cmd, error) {
 		Term:       d.u64(),
 		Epoch:      d.u32(),
 	}
+	if len(d.b) > 0 { // entries written before the VDI lifecycle end here
+		c.Tag, c.Dst, c.Snap, c.Gen = d.str(), d.str(), d.u32(), d.u64()
+	}
 	if err := d.done(); err != nil {
 		return nil, fmt.Errorf("core: decode cluster log entry: %w", err)
 	}
@@ -95,28 +112,6 @@ func unmarshalCmd(b []byte) (*Cmd, error) {
 		return nil, fmt.Errorf("core: unknown cluster log entry type %d", c.Type)
 	}
 	return c, nil
-}
-
-// VDI is a virtual disk image as the cluster log knows it.
-type VDI struct {
-	ID         uint32
-	Name       string
-	Size       uint64
-	Copies     uint8
-	BlockShift uint8
-	CTime      int64
-	Deleted    bool   // ids of deleted VDIs are never reused, so stale objects cannot resurface
-	Owner      NodeID // attach lock holder (0: not attached)
-	OwnerInc   uint64
-	AttachGen  uint64 // increases at every attach; prefixes the attacher's write ids
-}
-
-// ObjectSize is the size of the VDI's data objects.
-func (v *VDI) ObjectSize() uint64 { return 1 << v.BlockShift }
-
-// Objects is the number of data objects the VDI spans.
-func (v *VDI) Objects() uint32 {
-	return uint32((v.Size + v.ObjectSize() - 1) >> v.BlockShift)
 }
 
 // EpochRecord is one entry of the epoch history.
@@ -131,6 +126,7 @@ type Result struct {
 	Code Code
 	VID  uint32
 	Gen  uint64
+	Snap uint32 // CmdSnapshot: the snapshot's id (the old working VDI's); CmdClone, CmdRollback: the source snapshot
 }
 
 type propResult struct {
@@ -171,14 +167,17 @@ type ClusterState struct {
 	Removed    []NodeID
 	RemovedInc []uint64 // the incarnation each Removed node had
 	Restarted  []NodeID
-	vdis       map[uint32]*VDI
-	names      map[string]uint32 // live VDIs only
+	vdis       map[uint32]*VDI   // live and deleted (until purged)
+	names      map[string]uint32 // live working VDIs only
+	families   map[uint32]uint64 // family root → generation (FamilyGen)
+	retired    map[uint32]struct{}
 	recent     map[NodeID][]propResult
 }
 
 // NewClusterState returns the empty state before the first entry.
 func NewClusterState() *ClusterState {
-	return &ClusterState{vdis: map[uint32]*VDI{}, names: map[string]uint32{}, recent: map[NodeID][]propResult{}}
+	return &ClusterState{vdis: map[uint32]*VDI{}, names: map[string]uint32{}, families: map[uint32]uint64{},
+		retired: map[uint32]struct{}{}, recent: map[NodeID][]propResult{}}
 }
 
 // Member returns the member with id, if any.
@@ -196,26 +195,8 @@ func (s *ClusterState) IsMember(id NodeID, inc uint64) bool {
 	return ok && n.Incarnation == inc
 }
 
-// VDI returns the VDI with id vid (live or deleted).
-func (s *ClusterState) VDI(vid uint32) *VDI { return s.vdis[vid] }
 
-// LookupVDI returns the live VDI called name.
-func (s *ClusterState) LookupVDI(name string) *VDI {
-	if vid, ok := s.names[name]; ok {
-		return s.vdis[vid]
-	}
-	return nil
-}
 
-// VDIs returns copies of the live VDIs sorted by name.
-func (s *ClusterState) VDIs() []VDI {
-	out := make([]VDI, 0, len(s.names))
-	for _, vid := range s.names {
-		out = append(out, *s.vdis[vid])
-	}
-	slices.SortFunc(out, func(a, b VDI) int { return strings.Compare(a.Name, b.Name) })
-	return out
-}
 
 // apply executes one entry. It must stay deterministic.
 func (s *ClusterState) apply(c *Cmd) Result {
@@ -243,7 +224,7 @@ func (s *ClusterState) apply(c *Cmd) Result {
 func (s *ClusterState) exec(c *Cmd) Result {
 	switch c.Type {
 	case CmdFormat:
-		if len(s.names) > 0 {
+		if len(s.VDIs()) > 0 {
 			return Result{Code: ErrInvalid}
 		}
 		if c.Copies == 0 || c.BlockShift < MinBlockShift || c.BlockShift > MaxBlockShift {
@@ -297,50 +278,27 @@ func (s *ClusterState) exec(c *Cmd) Result {
 	case CmdVDICreate:
 		return s.createVDI(c)
 	case CmdVDIDelete:
-		v := s.LookupVDI(c.Name)
-		if v == nil {
-			return Result{Code: ErrNoVDI}
-		}
-		if v.Owner != 0 && s.IsMember(v.Owner, v.OwnerInc) && !c.Force {
-			return Result{Code: ErrLocked, VID: v.ID}
-		}
-		v.Deleted = true
-		v.Owner, v.OwnerInc = 0, 0
-		delete(s.names, v.Name)
-		return Result{VID: v.ID}
+		return s.deleteVDI(c)
 	case CmdVDIResize:
-		v := s.LookupVDI(c.Name)
-		if v == nil {
-			return Result{Code: ErrNoVDI}
-		}
-		if c.Size < v.Size || c.Size > maxVDISize || c.Size>>v.BlockShift > MaxDataObjs {
-			return Result{Code: ErrInvalid, VID: v.ID}
-		}
-		v.Size = c.Size
-		return Result{VID: v.ID}
+		return s.resize(c)
 	case CmdAttach:
-		v := s.vdis[c.VID]
-		if v == nil || v.Deleted {
-			return Result{Code: ErrNoVDI}
-		}
-		if v.Owner == c.NodeID && v.OwnerInc == c.Inc {
-			return Result{VID: v.ID, Gen: v.AttachGen}
-		}
-		if v.Owner != 0 && s.IsMember(v.Owner, v.OwnerInc) && !c.Force {
-			return Result{Code: ErrLocked, VID: v.ID}
-		}
-		s.AttachGen++
-		v.Owner, v.OwnerInc, v.AttachGen = c.NodeID, c.Inc, s.AttachGen
-		return Result{VID: v.ID, Gen: v.AttachGen}
+		return s.attach(c)
 	case CmdDetach:
-		v := s.vdis[c.VID]
-		if v == nil {
-			return Result{Code: ErrNoVDI}
-		}
-		if v.Owner == c.NodeID && v.OwnerInc == c.Inc {
-			v.Owner, v.OwnerInc = 0, 0
-		}
-		return Result{VID: v.ID}
+		return s.detach(c)
+	case CmdSnapshot:
+		return s.snapshot(c)
+	case CmdClone:
+		return s.clone(c)
+	case CmdRollback:
+		return s.rollback(c)
+	case CmdBuilt:
+		return s.built(c)
+	case CmdFlattened:
+		return s.flattened(c)
+	case CmdReclaim:
+		return s.reclaimCheck(c)
+	case CmdPurge:
+		return s.purge(c)
 	case CmdShutdown:
 		s.Shutdown = true
 		return Result{}
@@ -358,43 +316,6 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		return Result{}
 	}
 	return Result{Code: ErrInvalid}
-}
-
-func (s *ClusterState) createVDI(c *Cmd) Result {
-	if !s.Formatted {
-		return Result{Code: ErrNotFormatted}
-	}
-	if c.Name == "" || len(c.Name) > maxVDINameLen || strings.ContainsAny(c.Name, "@/\x00") {
-		return Result{Code: ErrInvalid}
-	}
-	if s.LookupVDI(c.Name) != nil {
-		return Result{Code: ErrVDIExists}
-	}
-	copies, shift := c.Copies, c.BlockShift
-	if copies == 0 {
-		copies = s.Copies
-	}
-	if shift == 0 {
-		shift = s.BlockShift
-	}
-	if shift < MinBlockShift || shift > MaxBlockShift || c.Size == 0 || c.Size > maxVDISize ||
-		(c.Size+(1<<shift)-1)>>shift > MaxDataObjs {
-		return Result{Code: ErrInvalid}
-	}
-	vid := HashVDIName(c.Name)
-	for i := 0; ; i++ {
-		if i == MaxVDIs {
-			return Result{Code: ErrFull}
-		}
-		if vid != 0 && s.vdis[vid] == nil {
-			break
-		}
-		vid = (vid + 1) & (MaxVDIs - 1)
-	}
-	v := &VDI{ID: vid, Name: c.Name, Size: c.Size, Copies: copies, BlockShift: shift, CTime: c.Time}
-	s.vdis[vid] = v
-	s.names[v.Name] = vid
-	return Result{VID: vid}
 }
 
 // autoVNodes weights a joining node by its capacity relative to the
@@ -415,12 +336,13 @@ func (s *ClusterState) autoVNodes(n NodeInfo) uint16 {
 	return uint16(min(max(v+0.5, 1), 65535))
 }
 
-// MinCopies is the smallest replica count of any live VDI (or the
-// cluster's default).
+// MinCopies is the smallest replica count of any VDI that has objects
+// (snapshots and deleted VDIs not yet reclaimed too), or the cluster's
+// default.
 func (s *ClusterState) MinCopies() int {
 	c := int(s.Copies)
-	for _, vid := range s.names {
-		c = min(c, int(s.vdis[vid].Copies))
+	for _, v := range s.vdis {
+		c = min(c, int(v.Copies))
 	}
 	return c
 }
@@ -468,6 +390,7 @@ func (s *ClusterState) newEpoch(t int64) {
 // marshal encodes the whole state deterministically (raft snapshots).
 func (s *ClusterState) marshal() []byte {
 	e := enc{}
+	e.u8(stateMagic)
 	e.bool(s.Formatted)
 	e.u8(s.Copies)
 	e.u8(s.BlockShift)
@@ -504,17 +427,7 @@ func (s *ClusterState) marshal() []byte {
 	slices.Sort(vids)
 	e.u32(uint32(len(vids)))
 	for _, vid := range vids {
-		v := s.vdis[vid]
-		e.u32(v.ID)
-		e.str(v.Name)
-		e.u64(v.Size)
-		e.u8(v.Copies)
-		e.u8(v.BlockShift)
-		e.i64(v.CTime)
-		e.bool(v.Deleted)
-		e.u64(uint64(v.Owner))
-		e.u64(v.OwnerInc)
-		e.u64(v.AttachGen)
+		encodeVDI(&e, s.vdis[vid])
 	}
 	props := make([]NodeID, 0, len(s.recent))
 	for id := range s.recent {
@@ -531,10 +444,34 @@ func (s *ClusterState) marshal() []byte {
 			e.u8(uint8(r.res.Code))
 			e.u32(r.res.VID)
 			e.u64(r.res.Gen)
+			e.u32(r.res.Snap)
 		}
+	}
+	roots := make([]uint32, 0, len(s.families))
+	for root := range s.families {
+		roots = append(roots, root)
+	}
+	slices.Sort(roots)
+	e.u32(uint32(len(roots)))
+	for _, root := range roots {
+		e.u32(root)
+		e.u64(s.families[root])
+	}
+	retired := make([]uint32, 0, len(s.retired))
+	for vid := range s.retired {
+		retired = append(retired, vid)
+	}
+	slices.Sort(retired)
+	e.u32(uint32(len(retired)))
+	for _, vid := range retired {
+		e.u32(vid)
 	}
 	return e.b
 }
+
+// stateMagic starts an encoded ClusterState; encodings from before the
+// VDI lifecycle start with the Formatted flag (0 or 1) instead.
+const stateMagic = 0xC5
 
 func unmarshalClusterState(b []byte) (*ClusterState, error) {
 	s := NewClusterState()
@@ -542,6 +479,10 @@ func unmarshalClusterState(b []byte) (*ClusterState, error) {
 		return s, nil
 	}
 	d := dec{b: b}
+	legacy := b[0] != stateMagic
+	if !legacy {
+		d.u8()
+	}
 	s.Formatted = d.bool()
 	s.Copies = d.u8()
 	s.BlockShift = d.u8()
@@ -567,10 +508,9 @@ func unmarshalClusterState(b []byte) (*ClusterState, error) {
 		s.History = append(s.History, h)
 	}
 	for i, n := 0, d.count(40); i < n; i++ {
-		v := &VDI{ID: d.u32(), Name: d.str(), Size: d.u64(), Copies: d.u8(), BlockShift: d.u8(), CTime: d.i64(),
-			Deleted: d.bool(), Owner: NodeID(d.u64()), OwnerInc: d.u64(), AttachGen: d.u64()}
+		v := decodeVDI(&d, legacy)
 		s.vdis[v.ID] = v
-		if !v.Deleted {
+		if !v.Deleted && !v.IsSnapshot() {
 			s.names[v.Name] = v.ID
 		}
 	}
@@ -578,9 +518,22 @@ func unmarshalClusterState(b []byte) (*ClusterState, error) {
 		id := NodeID(d.u64())
 		var rs []propResult
 		for j, m := 0, d.count(21); j < m; j++ {
-			rs = append(rs, propResult{id: d.u64(), res: Result{Code: Code(d.u8()), VID: d.u32(), Gen: d.u64()}})
+			r := propResult{id: d.u64(), res: Result{Code: Code(d.u8()), VID: d.u32(), Gen: d.u64()}}
+			if !legacy {
+				r.res.Snap = d.u32()
+			}
+			rs = append(rs, r)
 		}
 		s.recent[id] = rs
+	}
+	if !legacy {
+		for i, n := 0, d.count(12); i < n; i++ {
+			root := d.u32()
+			s.families[root] = d.u64()
+		}
+		for i, n := 0, d.count(4); i < n; i++ {
+			s.retired[d.u32()] = struct{}{}
+		}
 	}
 	if err := d.done(); err != nil {
 		return nil, fmt.Errorf("core: decode cluster state: %w", err)

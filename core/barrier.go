@@ -1,0 +1,149 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+)
+
+// A barrier fences the writes of one VDI. It asks every member of the
+// current epoch to answer once it has applied the cluster log up to an
+// index (a snapshot, a delete, an attach) and no write to the VDI's
+// objects is running or queued at it as their primary. From then on no
+// write that entry made stale lands anywhere: every node refuses it
+// (writeFence), and the ones accepted before have settled. Each member
+// also lists the VDI's objects it holds; their union is every object the
+// VDI has, since a member answers only once it recovered them (the
+// builder resolves a new table with it, reclaim finds what to delete).
+//
+// Answers must all come from one epoch, so an epoch change starts the
+// barrier over with the new members.
+
+type barrier struct {
+	id    uint64
+	vid   uint32
+	index uint64
+	epoch uint32
+	left  map[NodeID]bool
+	oids  []OID
+	done  func([]OID)
+}
+
+func (b *barrier) String() string {
+	return fmt.Sprintf("barrier %06x@%d e%d waiting for %d", b.vid, b.index, b.epoch, len(b.left))
+}
+
+// runBarrier fences vid at log index index; done gets the union of the
+// members' objects of vid, sorted.
+func (n *Node) runBarrier(vid uint32, index uint64, done func([]OID)) {
+	b := &barrier{id: n.newID(), vid: vid, index: index, done: done}
+	n.barriers[b.id] = b
+	n.startBarrier(b)
+}
+
+func (n *Node) startBarrier(b *barrier) {
+	if n.barriers[b.id] != b {
+		return
+	}
+	if !n.serving {
+		n.after(int64(n.t.RetryTicks), func() { n.startBarrier(b) })
+		return
+	}
+	b.epoch, b.oids = n.epoch, nil
+	b.left = map[NodeID]bool{}
+	for _, m := range n.cs.Nodes {
+		b.left[m.ID] = true
+	}
+	for _, m := range n.cs.Nodes {
+		n.askBarrier(b, m.ID)
+	}
+}
+
+func (n *Node) askBarrier(b *barrier, to NodeID) {
+	epoch := b.epoch
+	current := func() bool { return n.barriers[b.id] == b && b.epoch == epoch && n.epoch == epoch && b.left[to] }
+	n.rpc(&Message{Type: MsgBarrier, To: to, OID: InodeOID(b.vid), Version: b.index}, func(resp *Message) {
+		if !current() {
+			return // an epoch change starts it over
+		}
+		if resp.Code != OK || resp.Epoch != epoch {
+			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+				if current() {
+					n.askBarrier(b, to)
+				}
+			})
+			return
+		}
+		delete(b.left, to)
+		b.oids = append(b.oids, resp.OIDs...)
+		if len(b.left) == 0 {
+			delete(n.barriers, b.id)
+			slices.Sort(b.oids)
+			b.done(slices.Compact(b.oids))
+		}
+	})
+}
+
+// restartBarriers starts every barrier over in the new epoch.
+func (n *Node) restartBarriers() {
+	ids := make([]uint64, 0, len(n.barriers))
+	for id := range n.barriers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		n.startBarrier(n.barriers[id])
+	}
+}
+
+// handleBarrier answers a barrier once this node is past it.
+func (n *Node) handleBarrier(m *Message) {
+	if !n.epochGate(m, MsgBarrierResp) {
+		return
+	}
+	vid := m.OID.VID()
+	if n.applied < m.Version || n.oldWrites > 0 || !n.settled(vid) {
+		epoch := n.epoch
+		n.after(1, func() {
+			if n.epoch == epoch {
+				n.handleBarrier(m)
+			}
+		})
+		return
+	}
+	var oids []OID
+	for _, oid := range n.localObjects() {
+		if oid.VID() == vid && (oid.IsData() || oid.IsTable()) {
+			oids = append(oids, oid)
+		}
+	}
+	r := n.respond(m, MsgBarrierResp, OK)
+	r.OIDs = oids
+}
+
+// settled reports whether this node has recovered every object of vid it
+// holds in this epoch and runs or queues no write on any as its primary.
+func (n *Node) settled(vid uint32) bool {
+	r := n.rec
+	if r == nil || r.epoch != n.epoch || !r.listsDone {
+		return false
+	}
+	for oid := range r.want {
+		if oid.VID() == vid {
+			return false
+		}
+	}
+	for oid, o := range n.objs {
+		if oid.VID() != vid {
+			continue
+		}
+		if o.active != nil {
+			return false
+		}
+		for _, p := range o.queue {
+			if p.m.Op != OpRead && p.m.Op != OpStat {
+				return false
+			}
+		}
+	}
+	return true
+}

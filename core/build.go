@@ -1,0 +1,281 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+)
+
+// The leader's jobs: it builds the table of every new VDI made from
+// another (build.go) and reclaims the objects of deleted VDIs that
+// nothing references (reclaim.go). A job is state on the leader only:
+// a new leader starts the jobs again from the cluster state, and every
+// step is safe to repeat.
+type jobs struct {
+	builds   map[uint32]*buildJob
+	reclaims map[uint32]*reclaimPass // by family root
+	clean    map[uint32]cleanMark    // families whose last pass found nothing to do
+	scanned  int64
+}
+
+func (j *jobs) init() {
+	j.builds = map[uint32]*buildJob{}
+	j.reclaims = map[uint32]*reclaimPass{}
+	j.clean = map[uint32]cleanMark{}
+}
+
+func (j *jobs) stop() {
+	clear(j.builds)
+	clear(j.reclaims)
+	clear(j.clean)
+}
+
+// jobScanTicks is how often the leader looks for VDIs to build or reclaim.
+const jobScanTicks = 5
+
+// tickJobs starts the jobs the cluster state asks for.
+func (n *Node) tickJobs() {
+	if !n.isLeader || !n.serving {
+		if len(n.jobs.builds)+len(n.jobs.reclaims) > 0 {
+			n.jobs.stop()
+		}
+		return
+	}
+	if n.now-n.jobs.scanned < jobScanTicks {
+		return
+	}
+	n.jobs.scanned = n.now
+	families := map[uint32]bool{}
+	for _, v := range n.cs.Records() {
+		if v.Building && !v.Deleted && n.jobs.builds[v.ID] == nil {
+			n.startBuild(v.ID)
+		}
+		if v.Deleted {
+			families[v.Root] = true
+		}
+	}
+	roots := make([]uint32, 0, len(families))
+	for root := range families {
+		roots = append(roots, root)
+	}
+	slices.Sort(roots)
+	for _, root := range roots {
+		n.maybeReclaim(root)
+	}
+}
+
+// Jobs describes the leader's jobs in progress, for status and problem
+// reports.
+func (n *Node) Jobs() []string {
+	var out []string
+	for _, vid := range sortedU32Keys(n.jobs.builds) {
+		out = append(out, n.jobs.builds[vid].String())
+	}
+	for _, root := range sortedU32Keys(n.jobs.reclaims) {
+		out = append(out, n.jobs.reclaims[root].String())
+	}
+	return out
+}
+
+func sortedU32Keys[V any](m map[uint32]V) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+type buildPhase uint8
+
+const (
+	buildSealing    buildPhase = iota + 1 // fencing the parent and listing its objects
+	buildReading                          // reading the parent's table
+	buildWriting                          // writing the new table
+	buildCommitting                       // proposing CmdBuilt
+)
+
+func (p buildPhase) String() string {
+	return [...]string{"?", "sealing", "reading", "writing", "committing"}[min(int(p), 4)]
+}
+
+// buildJob makes the table of a new VDI from its parent's: an entry the
+// parent inherits stays, an object the parent has itself becomes the
+// parent's, the rest stays 0. Building first fences the parent (a
+// barrier): after it nothing writes the parent again (a snapshot's old
+// working VDI stops taking writes there), and its listing is final.
+type buildJob struct {
+	vid, parent uint32
+	gen         uint64 // the new VDI's first attach generation: the builder's writes carry it
+	phase       buildPhase
+	own         map[uint32]bool     // indices of the parent's own objects
+	ptab        map[uint32][]uint32 // the parent's table objects, by chunk
+	writes      []uint32            // chunks still to write
+	left        int
+}
+
+func (j *buildJob) String() string {
+	return fmt.Sprintf("build %06x from %06x: %v, %d left", j.vid, j.parent, j.phase, j.left)
+}
+
+func (n *Node) startBuild(vid uint32) {
+	v := n.cs.VDI(vid)
+	p := n.cs.VDI(v.Parent)
+	if p == nil {
+		return
+	}
+	j := &buildJob{vid: vid, parent: p.ID, gen: v.AttachGen, phase: buildSealing, own: map[uint32]bool{}, ptab: map[uint32][]uint32{}}
+	n.jobs.builds[vid] = j
+	n.note(fmt.Sprintf("node %d: building %06x from %06x", n.id, vid, p.ID))
+	n.runBarrier(p.ID, n.applied, func(oids []OID) {
+		if !n.buildCurrent(j) {
+			return
+		}
+		var chunks []uint32
+		for _, oid := range oids {
+			switch {
+			case oid.IsData():
+				j.own[oid.Index()] = true
+			case oid.IsTable():
+				chunks = append(chunks, oid.Index())
+			}
+		}
+		n.buildRead(j, chunks)
+	})
+}
+
+// buildCurrent reports whether j is still the job for a VDI still being built.
+func (n *Node) buildCurrent(j *buildJob) bool {
+	v := n.cs.VDI(j.vid)
+	if n.jobs.builds[j.vid] != j || v == nil || v.Deleted || !v.Building {
+		if n.jobs.builds[j.vid] == j {
+			delete(n.jobs.builds, j.vid)
+		}
+		return false
+	}
+	return true
+}
+
+func (n *Node) buildRead(j *buildJob, chunks []uint32) {
+	j.phase = buildReading
+	p := n.cs.VDI(j.parent)
+	if p == nil || !p.Table || len(chunks) == 0 {
+		n.buildWrite(j)
+		return
+	}
+	j.left = len(chunks)
+	for _, k := range chunks {
+		n.buildReadChunk(j, k)
+	}
+}
+
+func (n *Node) buildReadChunk(j *buildJob, k uint32) {
+	n.gw.internal(n, &subOp{oid: TableOID(j.parent, k), op: OpRead, len: TableChunkSize}, func(code Code, data []byte) {
+		if !n.buildCurrent(j) {
+			return
+		}
+		if code != OK {
+			n.after(int64(n.t.RetryTicks), func() {
+				if n.buildCurrent(j) {
+					n.buildReadChunk(j, k)
+				}
+			})
+			return
+		}
+		j.ptab[k] = decodeChunk(data)
+		if j.left--; j.left == 0 {
+			n.buildWrite(j)
+		}
+	})
+}
+
+// buildWindow bounds the table objects a build writes at once.
+const buildWindow = 16
+
+func (n *Node) buildWrite(j *buildJob) {
+	j.phase = buildWriting
+	v := n.cs.VDI(j.vid)
+	objs := v.Objects()
+	for k := uint32(0); k < tableChunks(objs); k++ {
+		if n.buildChunk(j, k, objs) != nil {
+			j.writes = append(j.writes, k)
+		}
+	}
+	j.left = len(j.writes)
+	if j.left == 0 {
+		n.buildCommit(j)
+		return
+	}
+	for range min(buildWindow, len(j.writes)) {
+		n.buildNextWrite(j)
+	}
+}
+
+// buildChunk computes table object k of the new VDI, or nil if all its
+// entries are 0 (a missing table object reads as zeros).
+func (n *Node) buildChunk(j *buildJob, k, objs uint32) []uint32 {
+	var out []uint32
+	pt := j.ptab[k]
+	for e := uint32(0); e < TableEntries && k*TableEntries+e < objs; e++ {
+		idx := k*TableEntries + e
+		var owner uint32
+		if pt != nil {
+			owner = pt[e]
+		}
+		if owner == 0 && j.own[idx] {
+			owner = j.parent
+		}
+		if owner != 0 {
+			if out == nil {
+				out = make([]uint32, TableEntries)
+			}
+			out[e] = owner
+		}
+	}
+	return out
+}
+
+func (n *Node) buildNextWrite(j *buildJob) {
+	if len(j.writes) == 0 {
+		return
+	}
+	k := j.writes[0]
+	j.writes = j.writes[1:]
+	n.buildWriteChunk(j, k)
+}
+
+// buildWriteChunk writes table object k. Its write id depends only on
+// the generation and k, so a second builder (a new leader) writing the
+// same bytes finds its write a retry of the first one's.
+func (n *Node) buildWriteChunk(j *buildJob, k uint32) {
+	v := n.cs.VDI(j.vid)
+	data := encodeChunk(n.buildChunk(j, k, v.Objects()))
+	w := &subOp{oid: TableOID(j.vid, k), op: OpWrite, len: TableChunkSize, data: data, flags: FlagFUA,
+		reqID: j.gen<<writeSeqBits | uint64(k+1)}
+	n.gw.internal(n, w, func(code Code, _ []byte) {
+		if !n.buildCurrent(j) {
+			return
+		}
+		if code != OK {
+			n.after(int64(n.t.RetryTicks), func() {
+				if n.buildCurrent(j) {
+					n.buildWriteChunk(j, k)
+				}
+			})
+			return
+		}
+		if j.left--; j.left == 0 {
+			n.buildCommit(j)
+			return
+		}
+		n.buildNextWrite(j)
+	})
+}
+
+func (n *Node) buildCommit(j *buildJob) {
+	j.phase = buildCommitting
+	n.propose(&Cmd{Type: CmdBuilt, VID: j.vid}, func(res Result) {
+		if n.jobs.builds[j.vid] == j {
+			delete(n.jobs.builds, j.vid)
+		}
+	})
+}

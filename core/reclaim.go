@@ -1,0 +1,227 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Reclaim frees what deleted VDIs leave. An object of a deleted VDI D is
+// referenced only through the tables of D's live relatives (tables are
+// resolved when a VDI is made, so references never go through another
+// VDI), all in D's family. A pass over a family
+//
+//  1. fences every deleted VDI of the family and lists its objects
+//     (barriers: nothing writes them any more);
+//  2. reads the table of every live VDI of the family and collects the
+//     indices that still name a deleted one;
+//  3. checks in the cluster log that the family did not change meanwhile
+//     (CmdReclaim with the family's generation): a VDI made from another
+//     copies its references, and one made during the pass was not read;
+//  4. purges each deleted VDI nothing references (CmdPurge: every node
+//     drops its objects, and its id is never reused), and deletes on
+//     every member the other objects of deleted VDIs nothing references.
+//
+// References only ever disappear (a table entry changes from a VDI's id
+// to 0, never back), so what step 2 found unreferenced stays so: no
+// object is freed while anything references it. Deletion leaves no
+// tombstone: a node that was away may bring an unreferenced object back
+// when it returns, and a later pass deletes it again. Passes repeat
+// while deleted VDIs remain, whenever the family, the epoch or the set
+// of deleted VDIs changed, and at least every reclaimTicks.
+
+const reclaimTicks = 1000
+
+type reclaimPhase uint8
+
+const (
+	reclaimListing  reclaimPhase = iota + 1 // fencing and listing the deleted VDIs
+	reclaimReading                          // reading the live VDIs' tables
+	reclaimChecking                         // proposing CmdReclaim
+	reclaimRemoving                         // purging and deleting
+)
+
+func (p reclaimPhase) String() string {
+	return [...]string{"?", "listing", "reading", "checking", "removing"}[min(int(p), 4)]
+}
+
+// cleanMark records a pass that found nothing to do.
+type cleanMark struct {
+	gen   uint64
+	epoch uint32
+	dead  int
+	at    int64
+}
+
+type reclaimPass struct {
+	root  uint32
+	gen   uint64
+	phase reclaimPhase
+	dead  []uint32
+	lists map[uint32][]OID
+	refs  map[uint32]map[uint32]bool // deleted VDI → indices still referenced
+	live  []uint32
+	left  int
+	acted bool // purged or deleted something
+}
+
+func (p *reclaimPass) String() string {
+	return fmt.Sprintf("reclaim family %06x: %v, %d deleted, %d left", p.root, p.phase, len(p.dead), p.left)
+}
+
+// maybeReclaim starts a pass over the family rooted at root if one is due.
+func (n *Node) maybeReclaim(root uint32) {
+	if n.jobs.reclaims[root] != nil {
+		return
+	}
+	var dead, live []uint32
+	for _, v := range n.cs.Records() {
+		if v.Root != root {
+			continue
+		}
+		if v.Building {
+			return // its table will copy references: wait for it
+		}
+		if v.Deleted {
+			dead = append(dead, v.ID)
+		} else if v.Table && !(n.bugs.ReclaimShared && v.Clone) {
+			live = append(live, v.ID)
+		}
+	}
+	if len(dead) == 0 {
+		delete(n.jobs.clean, root)
+		return
+	}
+	gen := n.cs.FamilyGen(root)
+	if c, ok := n.jobs.clean[root]; ok && c.gen == gen && c.epoch == n.epoch && c.dead == len(dead) && n.now-c.at < reclaimTicks {
+		return
+	}
+	p := &reclaimPass{root: root, gen: gen, phase: reclaimListing, dead: dead, live: live,
+		lists: map[uint32][]OID{}, refs: map[uint32]map[uint32]bool{}, left: len(dead)}
+	n.jobs.reclaims[root] = p
+	for _, d := range dead {
+		p.refs[d] = map[uint32]bool{}
+		n.runBarrier(d, n.applied, func(oids []OID) {
+			if !n.reclaimCurrent(p) {
+				return
+			}
+			p.lists[d] = oids
+			if p.left--; p.left == 0 {
+				n.reclaimRead(p)
+			}
+		})
+	}
+}
+
+func (n *Node) reclaimCurrent(p *reclaimPass) bool {
+	return n.jobs.reclaims[p.root] == p && n.isLeader
+}
+
+func (n *Node) reclaimEnd(p *reclaimPass) {
+	if n.jobs.reclaims[p.root] != p {
+		return
+	}
+	delete(n.jobs.reclaims, p.root)
+	if !p.acted {
+		n.jobs.clean[p.root] = cleanMark{gen: p.gen, epoch: n.epoch, dead: len(p.dead), at: n.now}
+	}
+}
+
+func (n *Node) reclaimRead(p *reclaimPass) {
+	p.phase = reclaimReading
+	p.left = len(p.live)
+	if p.left == 0 {
+		n.reclaimCheck(p)
+		return
+	}
+	for _, vid := range p.live {
+		v := n.cs.VDI(vid)
+		if v == nil || v.Deleted || !v.Table {
+			// Deleted or flattened since: it references nothing now.
+			if p.left--; p.left == 0 {
+				n.reclaimCheck(p)
+			}
+			continue
+		}
+		n.readTable(v, func(code Code, entries []uint32) {
+			if !n.reclaimCurrent(p) {
+				return
+			}
+			for i, e := range entries {
+				if refs := p.refs[e]; refs != nil {
+					refs[uint32(i)] = true
+				}
+			}
+			if p.left--; p.left == 0 {
+				n.reclaimCheck(p)
+			}
+		})
+	}
+}
+
+func (n *Node) reclaimCheck(p *reclaimPass) {
+	p.phase = reclaimChecking
+	n.propose(&Cmd{Type: CmdReclaim, VID: p.root, Gen: p.gen}, func(res Result) {
+		if !n.reclaimCurrent(p) {
+			return
+		}
+		if res.Code != OK {
+			p.acted = true // the family changed: look again at once
+			n.reclaimEnd(p)
+			return
+		}
+		n.reclaimRemove(p)
+	})
+}
+
+func (n *Node) reclaimRemove(p *reclaimPass) {
+	p.phase = reclaimRemoving
+	var garbage []OID
+	for _, d := range p.dead {
+		if len(p.refs[d]) == 0 {
+			p.acted = true
+			p.left++
+			n.propose(&Cmd{Type: CmdPurge, VID: d, Gen: p.gen}, func(Result) {
+				if p.left--; p.left == 0 {
+					n.reclaimEnd(p)
+				}
+			})
+			continue
+		}
+		for _, oid := range p.lists[d] {
+			if !oid.IsData() || !p.refs[d][oid.Index()] {
+				garbage = append(garbage, oid)
+			}
+		}
+	}
+	if len(garbage) > 0 {
+		p.acted = true
+		slices.Sort(garbage)
+		for _, m := range n.cs.Nodes {
+			p.left++
+			n.rpc(&Message{Type: MsgReclaim, To: m.ID, OIDs: garbage}, func(*Message) {
+				if p.left--; p.left == 0 {
+					n.reclaimEnd(p)
+				}
+			})
+		}
+	}
+	if p.left == 0 {
+		n.reclaimEnd(p)
+	}
+}
+
+// handleReclaim deletes the listed objects of deleted VDIs held here.
+func (n *Node) handleReclaim(m *Message) {
+	if !n.epochGate(m, MsgReclaimResp) {
+		return
+	}
+	for _, oid := range m.OIDs {
+		if v := n.cs.VDI(oid.VID()); v != nil && !v.Deleted {
+			continue // only ever objects of deleted VDIs
+		}
+		if o := n.objs[oid]; o != nil && o.present {
+			n.deleteLocal(oid)
+		}
+	}
+	n.respond(m, MsgReclaimResp, OK)
+}
