@@ -13,30 +13,30 @@ type MsgType uint8
 // refuses work from an older epoch and holds work from a newer one until
 // it has caught up.
 const (
-	MsgRaft       MsgType = iota + 1 // raft traffic of the cluster log
-	MsgJoin                          // a node asks to become (again) a member
-	MsgLeaseReq                      // a primary asks a co-replica for a read lease
-	MsgLeaseGrant                    // the co-replica promises not to serve a newer epoch's recovery before the lease ends
-	MsgIO                            // gateway → primary: one object operation
-	MsgIOResp                        // Prev: the object's version once the operation completed (every replica has it)
-	MsgRepl                          // primary → replica: apply one versioned write
-	MsgReplResp                      //
-	MsgSync                          // gateway → replica: make these objects durable (flush)
-	MsgSyncResp                      //
-	MsgListReq                       // recovery: which objects placed on me do you hold, at which versions?
-	MsgListResp                      //
-	MsgFetchReq                      // recovery/repair: send me this object at at least this version
-	MsgFetchResp                     //
-	MsgRecovered                     // I hold every object the epoch places on me
-	MsgCheckReq                      // vdi check: version and digest of an object
-	MsgCheckResp                     //
-	MsgJoinAck                       // answer to MsgJoin: the members and their addresses
-	MsgRevoke                        // primary → attacher: give back the object handed over with token Version
-	MsgRevokeResp                    // the object is settled; Prev: the highest version the attacher gave it
-	MsgBarrier                       // VDI OID.VID(): answer once you applied the cluster log up to Version and settled its writes
-	MsgBarrierResp                   // OIDs: the VDI's objects you hold
-	MsgReclaim                       // delete these objects of a deleted VDI: nothing references them
-	MsgReclaimResp                   //
+	MsgRaft        MsgType = iota + 1 // raft traffic of the cluster log
+	MsgJoin                           // a node asks to become (again) a member
+	MsgLeaseReq                       // a primary asks a co-replica for a read lease
+	MsgLeaseGrant                     // the co-replica promises not to serve a newer epoch's recovery before the lease ends
+	MsgIO                             // gateway → primary: one object operation
+	MsgIOResp                         // Prev: the object's version once the operation completed (every replica has it)
+	MsgRepl                           // primary → replica: apply one versioned write
+	MsgReplResp                       //
+	MsgSync                           // gateway → replica: make these objects durable (flush)
+	MsgSyncResp                       //
+	MsgListReq                        // recovery: which objects placed on me do you hold, at which versions?
+	MsgListResp                       //
+	MsgFetchReq                       // recovery/repair: send me this object at at least this version
+	MsgFetchResp                      //
+	MsgRecovered                      // I hold every object the epoch places on me
+	MsgCheckReq                       // vdi check: version and digest of an object
+	MsgCheckResp                      //
+	MsgJoinAck                        // answer to MsgJoin: the members and their addresses
+	MsgRevoke                         // primary → attacher: give back the object handed over with token Version
+	MsgRevokeResp                     // the object is settled; Prev: the highest version the attacher gave it
+	MsgBarrier                        // VDI OID.VID(): answer once you applied the cluster log up to Version and settled its writes
+	MsgBarrierResp                    // OIDs: the VDI's objects you hold
+	MsgReclaim                        // delete these objects of a deleted VDI: nothing references them
+	MsgReclaimResp                    //
 	msgTypeEnd
 )
 

@@ -252,9 +252,9 @@ type Node struct {
 	jobs       jobs // the leader's builds and reclaims
 	flattens   map[uint32]*flatten
 	rec        *recovery
-	done   map[NodeID]bool // members that announced recovery of the current epoch
-	gced   bool
-	gcLeft bool // some objects to collect were busy
+	done       map[NodeID]bool // members that announced recovery of the current epoch
+	gced       bool
+	gcLeft     bool // some objects to collect were busy
 }
 
 // NewNode creates a node from its configuration and restored state.

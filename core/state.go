@@ -195,9 +195,6 @@ func (s *ClusterState) IsMember(id NodeID, inc uint64) bool {
 	return ok && n.Incarnation == inc
 }
 
-
-
-
 // apply executes one entry. It must stay deterministic.
 func (s *ClusterState) apply(c *Cmd) Result {
 	if c.Proposer != 0 {
