@@ -135,10 +135,20 @@ func (n *Node) adminPropose(r *Request, c *Cmd) {
 }
 
 // deriveVDI proposes an entry that makes a VDI from another (snapshot,
-// clone, rollback) and replies once the new VDI is built.
+// clone, rollback) and replies once the new VDI is built. One that finds
+// another being made from the same VDI (two snapshots at once) waits for
+// that and tries again.
 func (n *Node) deriveVDI(r *Request, c *Cmd) {
-	deadline := n.now + int64(n.t.OpTimeoutTicks)
-	n.propose(c, func(res Result) {
+	n.deriveUntil(r, c, n.now+int64(n.t.OpTimeoutTicks))
+}
+
+func (n *Node) deriveUntil(r *Request, c *Cmd, deadline int64) {
+	try := *c
+	n.propose(&try, func(res Result) {
+		if res.Code == ErrBusy && n.now+int64(n.t.RetryTicks) < deadline {
+			n.after(int64(n.t.RetryTicks), func() { n.deriveUntil(r, c, deadline) })
+			return
+		}
 		if res.Code != OK {
 			n.reply(Reply{ID: r.ID, Code: res.Code, VID: res.VID, Snap: res.Snap})
 			return

@@ -43,8 +43,12 @@ func (s *Sim) checkRedundancy() {
 	}
 	for _, oid := range oids {
 		v := cs.VDI(oid.VID())
-		if v == nil || v.Deleted {
-			report("object %v of a deleted volume is still stored on %d nodes", oid, len(holders[oid]))
+		if v == nil {
+			report("object %v of a purged VDI is still stored on %d nodes", oid, len(holders[oid]))
+			continue
+		}
+		if oid.IsTable() && (v.Deleted || !v.Table) {
+			report("table object %v of a VDI without a table (deleted or flattened) is still stored on %d nodes", oid, len(holders[oid]))
 			continue
 		}
 		want := ring.Place(nil, oid, int(v.Copies))

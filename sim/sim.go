@@ -222,6 +222,9 @@ func newSim(cfg Config) *Sim {
 }
 
 func (s *Sim) objSize(oid core.OID) int {
+	if oid.IsTable() {
+		return core.TableChunkSize
+	}
 	if sz, ok := s.objSizes[oid.VID()]; ok {
 		return sz
 	}
