@@ -21,6 +21,7 @@ import (
 type barrier struct {
 	id    uint64
 	vid   uint32
+	sync  bool // members make their completed writes durable before they answer
 	index uint64
 	epoch uint32
 	left  map[NodeID]bool
@@ -33,9 +34,10 @@ func (b *barrier) String() string {
 }
 
 // runBarrier fences vid at log index index; done gets the union of the
-// members' objects of vid, sorted.
-func (n *Node) runBarrier(vid uint32, index uint64, done func([]OID)) {
-	b := &barrier{id: n.newID(), vid: vid, index: index, done: done}
+// members' objects of vid, sorted. With sync every member also makes its
+// completed writes durable first: a snapshot is durable once taken.
+func (n *Node) runBarrier(vid uint32, index uint64, sync bool, done func([]OID)) {
+	b := &barrier{id: n.newID(), vid: vid, index: index, sync: sync, done: done}
 	n.barriers[b.id] = b
 	n.startBarrier(b)
 }
@@ -61,7 +63,11 @@ func (n *Node) startBarrier(b *barrier) {
 func (n *Node) askBarrier(b *barrier, to NodeID) {
 	epoch := b.epoch
 	current := func() bool { return n.barriers[b.id] == b && b.epoch == epoch && n.epoch == epoch && b.left[to] }
-	n.rpc(&Message{Type: MsgBarrier, To: to, OID: InodeOID(b.vid), Version: b.index}, func(resp *Message) {
+	m := &Message{Type: MsgBarrier, To: to, OID: InodeOID(b.vid), Version: b.index}
+	if b.sync {
+		m.Flags |= FlagFUA
+	}
+	n.rpc(m, func(resp *Message) {
 		if !current() {
 			return // an epoch change starts it over
 		}
@@ -116,8 +122,11 @@ func (n *Node) handleBarrier(m *Message) {
 			oids = append(oids, oid)
 		}
 	}
-	r := n.respond(m, MsgBarrierResp, OK)
-	r.OIDs = oids
+	if m.Flags&FlagFUA == 0 {
+		n.respond(m, MsgBarrierResp, OK).OIDs = oids
+		return
+	}
+	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgBarrierResp, d.Err).OIDs = oids })
 }
 
 // settled reports whether this node has recovered every object of vid it

@@ -126,7 +126,7 @@ func (n *Node) startBuild(vid uint32) {
 	j := &buildJob{vid: vid, parent: p.ID, gen: v.AttachGen, phase: buildSealing, own: map[uint32]bool{}, ptab: map[uint32][]uint32{}}
 	n.jobs.builds[vid] = j
 	n.note(fmt.Sprintf("node %d: building %06x from %06x", n.id, vid, p.ID))
-	n.runBarrier(p.ID, n.applied, func(oids []OID) {
+	n.runBarrier(p.ID, n.applied, true, func(oids []OID) {
 		if !n.buildCurrent(j) {
 			return
 		}

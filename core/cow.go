@@ -46,7 +46,8 @@ type cow struct {
 	off     uint32
 	len     uint32
 	data    []byte
-	misses  int // reads that found the shared object missing
+	misses  int  // reads that found the shared object missing
+	fua     bool // the client asked for FUA: the entry too is durable before the reply
 	started int64
 }
 
@@ -59,7 +60,7 @@ const maxCOWMisses = 8
 // object's queue, whose index the table says VDI from owns.
 func (n *Node) startCOW(s *subOp, from uint32) {
 	size := n.objectSize(s.oid)
-	c := &cow{from: from, op: s.op, off: s.off, len: s.len, data: s.data, started: n.now}
+	c := &cow{from: from, op: s.op, off: s.off, len: s.len, data: s.data, started: n.now, fua: s.flags&FlagFUA != 0}
 	s.cow = c
 	if !s.copyOnly && (s.op == OpDiscard || (s.op == OpWrite && s.off == 0 && s.len == size)) {
 		n.cowWrite(s, nil)
@@ -101,10 +102,13 @@ func (n *Node) cowRead(s *subOp) {
 }
 
 // cowWrite writes the VDI's own copy: the shared object's bytes (base)
-// with the write applied.
+// with the write applied. The copy is made durable before the table
+// entry is written (FUA): they live on different nodes, and an entry
+// that survived a power cut without its copy would lose the object.
 func (n *Node) cowWrite(s *subOp, base []byte) {
 	c := s.cow
 	c.phase = cowWriting
+	s.flags |= FlagFUA
 	size := n.objectSize(s.oid)
 	switch {
 	case c.op == OpDiscard && !s.copyOnly:
@@ -150,6 +154,9 @@ func (n *Node) cowLink(s *subOp) {
 	att.seq++
 	tw := &subOp{oid: TableOID(s.oid.VID(), k), op: OpWrite, off: 4 * (s.idx % TableEntries), len: 4, data: make([]byte, 4),
 		reqID: att.gen<<writeSeqBits | att.seq}
+	if c.fua {
+		tw.flags |= FlagFUA
+	}
 	tbl := s.tbl
 	n.gw.internal(n, tw, func(code Code, _ []byte) {
 		ch := tbl.chunk(k)

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"fmt"
 	"slices"
 )
 
@@ -92,6 +93,7 @@ type subOp struct {
 	tbl       *vdiTable          // that table, nil if it has none
 	inherited bool               // reads another VDI's object: missing means reclaimed, not zeros
 	cow       *cow               // a copy-on-write in progress (cow.go)
+	misses    int                // reads that found the shared object missing
 	copyOnly  bool               // flatten: copy the shared object, change nothing
 }
 
@@ -125,7 +127,7 @@ func (n *Node) attachGW(vid uint32, gen uint64) {
 		att.ready = true
 		return
 	}
-	n.runBarrier(vid, n.applied, func([]OID) {
+	n.runBarrier(vid, n.applied, false, func([]OID) {
 		if g.vdis[vid] == att {
 			n.becomeReady(vid, att)
 		}
@@ -421,6 +423,10 @@ func (g *gateway) startRead(n *Node, s *subOp) {
 		return
 	}
 	n.withEntry(s.tbl, s.idx, func(entry uint32) {
+		if v := n.cs.VDI(s.src); v == nil || v.Deleted {
+			g.complete(n, s, ErrNoVDI, nil)
+			return
+		}
 		s.oid, s.inherited = ownerOID(s.src, entry, s.idx)
 		g.dispatch(n, s)
 	})
@@ -650,9 +656,11 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 		}
 		n.after(int64(max(n.t.RetryTicks/4, 1)), func() { g.dispatch(n, s) })
 	case ErrNoObject:
-		if s.inherited && s.tbl != nil && (s.op == OpRead || s.op == OpStat) {
+		if s.inherited && s.tbl != nil && (s.op == OpRead || s.op == OpStat) && s.misses < maxCOWMisses {
 			// The shared object is gone: this VDI copied it since (the
-			// entry changed) and it was reclaimed. Resolve it again.
+			// entry changed) and it was reclaimed. Resolve it again. (If
+			// it stays gone, a referenced object was lost: the read fails.)
+			s.misses++
 			delete(g.subs, m.ID)
 			s.msgID = 0
 			if s.tbl.transient {
@@ -663,6 +671,11 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 					g.startRead(n, s)
 				}
 			})
+			return
+		}
+		if s.inherited {
+			n.note(fmt.Sprintf("node %d: shared object %v is missing", n.id, s.oid))
+			g.complete(n, s, ErrCorrupt, nil)
 			return
 		}
 		g.complete(n, s, m.Code, nil)

@@ -100,7 +100,7 @@ func (n *Node) maybeReclaim(root uint32) {
 	n.jobs.reclaims[root] = p
 	for _, d := range dead {
 		p.refs[d] = map[uint32]bool{}
-		n.runBarrier(d, n.applied, func(oids []OID) {
+		n.runBarrier(d, n.applied, false, func(oids []OID) {
 			if !n.reclaimCurrent(p) {
 				return
 			}
@@ -145,6 +145,12 @@ func (n *Node) reclaimRead(p *reclaimPass) {
 		n.readTable(v, func(code Code, entries []uint32) {
 			if !n.reclaimCurrent(p) {
 				return
+			}
+			if code != OK {
+				// Deleted or flattened meanwhile: it references nothing. (An
+				// error that is not ErrNoVDI does not reach here: reads are
+				// retried.)
+				entries = nil
 			}
 			for i, e := range entries {
 				if refs := p.refs[e]; refs != nil {

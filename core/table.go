@@ -125,6 +125,13 @@ func (n *Node) loadChunk(t *vdiTable, k uint32) {
 			return // invalidated meanwhile
 		}
 		c.loading = false
+		if code == ErrNoVDI {
+			// The VDI has no table any more: flattened (every entry is 0
+			// now) or deleted (its readers fail, see startRead).
+			c.entries = make([]uint32, TableEntries)
+			c.wake()
+			return
+		}
 		if code != OK {
 			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
 				if t.chunks[k] == c && c.entries == nil {
@@ -186,8 +193,8 @@ func (n *Node) tableOf(v *VDI) *vdiTable {
 // dropTable forgets a cached table (detach, delete, snapshot, flatten).
 func (g *gateway) dropTable(vid uint32) { delete(g.tables, vid) }
 
-// readTable loads the whole table of v and passes its entries, one per
-// object (0: own object).
+// readTable reads the whole table of v and passes its entries, one per
+// object (0: own object); ErrNoVDI if v lost its table meanwhile.
 func (n *Node) readTable(v *VDI, done func(Code, []uint32)) {
 	objs := v.Objects()
 	out := make([]uint32, objs)
@@ -195,18 +202,33 @@ func (n *Node) readTable(v *VDI, done func(Code, []uint32)) {
 		done(OK, out)
 		return
 	}
-	t := newTable(v.ID, true)
+	vid := v.ID
 	left := int(tableChunks(objs))
-	for k := uint32(0); k < tableChunks(objs); k++ {
-		n.loadChunk(t, k)
-		c := t.chunk(k)
-		c.waiters = append(c.waiters, func() {
-			copy(out[k*TableEntries:], c.entries[:min(TableEntries, objs-k*TableEntries)])
-			left--
-			if left == 0 {
+	failed := false
+	var read func(k uint32)
+	read = func(k uint32) {
+		n.gw.internal(n, &subOp{oid: TableOID(vid, k), op: OpRead, len: TableChunkSize}, func(code Code, data []byte) {
+			if failed {
+				return
+			}
+			switch code {
+			case OK:
+			case ErrNoVDI:
+				failed = true
+				done(ErrNoVDI, nil)
+				return
+			default:
+				n.after(int64(max(n.t.RetryTicks/4, 1)), func() { read(k) })
+				return
+			}
+			copy(out[k*TableEntries:], decodeChunk(data)[:min(TableEntries, objs-k*TableEntries)])
+			if left--; left == 0 {
 				done(OK, out)
 			}
 		})
+	}
+	for k := uint32(0); k < tableChunks(objs); k++ {
+		read(k)
 	}
 }
 

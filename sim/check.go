@@ -125,6 +125,10 @@ func (s *Sim) eachVolume(then func(), step func(v *volume, next func())) {
 			then()
 			return
 		}
+		if s.vdis[i].deleted {
+			run(i + 1)
+			return
+		}
 		step(s.vdis[i], func() { run(i + 1) })
 	}
 	run(0)

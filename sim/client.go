@@ -25,6 +25,9 @@ type volume struct {
 	writes     map[int][]*writeRec // every write per block (ret is pending until it completes), for the durability check
 	flushes    []flushRec
 	blockShift uint8
+	clone      bool // made by cloning a snapshot
+	paused     bool // a lifecycle action waits for the clients to stand still
+	deleted    bool
 }
 
 type writeRec struct {
@@ -85,6 +88,10 @@ func (s *Sim) clientNext(c *client) {
 	if c.pending != nil || c.stopped {
 		return
 	}
+	if c.vol.paused {
+		s.at(20*ms, func() { s.clientNext(c) })
+		return
+	}
 	if s.opsStarted >= s.cfg.Ops {
 		c.stopped = true
 		s.maybeWorkloadDone()
@@ -120,6 +127,9 @@ func (s *Sim) clientNext(c *client) {
 		count = 2
 	}
 	req := &core.Request{VID: v.vid}
+	if c.observer {
+		req.VID = s.readVID(v) // a reader that looked the VDI up by name just now
+	}
 	r := s.rng.IntN(100)
 	if c.observer {
 		r = 50
@@ -203,6 +213,17 @@ func (s *Sim) clientNext(c *client) {
 			s.at(int64(s.rng.IntN(3*ms)), func() { s.clientNext(c) })
 		})
 	}
+}
+
+// readVID is the VDI id of v by its name, as the cluster state of some
+// running node has it (the observer's view may lag the volume's).
+func (s *Sim) readVID(v *volume) uint32 {
+	if cs := s.latest(); cs != nil {
+		if w := cs.LookupVDI(v.name); w != nil {
+			return w.ID
+		}
+	}
+	return v.vid
 }
 
 func (s *Sim) clientDone(c *client, op *pendingOp, rep core.Reply) {
@@ -294,7 +315,7 @@ func (s *Sim) nodeLost(nd *node) {
 
 // attach finds a gateway for a volume whose gateway is gone.
 func (s *Sim) attach(v *volume) {
-	if v.attaching != nil || s.now < v.nextAttach {
+	if v.attaching != nil || s.now < v.nextAttach || v.paused || v.deleted {
 		return
 	}
 	v.nextAttach = s.now + 30*ms
@@ -315,7 +336,7 @@ func (s *Sim) attach(v *volume) {
 			return
 		}
 		v.attaching = nil
-		if rep.Code == core.OK && nd.up && nd.gen == gen {
+		if rep.Code == core.OK && nd.up && nd.gen == gen && !v.paused {
 			v.gw, v.gwGen, v.force = nd, gen, false
 			s.tracef("volume %d attached at node %d", v.idx, nd.info.ID)
 		}

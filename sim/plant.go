@@ -19,6 +19,8 @@ var Plants = []struct {
 	{"no-epoch-check", core.Bugs{NoEpochCheck: true}, "accept requests and replication from an older epoch"},
 	{"skip-recovery", core.Bugs{SkipRecovery: true}, "a new replica serves without recovering"},
 	{"no-revoke", core.Bugs{NoRevoke: true}, "a primary serves an object it handed over to the attacher without taking it back"},
+	{"cow-in-place", core.Bugs{CowInPlace: true}, "a write to a shared object modifies it in place"},
+	{"reclaim-shared", core.Bugs{ReclaimShared: true}, "delete frees an object that a clone still references"},
 }
 
 // ParsePlant reads a comma-separated list of planted bug names.
@@ -48,6 +50,8 @@ func ParsePlant(s string) (core.Bugs, error) {
 		b.NoEpochCheck = b.NoEpochCheck || p.NoEpochCheck
 		b.SkipRecovery = b.SkipRecovery || p.SkipRecovery
 		b.NoRevoke = b.NoRevoke || p.NoRevoke
+		b.CowInPlace = b.CowInPlace || p.CowInPlace
+		b.ReclaimShared = b.ReclaimShared || p.ReclaimShared
 	}
 	return b, nil
 }
@@ -57,7 +61,8 @@ func PlantName(b core.Bugs) string {
 	var names []string
 	for _, p := range Plants {
 		if (p.Bugs.AckEarly && b.AckEarly) || (p.Bugs.ReadAny && b.ReadAny) ||
-			(p.Bugs.NoEpochCheck && b.NoEpochCheck) || (p.Bugs.SkipRecovery && b.SkipRecovery) || (p.Bugs.NoRevoke && b.NoRevoke) {
+			(p.Bugs.NoEpochCheck && b.NoEpochCheck) || (p.Bugs.SkipRecovery && b.SkipRecovery) || (p.Bugs.NoRevoke && b.NoRevoke) ||
+			(p.Bugs.CowInPlace && b.CowInPlace) || (p.Bugs.ReclaimShared && b.ReclaimShared) {
 			names = append(names, p.Name)
 		}
 	}

@@ -80,6 +80,14 @@ func (s *Sim) describe() string {
 		r := nd.n.Recovery()
 		out += fmt.Sprintf("[n%d e%d serving=%v leader=%d members=%d rec=%d/%d fin=%v all=%v] ", nd.info.ID, nd.n.Epoch(),
 			nd.n.Serving(), nd.n.Leader(), len(nd.n.Cluster().Nodes), r.Remaining, r.Total, r.Finished, r.AllDone)
+		if nd.n.IsLeader() {
+			for _, j := range nd.n.Jobs() {
+				out += "{" + j + "} "
+			}
+			for _, v := range nd.n.Cluster().Records() {
+				out += fmt.Sprintf("{%06x %s deleted=%v building=%v root=%06x} ", v.ID, v.Name, v.Deleted, v.Building, v.Root)
+			}
+		}
 	}
 	return out
 }
@@ -162,31 +170,45 @@ func (s *Sim) createVolumes(i int, finish func()) {
 			s.problem("volume %s missing after create", name)
 			return
 		}
-		vol := &volume{idx: i, name: name, vid: v.ID, blocks: int(s.cfg.VDISize) / s.cfg.BlockSize,
-			writes: map[int][]*writeRec{}, blockShift: v.BlockShift}
-		s.objSizes[v.ID] = 1 << v.BlockShift
-		for len(vol.hot) < s.cfg.HotBlocks {
-			if b := s.rng.IntN(vol.blocks); !slices.Contains(vol.hot, b) {
-				vol.hot = append(vol.hot, b)
-			}
-		}
-		s.vdis = append(s.vdis, vol)
+		s.addVolume(name, v.ID, v.BlockShift)
 		s.createVolumes(i+1, finish)
 	})
+}
+
+// addVolume adds a volume to the workload (its clients start later).
+func (s *Sim) addVolume(name string, vid uint32, shift uint8) *volume {
+	vol := &volume{idx: len(s.vdis), name: name, vid: vid, blocks: int(s.cfg.VDISize) / s.cfg.BlockSize,
+		writes: map[int][]*writeRec{}, blockShift: shift}
+	for len(vol.hot) < s.cfg.HotBlocks {
+		if b := s.rng.IntN(vol.blocks); !slices.Contains(vol.hot, b) {
+			vol.hot = append(vol.hot, b)
+		}
+	}
+	s.vdis = append(s.vdis, vol)
+	return vol
+}
+
+// startClients starts a volume's clients: Clients writers and readers
+// through its attacher, and an observer reading through random nodes.
+func (s *Sim) startClients(v *volume) {
+	for j := 0; j <= s.cfg.Clients; j++ {
+		c := &client{id: s.nextClient, vol: v, observer: j == s.cfg.Clients}
+		s.nextClient++
+		v.clients = append(v.clients, c)
+		s.at(int64(s.rng.IntN(5*ms)), func() { s.clientNext(c) })
+	}
 }
 
 func (s *Sim) startWorkload(finish func()) {
 	s.tracef("workload starts")
 	s.workloadStart = s.now
 	s.finish = finish
-	id := 0
 	for _, v := range s.vdis {
-		for j := 0; j <= s.cfg.Clients; j++ {
-			c := &client{id: id, vol: v, observer: j == s.cfg.Clients}
-			id++
-			v.clients = append(v.clients, c)
-			s.at(int64(s.rng.IntN(5*ms)), func() { s.clientNext(c) })
-		}
+		s.startClients(v)
+	}
+	if s.cfg.Lifecycle {
+		s.at(100*ms, s.lifecycleLoop)
+		s.at(150*ms, s.snapReader)
 	}
 	if s.cfg.Faults&^(FaultDrift|FaultPowerLoss) != 0 {
 		s.at(50*ms, s.faultLoop)
@@ -233,10 +255,16 @@ func (s *Sim) maybeWorkloadDone() {
 			}
 		}
 	}
+	if s.lifeBusy {
+		s.at(20*ms, s.maybeWorkloadDone)
+		return
+	}
 	s.checking = true
 	s.heal()
 	s.waitConverged(func() {
-		s.checkVolumes(func() { s.checkMaps(s.afterCheck) })
+		s.checkReferences(func() {
+			s.checkVolumes(func() { s.checkMaps(s.afterCheck) })
+		})
 	})
 }
 
@@ -246,11 +274,20 @@ func (s *Sim) afterCheck() {
 		s.checkRedundancy()
 		s.checkHistory()
 		s.checkQuiescent()
-		if s.cfg.Faults.Has(FaultPowerLoss) {
-			s.powerLoss(s.finish)
-			return
-		}
-		s.finish()
+		s.checkSnapshots("after healing", func() {
+			end := func() {
+				if !s.cfg.Lifecycle {
+					s.finish()
+					return
+				}
+				s.deleteEverything(s.finish)
+			}
+			if s.cfg.Faults.Has(FaultPowerLoss) {
+				s.powerLoss(func() { s.checkSnapshots("after the power loss", end) })
+				return
+			}
+			end()
+		})
 	})
 }
 

@@ -26,6 +26,7 @@ type Config struct {
 	BlockSize  int       // register granularity of the checker
 	HotBlocks  int       // blocks per volume most operations go to
 	Codec      bool      // round-trip every message through its wire encoding
+	Lifecycle  bool      // snapshots, clones, rollbacks, flattens and deletes while clients write
 	OutDir     string    // where to write the visualisation of a failing history
 	Trace      io.Writer // optional human-readable event log
 }
@@ -45,6 +46,7 @@ func DefaultConfig() Config {
 		VDISize:    64 << 10,
 		BlockSize:  512,
 		HotBlocks:  6,
+		Lifecycle:  true,
 	}
 }
 
@@ -178,6 +180,9 @@ type Sim struct {
 	workloadStart                  int64
 	problems                       []string
 	objSizes                       map[uint32]int
+	snaps                          []*snapshot
+	lifeBusy                       bool
+	nextClient                     int
 }
 
 // Run executes one simulated run.
