@@ -25,8 +25,8 @@ type barrier struct {
 	index uint64
 	epoch uint32
 	left  map[NodeID]bool
-	oids  []OID
-	done  func([]OID)
+	objs  []ObjVersion
+	done  func([]ObjVersion)
 }
 
 func (b *barrier) String() string {
@@ -34,9 +34,10 @@ func (b *barrier) String() string {
 }
 
 // runBarrier fences vid at log index index; done gets the union of the
-// members' objects of vid, sorted. With sync every member also makes its
-// completed writes durable first: a snapshot is durable once taken.
-func (n *Node) runBarrier(vid uint32, index uint64, sync bool, done func([]OID)) {
+// members' objects of vid, sorted, each with the newest version a member
+// holds. With sync every member also makes its completed writes durable
+// first: a snapshot is durable once taken.
+func (n *Node) runBarrier(vid uint32, index uint64, sync bool, done func([]ObjVersion)) {
 	b := &barrier{id: n.newID(), vid: vid, index: index, sync: sync, done: done}
 	n.barriers[b.id] = b
 	n.startBarrier(b)
@@ -50,7 +51,7 @@ func (n *Node) startBarrier(b *barrier) {
 		n.after(int64(n.t.RetryTicks), func() { n.startBarrier(b) })
 		return
 	}
-	b.epoch, b.oids = n.epoch, nil
+	b.epoch, b.objs = n.epoch, nil
 	b.left = map[NodeID]bool{}
 	for _, m := range n.cs.Nodes {
 		b.left[m.ID] = true
@@ -80,11 +81,10 @@ func (n *Node) askBarrier(b *barrier, to NodeID) {
 			return
 		}
 		delete(b.left, to)
-		b.oids = append(b.oids, resp.OIDs...)
+		b.objs = append(b.objs, resp.Objects...)
 		if len(b.left) == 0 {
 			delete(n.barriers, b.id)
-			slices.Sort(b.oids)
-			b.done(slices.Compact(b.oids))
+			b.done(newestVersions(b.objs))
 		}
 	})
 }
@@ -116,17 +116,29 @@ func (n *Node) handleBarrier(m *Message) {
 		})
 		return
 	}
-	var oids []OID
+	var objs []ObjVersion
 	for _, oid := range n.localObjects() {
 		if oid.VID() == vid && (oid.IsData() || oid.IsTable()) {
-			oids = append(oids, oid)
+			o := n.objs[oid]
+			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
 		}
 	}
 	if m.Flags&FlagFUA == 0 {
-		n.respond(m, MsgBarrierResp, OK).OIDs = oids
+		n.respond(m, MsgBarrierResp, OK).Objects = objs
 		return
 	}
-	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgBarrierResp, d.Err).OIDs = oids })
+	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgBarrierResp, d.Err).Objects = objs })
+}
+
+// newestVersions sorts objs by id and keeps each object's newest version.
+func newestVersions(objs []ObjVersion) []ObjVersion {
+	slices.SortFunc(objs, func(a, b ObjVersion) int {
+		if a.OID != b.OID {
+			return cmpU64(uint64(a.OID), uint64(b.OID))
+		}
+		return cmpU64(b.Version, a.Version)
+	})
+	return slices.CompactFunc(objs, func(a, b ObjVersion) bool { return a.OID == b.OID })
 }
 
 // settled reports whether this node has recovered every object of vid it

@@ -89,13 +89,14 @@ type buildPhase uint8
 
 const (
 	buildSealing    buildPhase = iota + 1 // fencing the parent and listing its objects
+	buildStamping                         // re-stamping a new snapshot's objects
 	buildReading                          // reading the parent's table
 	buildWriting                          // writing the new table
 	buildCommitting                       // proposing CmdBuilt
 )
 
 func (p buildPhase) String() string {
-	return [...]string{"?", "sealing", "reading", "writing", "committing"}[min(int(p), 4)]
+	return [...]string{"?", "sealing", "stamping", "reading", "writing", "committing"}[min(int(p), 5)]
 }
 
 // buildJob makes the table of a new VDI from its parent's: an entry the
@@ -103,6 +104,15 @@ func (p buildPhase) String() string {
 // parent's, the rest stays 0. Building first fences the parent (a
 // barrier): after it nothing writes the parent again (a snapshot's old
 // working VDI stops taking writes there), and its listing is final.
+//
+// A new snapshot's objects are then re-stamped: every member holding an
+// object at the version the seal found (the newest any member holds)
+// gives it a version of the current epoch. A write that was in flight on
+// nodes cut off at the time of the snapshot, applied on some of its
+// replicas only, has an older version: when those nodes come back,
+// recovery's newest version is still the snapshot's, and the snapshot
+// never changes. (For a working VDI such a write may take effect late;
+// it was never acknowledged.)
 type buildJob struct {
 	vid, parent uint32
 	gen         uint64 // the new VDI's first attach generation: the builder's writes carry it
@@ -126,21 +136,105 @@ func (n *Node) startBuild(vid uint32) {
 	j := &buildJob{vid: vid, parent: p.ID, gen: v.AttachGen, phase: buildSealing, own: map[uint32]bool{}, ptab: map[uint32][]uint32{}}
 	n.jobs.builds[vid] = j
 	n.note(fmt.Sprintf("node %d: building %06x from %06x", n.id, vid, p.ID))
-	n.runBarrier(p.ID, n.applied, true, func(oids []OID) {
+	n.runBarrier(p.ID, n.applied, true, func(objs []ObjVersion) {
 		if !n.buildCurrent(j) {
 			return
 		}
 		var chunks []uint32
-		for _, oid := range oids {
+		for _, o := range objs {
 			switch {
-			case oid.IsData():
-				j.own[oid.Index()] = true
-			case oid.IsTable():
-				chunks = append(chunks, oid.Index())
+			case o.OID.IsData():
+				j.own[o.OID.Index()] = true
+			case o.OID.IsTable():
+				chunks = append(chunks, o.OID.Index())
 			}
+		}
+		if p := n.cs.VDI(j.parent); p != nil && p.IsSnapshot() && !p.Sealed && len(objs) > 0 {
+			n.buildStamp(j, objs, func() { n.buildRead(j, chunks) })
+			return
 		}
 		n.buildRead(j, chunks)
 	})
+}
+
+// restampSeq is the sequence part of a re-stamped version: above any
+// write of that epoch (none reaches a read-only object).
+const restampSeq = 1 << 31
+
+// buildStamp re-stamps the parent's objects on every member, all in one
+// epoch; an epoch change starts the build over.
+func (n *Node) buildStamp(j *buildJob, objs []ObjVersion, then func()) {
+	j.phase = buildStamping
+	epoch := n.epoch
+	version := uint64(epoch)<<32 | restampSeq
+	j.left = len(n.cs.Nodes)
+	var ask func(to NodeID)
+	ask = func(to NodeID) {
+		n.rpc(&Message{Type: MsgRestamp, To: to, Objects: objs, Version: version}, func(resp *Message) {
+			if !n.buildCurrent(j) {
+				return
+			}
+			if n.epoch != epoch {
+				delete(n.jobs.builds, j.vid) // the next scan starts it again
+				return
+			}
+			if resp.Code != OK {
+				n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+					if n.buildCurrent(j) && n.epoch == epoch {
+						ask(to)
+					}
+				})
+				return
+			}
+			if j.left--; j.left == 0 {
+				then()
+			}
+		})
+	}
+	for _, m := range n.cs.Nodes {
+		ask(m.ID)
+	}
+}
+
+// handleRestamp gives the listed objects held here at exactly their
+// listed version the new version m.Version, durably.
+func (n *Node) handleRestamp(m *Message) {
+	if !n.epochGate(m, MsgRestampResp) {
+		return
+	}
+	left := 1
+	failed := OK
+	finish := func(c Code) {
+		if c != OK {
+			failed = c
+		}
+		if left--; left == 0 {
+			n.respond(m, MsgRestampResp, failed)
+		}
+	}
+	for _, ov := range m.Objects {
+		o := n.objs[ov.OID]
+		if o == nil || !o.present || o.meta.Version != ov.Version {
+			continue
+		}
+		left++
+		oid := ov.OID
+		n.whenIdle(oid, func() {
+			o := n.objs[oid]
+			if o == nil || !o.present || o.meta.Version != ov.Version {
+				finish(OK)
+				return
+			}
+			meta := o.meta
+			meta.Version = m.Version
+			op := DiskOp{Kind: DiskWrite, OID: oid, Meta: meta, Sync: true} // no data: the metadata only
+			if meta.Deleted {
+				op = DiskOp{Kind: DiskPut, OID: oid, Meta: meta, Sync: true}
+			}
+			n.writeLocal(op, finish)
+		})
+	}
+	finish(OK)
 }
 
 // buildCurrent reports whether j is still the job for a VDI still being built.

@@ -2,7 +2,8 @@ package core
 
 import "slices"
 
-// Checking a VDI (`vdi check`): every object goes through its primary,
+// Checking a VDI (`vdi check`): every object it reads (its own, those
+// it shares with ancestors, and its table objects) goes through its primary,
 // which orders the check like a write. The primary verifies its own copy
 // (checksums, repairing it from a co-replica if corrupted), then asks each
 // replica to verify its copy against the primary's version; a replica
@@ -16,11 +17,27 @@ func (n *Node) clientCheck(r *Request) {
 	if v == nil {
 		return
 	}
-	cop := &clientOp{req: r, deadline: n.now + int64(n.t.OpTimeoutTicks)}
-	total := v.Objects()
+	if v.Building {
+		n.whenBuilt(v.ID, n.now+int64(n.t.OpTimeoutTicks), func(code Code) {
+			if code != OK {
+				n.reply(Reply{ID: r.ID, Code: code, VID: v.ID})
+				return
+			}
+			n.clientCheck(r)
+		})
+		return
+	}
+	cop := &clientOp{req: r, vid: v.ID, deadline: n.now + int64(n.t.OpTimeoutTicks)}
+	objs := v.Objects()
+	tbl := n.tableOf(v)
+	chunks := uint32(0)
+	if tbl != nil {
+		chunks = tableChunks(objs)
+	}
+	total := objs + chunks
 	cop.pending = int(total)
 	if total == 0 {
-		n.reply(Reply{ID: r.ID})
+		n.reply(Reply{ID: r.ID, VID: v.ID})
 		return
 	}
 	n.gw.watch(n, cop)
@@ -28,10 +45,21 @@ func (n *Node) clientCheck(r *Request) {
 	var launch func()
 	launch = func() {
 		for next < total && int(next)-int(total)+cop.pending < checkWindow {
-			s := &subOp{cop: cop, oid: DataOID(v.ID, next), op: OpCheck, len: uint32(1) << v.BlockShift}
-			s.onDone = launch
+			i := next
 			next++
-			n.gw.dispatch(n, s)
+			s := &subOp{cop: cop, oid: DataOID(v.ID, i), op: OpCheck, len: uint32(1) << v.BlockShift, onDone: launch}
+			switch {
+			case i >= objs:
+				s.oid, s.len = TableOID(v.ID, i-objs), TableChunkSize
+				n.gw.dispatch(n, s)
+			case tbl != nil:
+				n.withEntry(tbl, i, func(entry uint32) {
+					s.oid, _ = ownerOID(v.ID, entry, i)
+					n.gw.dispatch(n, s)
+				})
+			default:
+				n.gw.dispatch(n, s)
+			}
 		}
 	}
 	launch()

@@ -47,8 +47,10 @@ func (n *Node) dispatch(m *Message) {
 		n.handleBarrier(m)
 	case MsgReclaim:
 		n.handleReclaim(m)
+	case MsgRestamp:
+		n.handleRestamp(m)
 	case MsgLeaseGrant, MsgReplResp, MsgSyncResp, MsgListResp, MsgFetchResp, MsgCheckResp, MsgRevokeResp,
-		MsgBarrierResp, MsgReclaimResp:
+		MsgBarrierResp, MsgReclaimResp, MsgRestampResp:
 		n.response(m)
 	}
 }

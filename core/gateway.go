@@ -47,7 +47,7 @@ type gwVDI struct {
 	gen    uint64
 	seq    uint64
 	ready  bool
-	from   uint32    // a live snapshot moved the attachment from this VDI
+	from   []uint32  // live snapshots moved the attachment from these VDIs
 	built  bool      // (after a live snapshot) the new VDI is built
 	held   []heldReq // client requests waiting for ready, in arrival order
 	parked []*subOp  // writes refused by the old VDI, to redo here first
@@ -127,7 +127,7 @@ func (n *Node) attachGW(vid uint32, gen uint64) {
 		att.ready = true
 		return
 	}
-	n.runBarrier(vid, n.applied, false, func([]OID) {
+	n.runBarrier(vid, n.applied, false, func([]ObjVersion) {
 		if g.vdis[vid] == att {
 			n.becomeReady(vid, att)
 		}
@@ -151,11 +151,14 @@ func (n *Node) detachGW(vid uint32) {
 func (n *Node) holdRequest(att *gwVDI, r *Request) {
 	att.held = append(att.held, heldReq{r: r, deadline: n.now + int64(n.t.OpTimeoutTicks)})
 	n.after(int64(n.t.OpTimeoutTicks), func() {
-		for i, h := range att.held {
-			if h.r == r {
-				att.held = slices.Delete(att.held, i, i+1)
-				n.reply(Reply{ID: r.ID, Code: ErrTimeout})
-				return
+		for _, vid := range sortedU32Keys(n.gw.vdis) { // the request moves with its attachment
+			a := n.gw.vdis[vid]
+			for i, h := range a.held {
+				if h.r == r {
+					a.held = slices.Delete(a.held, i, i+1)
+					n.reply(Reply{ID: r.ID, Code: ErrTimeout})
+					return
+				}
 			}
 		}
 	})
@@ -164,6 +167,7 @@ func (n *Node) holdRequest(att *gwVDI, r *Request) {
 // becomeReady lets an attachment serve: first the writes a live snapshot
 // refused on the old VDI, then the requests that waited, in order.
 func (n *Node) becomeReady(vid uint32, att *gwVDI) {
+	n.note(fmt.Sprintf("node %d: attachment %06x ready (%d parked, %d held)", n.id, vid, len(att.parked), len(att.held)))
 	att.ready = true
 	parked, held := att.parked, att.held
 	att.parked, att.held = nil, nil
@@ -192,8 +196,13 @@ func (n *Node) moveAttachment(from, to uint32) {
 	delete(g.vdis, from)
 	g.dropTable(from)
 	delete(g.committed, from)
-	g.vdis[to] = &gwVDI{from: from, held: old.held}
+	// A second snapshot may come before the first one's move finished:
+	// the new attachment waits for the writes to every VDI it moved from.
+	moved := append(slices.Clone(old.from), from)
+	g.vdis[to] = &gwVDI{from: moved, held: old.held, parked: old.parked}
+	g.switching = slices.DeleteFunc(g.switching, func(x uint32) bool { return x == from })
 	g.switching = append(g.switching, to)
+	n.note(fmt.Sprintf("node %d: attachment %06x moves to %06x", n.id, from, to))
 	// Writes to the old VDI that complete from now on belong to the new
 	// VDI's flushes too (markDirty), and so do those not flushed yet.
 	if d := g.dirty[from]; d != nil {
@@ -225,7 +234,7 @@ func (n *Node) maybeSwitched(vid uint32) {
 		return
 	}
 	for oid := range n.gw.queues {
-		if oid.VID() == att.from {
+		if slices.Contains(att.from, oid.VID()) {
 			return
 		}
 	}
@@ -240,10 +249,12 @@ func (n *Node) retarget(s *subOp) bool {
 		return false
 	}
 	for _, vid := range n.gw.switching {
-		if att := n.gw.vdis[vid]; att != nil && att.from == s.oid.VID() {
-			n.gw.dequeue(n, s)
+		if att := n.gw.vdis[vid]; att != nil && slices.Contains(att.from, s.oid.VID()) {
+			// Parked before the queue moves on: the next write of the
+			// object may be parked (or redone) at once, and must come after.
 			s.msgID, s.cow = 0, nil
 			att.parked = append(att.parked, s)
+			n.gw.dequeue(n, s)
 			n.maybeSwitched(vid)
 			return true
 		}
@@ -773,7 +784,7 @@ func (g *gateway) markDirty(s *subOp) {
 	}
 	vid := s.oid.VID()
 	for _, to := range g.switching {
-		if att := g.vdis[to]; att != nil && att.from == vid {
+		if att := g.vdis[to]; att != nil && slices.Contains(att.from, vid) {
 			vid = to
 		}
 	}
@@ -787,7 +798,7 @@ func (g *gateway) markDirty(s *subOp) {
 // off vid may be ready now.
 func (n *Node) settledOn(vid uint32) {
 	for _, to := range slices.Clone(n.gw.switching) {
-		if att := n.gw.vdis[to]; att != nil && att.from == vid {
+		if att := n.gw.vdis[to]; att != nil && slices.Contains(att.from, vid) {
 			n.maybeSwitched(to)
 		}
 	}
@@ -920,4 +931,45 @@ func (n *Node) flushRound(r *Request, oids []OID, deadline int64) {
 	if left == 0 {
 		n.reply(Reply{ID: r.ID, Code: OK})
 	}
+}
+
+// gatewayBusy describes the gateway's unfinished state, for problem
+// reports: attachments not ready, queued writes, copy-on-writes.
+func (n *Node) gatewayBusy() []string {
+	var out []string
+	g := &n.gw
+	for _, vid := range sortedU32Keys(g.vdis) {
+		att := g.vdis[vid]
+		if !att.ready || len(att.held) > 0 || len(att.parked) > 0 {
+			out = append(out, fmt.Sprintf("attachment %06x ready=%v built=%v from=%x held=%d parked=%d gen=%d", vid, att.ready, att.built, att.from, len(att.held), len(att.parked), att.gen))
+		}
+	}
+	oids := make([]OID, 0, len(g.queues))
+	for oid := range g.queues {
+		oids = append(oids, oid)
+	}
+	slices.Sort(oids)
+	for _, oid := range oids {
+		q := g.queues[oid]
+		s := q[0]
+		d := fmt.Sprintf("queue %v: %d writes, head %v oid=%v msg=%d", oid, len(q), s.op, s.oid, s.msgID)
+		if s.cow != nil {
+			d += fmt.Sprintf(" cow %v from %06x", s.cow.phase, s.cow.from)
+		}
+		out = append(out, d)
+	}
+	for _, id := range sortedU64Keys(g.ops) {
+		cop := g.ops[id]
+		out = append(out, fmt.Sprintf("client op %d %v vid=%06x pending=%d replied=%v", id, cop.req.Type, cop.vid, cop.pending, cop.replied))
+	}
+	return out
+}
+
+func sortedU64Keys[V any](m map[uint64]V) []uint64 {
+	out := make([]uint64, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }

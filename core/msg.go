@@ -37,6 +37,8 @@ const (
 	MsgBarrierResp                    // OIDs: the VDI's objects you hold
 	MsgReclaim                        // delete these objects of a deleted VDI: nothing references them
 	MsgReclaimResp                    //
+	MsgRestamp                        // Objects: give each object you hold at exactly that version the version Version
+	MsgRestampResp                    //
 	msgTypeEnd
 )
 
@@ -47,7 +49,7 @@ var msgTypeNames = [...]string{
 	MsgFetchReq: "fetch-req", MsgFetchResp: "fetch-resp", MsgRecovered: "recovered",
 	MsgCheckReq: "check-req", MsgCheckResp: "check-resp", MsgJoinAck: "join-ack",
 	MsgRevoke: "revoke", MsgRevokeResp: "revoke-resp", MsgBarrier: "barrier", MsgBarrierResp: "barrier-resp",
-	MsgReclaim: "reclaim", MsgReclaimResp: "reclaim-resp",
+	MsgReclaim: "reclaim", MsgReclaimResp: "reclaim-resp", MsgRestamp: "restamp", MsgRestampResp: "restamp-resp",
 }
 
 func (t MsgType) String() string {

@@ -279,7 +279,7 @@ func (n *Node) Busy() []string {
 		}
 		out = append(out, s)
 	}
-	return out
+	return append(out, n.gatewayBusy()...)
 }
 
 // replMark is the last replicated write (MsgRepl) a replica applied from

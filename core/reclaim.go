@@ -57,7 +57,7 @@ type reclaimPass struct {
 	gen   uint64
 	phase reclaimPhase
 	dead  []uint32
-	lists map[uint32][]OID
+	lists map[uint32][]ObjVersion
 	refs  map[uint32]map[uint32]bool // deleted VDI → indices still referenced
 	live  []uint32
 	left  int
@@ -96,15 +96,15 @@ func (n *Node) maybeReclaim(root uint32) {
 		return
 	}
 	p := &reclaimPass{root: root, gen: gen, phase: reclaimListing, dead: dead, live: live,
-		lists: map[uint32][]OID{}, refs: map[uint32]map[uint32]bool{}, left: len(dead)}
+		lists: map[uint32][]ObjVersion{}, refs: map[uint32]map[uint32]bool{}, left: len(dead)}
 	n.jobs.reclaims[root] = p
 	for _, d := range dead {
 		p.refs[d] = map[uint32]bool{}
-		n.runBarrier(d, n.applied, false, func(oids []OID) {
+		n.runBarrier(d, n.applied, false, func(objs []ObjVersion) {
 			if !n.reclaimCurrent(p) {
 				return
 			}
-			p.lists[d] = oids
+			p.lists[d] = objs
 			if p.left--; p.left == 0 {
 				n.reclaimRead(p)
 			}
@@ -193,9 +193,9 @@ func (n *Node) reclaimRemove(p *reclaimPass) {
 			})
 			continue
 		}
-		for _, oid := range p.lists[d] {
-			if !oid.IsData() || !p.refs[d][oid.Index()] {
-				garbage = append(garbage, oid)
+		for _, o := range p.lists[d] {
+			if !o.OID.IsData() || !p.refs[d][o.OID.Index()] {
+				garbage = append(garbage, o.OID)
 			}
 		}
 	}

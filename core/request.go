@@ -209,7 +209,15 @@ func (n *Node) clientTable(r *Request) {
 		return
 	}
 	if v.Building {
-		n.reply(Reply{ID: r.ID, Code: ErrNotReady, VID: v.ID})
+		// Built already, as far as the node that answered the snapshot
+		// knows; this one has not applied it yet.
+		n.whenBuilt(v.ID, n.now+int64(n.t.OpTimeoutTicks), func(code Code) {
+			if code != OK {
+				n.reply(Reply{ID: r.ID, Code: code, VID: v.ID})
+				return
+			}
+			n.clientTable(r)
+		})
 		return
 	}
 	n.readTable(v, func(code Code, entries []uint32) {

@@ -174,14 +174,19 @@ func (n *Node) tableOf(v *VDI) *vdiTable {
 	if !v.Table {
 		return nil
 	}
-	if t := n.gw.tables[v.ID]; t != nil {
-		return t
-	}
 	cache := false
 	if att := n.attachment(v); att != nil {
 		cache = true
 	} else if v.IsSnapshot() && !n.cs.building(v) {
 		cache = true // sealed: its table never changes again
+	}
+	if t := n.gw.tables[v.ID]; t != nil {
+		if cache {
+			return t
+		}
+		// This node lost the attach lock (another took it over): its
+		// copy may miss the new attacher's copy-on-writes.
+		delete(n.gw.tables, v.ID)
 	}
 	t := newTable(v.ID, !cache)
 	if cache {

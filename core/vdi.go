@@ -31,6 +31,7 @@ type VDI struct {
 	Clone    bool   // made by clone
 	Table    bool   // has an inode table: some of its objects may be inherited from ancestors
 	Building bool   // its table is being built (build.go): no client I/O yet
+	Sealed   bool   // a snapshot whose objects were fenced and re-stamped (build.go)
 }
 
 // ObjectSize is the size of the VDI's data objects.
@@ -349,6 +350,9 @@ func (s *ClusterState) built(c *Cmd) Result {
 		return Result{VID: v.ID, Gen: v.AttachGen}
 	}
 	v.Building = false
+	if p := s.vdis[v.Parent]; p != nil && p.IsSnapshot() {
+		p.Sealed = true
+	}
 	if v.Owner != 0 {
 		s.AttachGen++
 		v.AttachGen = s.AttachGen
@@ -508,6 +512,7 @@ func encodeVDI(e *enc, v *VDI) {
 	e.bool(v.Clone)
 	e.bool(v.Table)
 	e.bool(v.Building)
+	e.bool(v.Sealed)
 }
 
 func decodeVDI(d *dec, legacy bool) *VDI {
@@ -519,6 +524,6 @@ func decodeVDI(d *dec, legacy bool) *VDI {
 	}
 	v.Parent, v.Root, v.SnapID, v.NextSnap = d.u32(), d.u32(), d.u32(), d.u32()
 	v.Tag, v.SnapTime = d.str(), d.i64()
-	v.Clone, v.Table, v.Building = d.bool(), d.bool(), d.bool()
+	v.Clone, v.Table, v.Building, v.Sealed = d.bool(), d.bool(), d.bool(), d.bool()
 	return v
 }

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/linearizability"
 )
 
@@ -44,6 +45,13 @@ func TestDebugSeed(t *testing.T) {
 	}
 	defer f.Close()
 	cfg.Trace = f
+	if o := os.Getenv("SIM_OID"); o != "" {
+		v, err := strconv.ParseUint(o, 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.TraceOID = core.OID(v)
+	}
 	s := newSim(cfg)
 	res := s.run()
 	t.Logf("problems: %v", res.Problems)

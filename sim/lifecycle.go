@@ -294,12 +294,20 @@ func (s *Sim) rollback(sn *snapshot) {
 	v := sn.vol
 	s.pauseVolume(v, func() {
 		detach := func(then func()) {
-			if v.gw == nil || !v.gw.up || v.gw.gen != v.gwGen {
+			// Detach where the lock is, as far as the cluster knows (a
+			// client that gave up on its gateway left the lock there).
+			var gw *node
+			if w := s.latest().LookupVDI(v.name); w != nil && w.Owner != 0 {
+				if nd := s.byID[w.Owner]; nd != nil && nd.up && nd.info.Incarnation == w.OwnerInc {
+					gw = nd
+				}
+			}
+			if gw == nil {
 				then()
 				return
 			}
-			gw := v.gw
-			s.request(gw, &core.Request{Type: core.ReqDetach, VID: v.vid}, func(core.Reply) { then() })
+			vid := s.latest().LookupVDI(v.name).ID
+			s.request(gw, &core.Request{Type: core.ReqDetach, VID: vid}, func(core.Reply) { then() })
 			gen := gw.gen
 			s.at(2000*ms, func() {
 				if gw.gen != gen {

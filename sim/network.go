@@ -21,6 +21,9 @@ func (s *Sim) linkBlocked(from, to *node) bool {
 
 // send puts a message on the wire.
 func (s *Sim) send(from *node, m *core.Message) {
+	if s.cfg.TraceOID != 0 && m.OID == s.cfg.TraceOID {
+		s.tracef("send %v op=%v off=%d len=%d v=%x prev=%x req=%x flags=%b data0=%x", m, m.Op, m.Off, m.Len, m.Version, m.Prev, m.ReqID, m.Flags, first8(m.Data))
+	}
 	to := s.byID[m.To]
 	if to == nil || m.To == 0 {
 		to = s.byAddr[m.ToAddr]

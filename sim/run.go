@@ -293,16 +293,26 @@ func (s *Sim) afterCheck() {
 
 // checkVolumes runs `vdi check` on every volume: it repairs silently
 // corrupted replicas, which the redundancy check then verifies.
+// Every live VDI is checked, snapshots and clones too: a check covers
+// what the VDI reads, shared objects and table objects included.
 func (s *Sim) checkVolumes(then func()) {
-	s.eachVolume(then, func(v *volume, next func()) {
-		s.adminUntilOK("check "+v.name, func() *core.Request {
-			return &core.Request{Type: core.ReqCheck, VID: v.vid}
+	vs := s.latest().VDIs()
+	var run func(i int)
+	run = func(i int) {
+		if i == len(vs) {
+			then()
+			return
+		}
+		v := vs[i]
+		s.adminUntilOK(fmt.Sprintf("check %06x", v.ID), func() *core.Request {
+			return &core.Request{Type: core.ReqCheck, VID: v.ID, Exact: true}
 		}, func(rep core.Reply) {
-			s.tracef("volume %d checked: %d objects, %d replicas repaired", v.idx, rep.Checked, rep.Repaired)
+			s.tracef("VDI %06x checked: %d objects, %d replicas repaired", v.ID, rep.Checked, rep.Repaired)
 			s.repaired += int(rep.Repaired)
-			next()
+			run(i + 1)
 		})
-	})
+	}
+	run(0)
 }
 
 // converged: every running node serves the same epoch, the members are

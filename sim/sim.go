@@ -29,6 +29,7 @@ type Config struct {
 	Lifecycle  bool      // snapshots, clones, rollbacks, flattens and deletes while clients write
 	OutDir     string    // where to write the visualisation of a failing history
 	Trace      io.Writer // optional human-readable event log
+	TraceOID   core.OID  // with Trace: also log every disk write and message about this object
 }
 
 // DefaultConfig is the configuration `sheepdog sim` starts from.
@@ -366,6 +367,9 @@ func (s *Sim) diskDone(e *event) {
 		}
 	}
 	s.mix(3, uint64(s.now), uint64(nd.idx), op.ID, uint64(op.Kind), uint64(d.Err))
+	if s.cfg.TraceOID != 0 && op.OID == s.cfg.TraceOID && op.Kind != core.DiskRead {
+		s.tracef("node %d disk %v %v off=%d len=%d meta=%+v data0=%x err=%v", nd.info.ID, op.Kind, op.OID, op.Off, op.Len, op.Meta, first8(op.Data), d.Err)
+	}
 	nd.n.Step(d)
 	s.flush(nd)
 }
@@ -442,4 +446,11 @@ func (s *Sim) pick(nodes []*node) *node {
 		return nil
 	}
 	return nodes[s.rng.IntN(len(nodes))]
+}
+
+func first8(b []byte) []byte {
+	if len(b) > 8 {
+		return b[:8]
+	}
+	return b
 }
