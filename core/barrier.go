@@ -118,8 +118,7 @@ func (n *Node) handleBarrier(m *Message) {
 	}
 	var objs []ObjVersion
 	for _, oid := range n.localObjects() {
-		if oid.VID() == vid && (oid.IsData() || oid.IsTable()) {
-			o := n.objs[oid]
+		if o := n.objs[oid]; oid.VID() == vid && (oid.IsData() || oid.IsTable()) && n.validCopy(oid, o.meta) {
 			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
 		}
 	}

@@ -117,6 +117,7 @@ type buildJob struct {
 	vid, parent uint32
 	gen         uint64 // the new VDI's first attach generation: the builder's writes carry it
 	phase       buildPhase
+	seal        uint64              // the version a new snapshot's objects were re-stamped with
 	own         map[uint32]bool     // indices of the parent's own objects
 	ptab        map[uint32][]uint32 // the parent's table objects, by chunk
 	writes      []uint32            // chunks still to write
@@ -149,7 +150,7 @@ func (n *Node) startBuild(vid uint32) {
 				chunks = append(chunks, o.OID.Index())
 			}
 		}
-		if p := n.cs.VDI(j.parent); p != nil && p.IsSnapshot() && !p.Sealed && len(objs) > 0 {
+		if p := n.cs.VDI(j.parent); p != nil && p.IsSnapshot() && p.SealVersion == 0 {
 			n.buildStamp(j, objs, func() { n.buildRead(j, chunks) })
 			return
 		}
@@ -167,6 +168,11 @@ func (n *Node) buildStamp(j *buildJob, objs []ObjVersion, then func()) {
 	j.phase = buildStamping
 	epoch := n.epoch
 	version := uint64(epoch)<<32 | restampSeq
+	j.seal = version
+	if len(objs) == 0 {
+		then() // nothing to re-stamp; anything that appears later is a leftover
+		return
+	}
 	j.left = len(n.cs.Nodes)
 	var ask func(to NodeID)
 	ask = func(to NodeID) {
@@ -367,7 +373,7 @@ func (n *Node) buildWriteChunk(j *buildJob, k uint32) {
 
 func (n *Node) buildCommit(j *buildJob) {
 	j.phase = buildCommitting
-	n.propose(&Cmd{Type: CmdBuilt, VID: j.vid}, func(res Result) {
+	n.propose(&Cmd{Type: CmdBuilt, VID: j.vid, Gen: j.seal}, func(res Result) {
 		if n.jobs.builds[j.vid] == j {
 			delete(n.jobs.builds, j.vid)
 		}

@@ -227,6 +227,15 @@ func (n *Node) copiesOf(oid OID) int {
 	return int(v.Copies)
 }
 
+// validCopy reports whether a stored copy of oid at meta counts: a copy
+// of a sealed snapshot's object older than the seal is the leftover of a
+// write that never completed on every replica (see build.go), and is
+// treated as no object.
+func (n *Node) validCopy(oid OID, meta ObjMeta) bool {
+	v := n.cs.VDI(oid.VID())
+	return v == nil || meta.Version >= v.SealVersion
+}
+
 // placement returns oid's replicas in the current epoch, primary first.
 func (n *Node) placement(oid OID) []NodeID {
 	c := n.copiesOf(oid)

@@ -165,19 +165,20 @@ func (n *Node) runPrimary(oid OID) {
 }
 
 func (n *Node) primaryRead(oid OID, o *object, p *primOp) {
+	present := o.present && n.validCopy(oid, o.meta)
 	if p.m.Op == OpStat {
 		var has uint32
-		if o.present && !o.meta.Deleted {
+		if present && !o.meta.Deleted {
 			has = 1
 		}
 		n.respondIOCount(p, OK, has)
 		return
 	}
-	if !o.present && p.m.Flags&FlagInherited != 0 {
+	if !present && p.m.Flags&FlagInherited != 0 {
 		n.respondIO(p, ErrNoObject, nil) // reclaimed: the reader's table changed since it looked
 		return
 	}
-	if !o.present || o.meta.Deleted {
+	if !present || o.meta.Deleted {
 		n.respondIO(p, OK, nil) // never written, or discarded: zeros
 		return
 	}
@@ -677,7 +678,7 @@ func (n *Node) handleFetch(m *Message) {
 		n.after(1, func() { n.handleFetch(m) })
 		return
 	}
-	if o == nil || !o.present || o.meta.Version < m.Version {
+	if o == nil || !o.present || o.meta.Version < m.Version || !n.validCopy(m.OID, o.meta) {
 		n.respond(m, MsgFetchResp, ErrNoObject)
 		return
 	}

@@ -388,7 +388,7 @@ func (n *Node) collect() {
 	var buf []NodeID
 	for _, oid := range n.localObjects() {
 		c := n.copiesOf(oid)
-		if c > 0 {
+		if c > 0 && n.validCopy(oid, n.objs[oid].meta) {
 			buf = n.ring.Place(buf[:0], oid, c)
 			if slices.Contains(buf, n.id) {
 				continue
@@ -432,8 +432,7 @@ func (n *Node) handleList(m *Message) {
 			continue
 		}
 		buf = n.ring.Place(buf[:0], oid, c)
-		if slices.Contains(buf, m.From) {
-			o := n.objs[oid]
+		if o := n.objs[oid]; slices.Contains(buf, m.From) && n.validCopy(oid, o.meta) {
 			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
 		}
 	}

@@ -31,7 +31,11 @@ type VDI struct {
 	Clone    bool   // made by clone
 	Table    bool   // has an inode table: some of its objects may be inherited from ancestors
 	Building bool   // its table is being built (build.go): no client I/O yet
-	Sealed   bool   // a snapshot whose objects were fenced and re-stamped (build.go)
+	// SealVersion is set on a snapshot once its objects were fenced and
+	// re-stamped (build.go): every copy of one of its objects older than
+	// this is the leftover of a write that never completed, and is no
+	// copy at all.
+	SealVersion uint64
 }
 
 // ObjectSize is the size of the VDI's data objects.
@@ -350,8 +354,8 @@ func (s *ClusterState) built(c *Cmd) Result {
 		return Result{VID: v.ID, Gen: v.AttachGen}
 	}
 	v.Building = false
-	if p := s.vdis[v.Parent]; p != nil && p.IsSnapshot() {
-		p.Sealed = true
+	if p := s.vdis[v.Parent]; p != nil && p.IsSnapshot() && p.SealVersion == 0 {
+		p.SealVersion = c.Gen
 	}
 	if v.Owner != 0 {
 		s.AttachGen++
@@ -512,7 +516,7 @@ func encodeVDI(e *enc, v *VDI) {
 	e.bool(v.Clone)
 	e.bool(v.Table)
 	e.bool(v.Building)
-	e.bool(v.Sealed)
+	e.u64(v.SealVersion)
 }
 
 func decodeVDI(d *dec, legacy bool) *VDI {
@@ -524,6 +528,6 @@ func decodeVDI(d *dec, legacy bool) *VDI {
 	}
 	v.Parent, v.Root, v.SnapID, v.NextSnap = d.u32(), d.u32(), d.u32(), d.u32()
 	v.Tag, v.SnapTime = d.str(), d.i64()
-	v.Clone, v.Table, v.Building, v.Sealed = d.bool(), d.bool(), d.bool(), d.bool()
+	v.Clone, v.Table, v.Building, v.SealVersion = d.bool(), d.bool(), d.bool(), d.u64()
 	return v
 }

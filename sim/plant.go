@@ -23,6 +23,15 @@ var Plants = []struct {
 	{"reclaim-shared", core.Bugs{ReclaimShared: true}, "delete frees an object that a clone still references"},
 }
 
+// PlantNames lists the planted bugs' names.
+func PlantNames() []string {
+	var out []string
+	for _, p := range Plants {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
 // ParsePlant reads a comma-separated list of planted bug names.
 func ParsePlant(s string) (core.Bugs, error) {
 	var b core.Bugs

@@ -114,6 +114,9 @@ func ReplayCommand(cfg Config) string {
 	if cfg.Faults != d.Faults {
 		args = append(args, "--faults "+cfg.Faults.String())
 	}
+	if cfg.Lifecycle != d.Lifecycle {
+		args = append(args, fmt.Sprintf("--lifecycle=%v", cfg.Lifecycle))
+	}
 	if p := PlantName(cfg.Bugs); p != "" {
 		args = append(args, "--plant "+p)
 	}

@@ -16,7 +16,7 @@ func simCommand() *command {
 		runs, nodes, copies, vdis int
 		clients, ops, parallel    int
 		faults, plant, out        string
-		traceHash                 bool
+		traceHash, lifecycle      bool
 	)
 	d := sim.DefaultConfig()
 	return &command{
@@ -25,7 +25,12 @@ func simCommand() *command {
 		long: `Runs seeds --seed .. --seed+--runs-1 of a simulated cluster. Each run injects the
 chosen faults while clients do overlapping I/O on a few hot blocks, heals, and
 checks linearizability per block, full identical redundancy and (with
-powerloss) that nothing acknowledged and flushed is lost. A failing run prints
+powerloss) that nothing acknowledged and flushed is lost. With --lifecycle (the
+default) it also takes snapshots while clients write, clones them into volumes
+with writers of their own, rolls back, flattens and deletes, and checks that
+snapshots never change, clones and parents diverge independently, nothing
+referenced is reclaimed and, once everything is deleted, nothing is left on any
+node. A failing run prints
 the command that replays it; with --out its porcupine visualisation is written
 there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), ", ") + `.`,
 		flags: func(fs *flag.FlagSet) {
@@ -37,7 +42,8 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			fs.IntVar(&clients, "clients", d.Clients, "concurrent clients per volume")
 			fs.IntVar(&ops, "ops", d.Ops, "client operations per run")
 			fs.StringVar(&faults, "faults", "all", "fault kinds to inject")
-			fs.StringVar(&plant, "plant", "", "planted bug(s) to switch on: ack-early, read-any, no-epoch-check, skip-recovery, no-revoke")
+			fs.StringVar(&plant, "plant", "", "planted bug(s) to switch on: "+strings.Join(sim.PlantNames(), ", "))
+			fs.BoolVar(&lifecycle, "lifecycle", d.Lifecycle, "snapshots, clones, rollbacks, flattens and deletes in the workload")
 			fs.StringVar(&out, "out", "", "directory for the visualisations of failing runs")
 			fs.BoolVar(&traceHash, "trace-hash", false, "print each run's trace hash")
 			fs.IntVar(&parallel, "parallel", 0, "runs at once (0: one per CPU)")
@@ -57,7 +63,7 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			if runs < 1 || nodes < 1 || copies < 1 || vdis < 1 || clients < 1 || ops < 1 {
 				return usagef("--runs, --nodes, --copies, --vdis, --clients and --ops must be positive")
 			}
-			cfg.Nodes, cfg.Copies, cfg.VDIs, cfg.Clients, cfg.Ops = nodes, copies, vdis, clients, ops
+			cfg.Nodes, cfg.Copies, cfg.VDIs, cfg.Clients, cfg.Ops, cfg.Lifecycle = nodes, copies, vdis, clients, ops, lifecycle
 			if out != "" {
 				if err := os.MkdirAll(out, 0o755); err != nil {
 					return fmt.Errorf("create %s: %w", out, err)
