@@ -186,9 +186,14 @@ func (n *Node) buildStamp(j *buildJob, objs []ObjVersion, then func()) {
 			}
 			if resp.Code != OK {
 				n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
-					if n.buildCurrent(j) && n.epoch == epoch {
-						ask(to)
+					if !n.buildCurrent(j) {
+						return
 					}
+					if n.epoch != epoch {
+						delete(n.jobs.builds, j.vid) // the next scan starts it again
+						return
+					}
+					ask(to)
 				})
 				return
 			}

@@ -335,6 +335,19 @@ func (n *Node) clientIO(r *Request) {
 		n.holdRequest(att, r)
 		return
 	}
+	if att == nil && v.Building {
+		// Another node may have applied the build's end already and its
+		// attacher written the VDI: reading the parent in its place is
+		// safe only until then, so wait to see the end here too.
+		n.whenBuilt(v.ID, n.now+int64(n.t.OpTimeoutTicks), func(c Code) {
+			if c != OK {
+				fail(c)
+				return
+			}
+			n.clientIO(r)
+		})
+		return
+	}
 	if r.Type == ReqMap {
 		n.clientMap(r, v)
 		return

@@ -251,6 +251,10 @@ func (n *Node) applyCmd(c *Cmd) {
 	if c.Type == CmdRollback {
 		replaced = n.cs.LookupVDI(c.Name)
 	}
+	// A retried proposal can be in the log twice: the second copy
+	// answers with the first one's result and must not redo its effects
+	// here (a rollback would drop the table of the VDI it made).
+	repeat := n.cs.applied(c)
 	res := n.cs.apply(c)
 	if c.Proposer == n.id {
 		if p, ok := n.props[c.PropID]; ok {
@@ -258,7 +262,7 @@ func (n *Node) applyCmd(c *Cmd) {
 			p.done(res)
 		}
 	}
-	if res.Code == OK {
+	if res.Code == OK && !repeat {
 		n.vdiApplied(c, res, replaced)
 	}
 	switch c.Type {

@@ -195,6 +195,19 @@ func (s *ClusterState) IsMember(id NodeID, inc uint64) bool {
 	return ok && n.Incarnation == inc
 }
 
+// applied reports whether c's proposal was applied already (a retry of
+// it reached the log twice).
+func (s *ClusterState) applied(c *Cmd) bool {
+	if c.Proposer != 0 {
+		for _, r := range s.recent[c.Proposer] {
+			if r.id == c.PropID {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // apply executes one entry. It must stay deterministic.
 func (s *ClusterState) apply(c *Cmd) Result {
 	if c.Proposer != 0 {

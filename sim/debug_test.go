@@ -35,6 +35,7 @@ func TestDebugSeed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	cfg.Codec = os.Getenv("SIM_CODEC") != ""
 	out := os.Getenv("SIM_TRACE_FILE")
 	if out == "" {
 		out = os.DevNull
@@ -55,6 +56,12 @@ func TestDebugSeed(t *testing.T) {
 	s := newSim(cfg)
 	res := s.run()
 	t.Logf("problems: %v", res.Problems)
+	t.Logf("state: %s", s.describe())
+	for _, nd := range s.nodes {
+		if nd.started && nd.up {
+			t.Logf("node %d busy: %v", nd.info.ID, nd.n.Busy())
+		}
+	}
 	block, err := strconv.ParseUint(os.Getenv("SIM_BLOCK"), 10, 64)
 	if err != nil {
 		return
