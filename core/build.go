@@ -382,5 +382,38 @@ func (n *Node) buildCommit(j *buildJob) {
 		if n.jobs.builds[j.vid] == j {
 			delete(n.jobs.builds, j.vid)
 		}
+		if res.Code == OK {
+			n.dropOrphans(j)
+		}
 	})
+}
+
+// orphans are the parent's own objects its table does not point to: the
+// copies of copy-on-writes whose entry was never written (the attacher
+// failed, or a snapshot moved the write on). Nothing can link them once
+// the parent is sealed, and nothing reads them.
+func (j *buildJob) orphans() []OID {
+	var out []OID
+	for _, idx := range sortedU32Keys(j.own) {
+		if pt := j.ptab[idx/TableEntries]; pt != nil && pt[idx%TableEntries] != 0 {
+			out = append(out, DataOID(j.parent, idx))
+		}
+	}
+	return out
+}
+
+// dropOrphans deletes a sealed snapshot's orphans on every member; one
+// that stays behind (a lost message) goes with the snapshot.
+func (n *Node) dropOrphans(j *buildJob) {
+	p := n.cs.VDI(j.parent)
+	if p == nil || !p.IsSnapshot() || p.SealVersion == 0 {
+		return
+	}
+	garbage := j.orphans()
+	if len(garbage) == 0 {
+		return
+	}
+	for _, m := range n.cs.Nodes {
+		n.rpc(&Message{Type: MsgReclaim, To: m.ID, OIDs: garbage, Flags: FlagOrphans}, func(*Message) {})
+	}
 }

@@ -110,6 +110,11 @@ func (n *Node) cowWrite(s *subOp, base []byte) {
 	c.phase = cowWriting
 	s.flags |= FlagFUA
 	size := n.objectSize(s.oid)
+	if size == 0 {
+		s.cow = nil
+		n.gw.complete(n, s, ErrNoVDI, nil) // deleted meanwhile
+		return
+	}
 	switch {
 	case c.op == OpDiscard && !s.copyOnly:
 		s.op, s.off, s.len, s.data = OpDiscard, 0, size, nil
@@ -140,7 +145,10 @@ func (n *Node) cowLink(s *subOp) {
 	c := s.cow
 	c.phase = cowLinking
 	att := n.gw.vdis[s.oid.VID()]
-	if att == nil || s.tbl == nil {
+	// An attachment lost and taken again meanwhile has a table cache of
+	// its own, which this entry would miss: the write fails instead (its
+	// copy stays unlinked, so it took no effect).
+	if att == nil || s.tbl == nil || att.gen != s.reqID>>writeSeqBits {
 		s.cow = nil
 		n.gw.complete(n, s, ErrLocked, nil)
 		return

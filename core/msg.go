@@ -160,6 +160,7 @@ const (
 	FlagDirect                       // MsgIOResp: handed over, token in Version; MsgIO to self, MsgRepl: from the node it was handed to
 	FlagRecovered                    // MsgFetchReq: answer only with a copy recovered in the asker's epoch, else ErrNotReady
 	FlagInherited                    // MsgIO read: the object is shared from an ancestor; if it is missing say ErrNoObject, not zeros
+	FlagOrphans                      // MsgReclaim: the objects are a sealed snapshot's orphans (build.go)
 )
 
 // ObjVersion is an entry of an object list.

@@ -174,6 +174,14 @@ func (n *Node) primaryRead(oid OID, o *object, p *primOp) {
 		n.respondIOCount(p, OK, has)
 		return
 	}
+	if p.m.Flags&FlagInherited == 0 && oid.IsData() {
+		// A gateway that has not seen the VDI deleted yet must not read
+		// the zeros its reclaimed objects leave.
+		if v := n.cs.VDI(oid.VID()); (v == nil && n.cs.Retired(oid.VID())) || (v != nil && v.Deleted) {
+			n.respondIO(p, ErrNoVDI, nil)
+			return
+		}
+	}
 	if !present && p.m.Flags&FlagInherited != 0 {
 		n.respondIO(p, ErrNoObject, nil) // reclaimed: the reader's table changed since it looked
 		return

@@ -222,8 +222,12 @@ func (n *Node) handleReclaim(m *Message) {
 		return
 	}
 	for _, oid := range m.OIDs {
-		if v := n.cs.VDI(oid.VID()); v != nil && !v.Deleted {
-			continue // only ever objects of deleted VDIs
+		v := n.cs.VDI(oid.VID())
+		// The build's barrier had every member apply the snapshot first;
+		// the seal may not be applied here yet.
+		orphan := m.Flags&FlagOrphans != 0 && v != nil && v.IsSnapshot() && oid.IsData()
+		if v != nil && !v.Deleted && !orphan {
+			continue // only ever objects of deleted VDIs, or a sealed snapshot's orphans
 		}
 		if o := n.objs[oid]; o != nil && o.present {
 			n.deleteLocal(oid)
