@@ -1075,3 +1075,25 @@ func TestWritePieces(t *testing.T) {
 		})
 	}
 }
+
+// TestMetaOnlyWrite: a write of no bytes changes only the metadata (the
+// core re-stamps a new snapshot's objects so), durably, and keeps the data.
+func TestMetaOnlyWrite(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, quietOpts())
+	data := bytes.Repeat([]byte{0xab}, 8192)
+	if err := s.Put(7, ObjectMeta{Version: 5, ReqID: 9}, data, true); err != nil {
+		t.Fatal(err)
+	}
+	stamped := ObjectMeta{Version: 1<<32 | 1<<31, ReqID: 9}
+	if err := s.Write(7, stamped, 0, nil, true); err != nil {
+		t.Fatalf("meta-only write: %v", err)
+	}
+	closeT(t, s)
+	s = openT(t, dir, quietOpts())
+	defer closeT(t, s)
+	want := map[uint64]objDump{7: {Meta: stamped, Size: int64(len(data)), Data: data}}
+	if diff := cmp.Diff(want, dump(t, s)); diff != "" {
+		t.Fatalf("after reopening (-want +got):\n%s", diff)
+	}
+}

@@ -105,6 +105,10 @@ func TestRegressionSeeds(t *testing.T) {
 		{77000210, "all", "a failing disk made 48 writes to one block end with unknown outcome, and the checker timed out on the block", shape(6, 3, 3, 3000)},
 		{90002064, "all", "a late duplicate of a scrub request from before a write made a replica mirror the primary's copy while the primary was still applying the write: the replica deleted it", nil},
 		{94000759, "all", "same kind (a late request from before a write undid it on a replica)", shape(4, 2, 5, 2000)},
+		{1, "all", "a re-stamp answer that failed across an epoch change left the build stuck for good", nil},
+		{45, "all", "a node that had not applied a build's end read the new VDI through its parent after the attacher had written it", nil},
+		{138, "all", "an unlinked copy-on-write copy in a sealed snapshot was never repaired when corrupted (orphans are now deleted)", nil},
+		{176, "all", "a copy-on-write of a clone deleted meanwhile crashed the node (object size 0)", nil},
 		{1001, "all", "a retried rollback proposal was in the log twice, and its repeat dropped the table of the VDI the first one made (a power loss then lost every inherited block)", func(c *Config) { c.Ops = 1000 }},
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 	}
