@@ -2,7 +2,6 @@ package core
 
 import (
 	"encoding/binary"
-	"slices"
 )
 
 // The inode table. A VDI made from another (a snapshot's new working
@@ -90,12 +89,6 @@ func (t *vdiTable) entry(idx uint32) (uint32, bool) {
 		return 0, false
 	}
 	return c.entries[idx%TableEntries], true
-}
-
-// busy reports whether a copy-on-write of idx is writing its entry.
-func (t *vdiTable) busy(idx uint32) bool {
-	c := t.chunks[idx/TableEntries]
-	return c != nil && c.pending[idx] > 0
 }
 
 // withEntry runs fn once the table object holding idx is loaded (and no
@@ -265,14 +258,4 @@ func ownerOID(src uint32, entry uint32, idx uint32) (OID, bool) {
 		return DataOID(src, idx), false
 	}
 	return DataOID(entry, idx), true
-}
-
-// sortedTableVIDs lists the cached tables (for deterministic sweeps).
-func (g *gateway) sortedTableVIDs() []uint32 {
-	out := make([]uint32, 0, len(g.tables))
-	for vid := range g.tables {
-		out = append(out, vid)
-	}
-	slices.Sort(out)
-	return out
 }

@@ -30,14 +30,13 @@ import (
 
 // snapshot is a snapshot the workload took.
 type snapshot struct {
-	vol      *volume
-	vid      uint32
-	call     int64
-	ret      int64
-	values   []uint64 // per block, once captured
-	deleted  bool
-	clones   int
-	checking bool
+	vol     *volume
+	vid     uint32
+	call    int64
+	ret     int64
+	values  []uint64 // per block, once captured
+	deleted bool
+	clones  int
 }
 
 const (
