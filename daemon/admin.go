@@ -29,6 +29,11 @@ type AdminRequest struct {
 	Session    string `json:"session,omitempty"`
 	Last       bool   `json:"last,omitempty"`
 	VID        uint32 `json:"vid,omitempty"`
+	// Snapshots: a snapshot of Name is named by its tag or its id.
+	Tag       string `json:"tag,omitempty"`
+	Snap      uint32 `json:"snap_id,omitempty"`
+	Dst       string `json:"dst,omitempty"`       // vdi.clone: the new VDI
+	Forwarded bool   `json:"forwarded,omitempty"` // vdi.flatten sent on by another node: do not forward again
 }
 
 // NodeRow describes a member for `node list`.
@@ -81,17 +86,47 @@ type NodeStatus struct {
 	Dir       string `json:"dir"`
 }
 
-// VDIRow describes a VDI for `vdi list`.
+// VDIRow describes a VDI (a working VDI or a snapshot) for `vdi list`
+// and `vdi tree`.
 type VDIRow struct {
 	Name       string `json:"name"`
 	ID         uint32 `json:"vid"`
 	Size       uint64 `json:"size"`
-	Used       uint64 `json:"used"`
-	Shared     uint64 `json:"shared"`
+	Used       uint64 `json:"used"`   // bytes in objects of its own
+	Shared     uint64 `json:"shared"` // bytes in objects it shares with its ancestors
 	CTime      int64  `json:"ctime"`
 	Copies     int    `json:"copies"`
 	BlockShift int    `json:"block_size_shift"`
 	Attached   string `json:"attached,omitempty"`
+	SnapID     uint32 `json:"snap_id,omitempty"`   // snapshots: 1, 2, … per name
+	Tag        string `json:"tag,omitempty"`       // snapshots: the tag given
+	SnapTime   int64  `json:"snap_time,omitempty"` // snapshots: when taken (unix seconds)
+	Snapshot   bool   `json:"snapshot,omitempty"`
+	Clone      bool   `json:"clone,omitempty"`  // made by vdi clone
+	Parent     uint32 `json:"parent,omitempty"` // the VDI it was made from (0: none)
+	Deleted    bool   `json:"deleted,omitempty"`
+}
+
+func vdiRow(v core.VDI) VDIRow {
+	r := VDIRow{Name: v.Name, ID: v.ID, Size: v.Size, CTime: v.CTime, Copies: int(v.Copies), BlockShift: int(v.BlockShift),
+		SnapID: v.SnapID, Tag: v.Tag, SnapTime: v.SnapTime, Snapshot: v.IsSnapshot(), Clone: v.Clone, Parent: v.Parent, Deleted: v.Deleted}
+	if v.Owner != 0 {
+		r.Attached = fmt.Sprintf("%x", uint64(v.Owner))
+	}
+	if !r.Snapshot {
+		r.SnapID = 0
+	}
+	return r
+}
+
+// Record is the VDI a row describes, as far as the row tells.
+func (r VDIRow) Record() core.VDI {
+	v := core.VDI{ID: r.ID, Name: r.Name, Size: r.Size, CTime: r.CTime, Copies: uint8(r.Copies), BlockShift: uint8(r.BlockShift),
+		SnapID: r.SnapID, Tag: r.Tag, Clone: r.Clone, Parent: r.Parent, Deleted: r.Deleted}
+	if r.Snapshot {
+		v.SnapTime = max(r.SnapTime, 1)
+	}
+	return v
 }
 
 // CheckReport answers `vdi check`.
@@ -125,7 +160,7 @@ type adminState struct {
 }
 
 type writeSession struct {
-	vid     uint32
+	vid     uint32 // the VDI attached (a snapshot since may have moved the lock to a new id)
 	used    time.Time
 	release func()
 }
@@ -155,7 +190,7 @@ func (a *adminState) reaper(ctx context.Context, d *Daemon) {
 		a.mu.Unlock()
 		for _, s := range stale {
 			d.log.Warn("vdi write session abandoned: detaching", "vid", fmt.Sprintf("%06x", s.vid))
-			_, _ = d.Do(ctx, &core.Request{Type: core.ReqDetach, VID: s.vid})
+			_, _ = d.Do(ctx, &core.Request{Type: core.ReqDetach, VID: d.current(ctx, s.vid)})
 			s.release()
 		}
 	}
@@ -284,14 +319,38 @@ func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
 			return nil, vdiErr(r.Name, err)
 		}
 		if r.Prealloc {
-			if err := d.prealloc(ctx, rep.VID, r.Size); err != nil {
+			if err := d.prealloc(ctx, r.Name, rep.VID, r.Size); err != nil {
 				return nil, fmt.Errorf("VDI %q created, but preallocating failed: %w", r.Name, err)
 			}
 		}
 		return map[string]any{"vid": rep.VID}, nil
 	case "vdi.delete":
-		_, err := d.do(ctx, &core.Request{Type: core.ReqDeleteVDI, Name: r.Name, Force: r.Force})
+		_, err := d.do(ctx, &core.Request{Type: core.ReqDeleteVDI, Name: r.Name, Tag: r.Tag, Snap: r.Snap, Force: r.Force})
+		if r.Tag != "" || r.Snap != 0 {
+			return map[string]string{}, snapErr(r.Name, r.Tag, r.Snap, err)
+		}
 		return map[string]string{}, vdiErr(r.Name, err)
+	case "vdi.snapshot":
+		return d.vdiSnapshot(ctx, r)
+	case "vdi.clone":
+		return d.vdiClone(ctx, r)
+	case "vdi.rollback":
+		return d.vdiRollback(ctx, r)
+	case "vdi.flatten":
+		return d.vdiFlatten(ctx, r)
+	case "vdi.flatten.status":
+		return d.flattenStatus(ctx, r.VID)
+	case "vdi.info":
+		v, err := d.vdiOrSnapshot(ctx, r)
+		return vdiRow(v), err
+	case "vdi.records":
+		var rows []VDIRow
+		err := d.Query(ctx, func(n *core.Node) {
+			for _, v := range n.Cluster().Records() {
+				rows = append(rows, vdiRow(v))
+			}
+		})
+		return rows, err
 	case "vdi.resize":
 		_, err := d.do(ctx, &core.Request{Type: core.ReqResizeVDI, Name: r.Name, Size: r.Size})
 		if errors.Is(err, core.ErrInvalid) {
@@ -301,7 +360,7 @@ func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
 	case "vdi.list":
 		return d.vdiList(ctx)
 	case "vdi.read":
-		v, err := d.vdiByName(ctx, r.Name)
+		v, err := d.vdiOrSnapshot(ctx, r)
 		if err != nil {
 			return nil, err
 		}
@@ -312,7 +371,7 @@ func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
 			return []byte{}, nil
 		}
 		n := min(r.Length, v.Size-r.Offset)
-		rep, err := d.do(ctx, &core.Request{Type: core.ReqRead, VID: v.ID, Off: r.Offset, Len: n})
+		rep, err := d.do(ctx, &core.Request{Type: core.ReqRead, VID: v.ID, Off: r.Offset, Len: n, Exact: v.IsSnapshot()})
 		if err != nil {
 			return nil, err
 		}
@@ -343,8 +402,8 @@ func vdiErr(name string, err error) error {
 	return err
 }
 
-func (d *Daemon) prealloc(ctx context.Context, vid uint32, size uint64) error {
-	release, ok := d.claim(vid)
+func (d *Daemon) prealloc(ctx context.Context, name string, vid uint32, size uint64) error {
+	release, ok := d.claim(name)
 	if !ok {
 		return errors.New("attached by another client of this node")
 	}
@@ -378,7 +437,7 @@ func (d *Daemon) vdiWrite(ctx context.Context, r *AdminRequest) (any, error) {
 	s := d.admin.sessions[r.Session]
 	d.admin.mu.Unlock()
 	if s == nil {
-		release, ok := d.claim(v.ID)
+		release, ok := d.claim(v.Name)
 		if !ok {
 			return nil, fmt.Errorf("VDI %q is attached by another client of this node", r.Name)
 		}
@@ -571,7 +630,8 @@ func (d *Daemon) vdiList(ctx context.Context) ([]VDIRow, error) {
 		return nil, err
 	}
 	objs, _, err := d.clusterObjects(ctx, 0)
-	used := map[uint32]uint64{}
+	have := map[core.OID]bool{}
+	perVID := map[uint32]uint64{}
 	if err == nil {
 		for oid, holders := range objs {
 			o := core.OID(oid)
@@ -580,20 +640,18 @@ func (d *Daemon) vdiList(ctx context.Context) ([]VDIRow, error) {
 			}
 			for _, h := range holders {
 				if !h.Deleted {
-					used[o.VID()]++
+					have[o] = true
+					perVID[o.VID()]++
 					break
 				}
 			}
 		}
 	}
-	rows := make([]VDIRow, 0, len(vdis))
-	for _, v := range vdis {
-		row := VDIRow{Name: v.Name, ID: v.ID, Size: v.Size, Used: min(used[v.ID]*v.ObjectSize(), v.Size), CTime: v.CTime, Copies: int(v.Copies), BlockShift: int(v.BlockShift)}
-		if v.Owner != 0 {
-			row.Attached = fmt.Sprintf("%x", uint64(v.Owner))
-		}
-		rows = append(rows, row)
+	rows := make([]VDIRow, len(vdis))
+	for i, v := range vdis {
+		rows[i] = vdiRow(v)
 	}
+	d.usage(ctx, vdis, rows, have, perVID)
 	return rows, nil
 }
 

@@ -102,7 +102,9 @@ type Daemon struct {
 	shuttingDown bool // (nodeMu)
 
 	openMu sync.Mutex
-	open   map[uint32]bool // VDIs a local client holds
+	open   map[string]bool // working VDIs (by name) a local client holds
+
+	flattens flattenJobs
 }
 
 type event struct {

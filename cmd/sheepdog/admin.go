@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -118,13 +117,6 @@ func sizeStr(v uint64) string {
 		return fmt.Sprintf("%d B", v)
 	}
 	return fmt.Sprintf("%.1f %s", f, units[i])
-}
-
-func timeStr(unix int64) string {
-	if unix == 0 {
-		return "-"
-	}
-	return time.Unix(unix, 0).Format("2006-01-02 15:04")
 }
 
 func clusterCommand() *command {
@@ -314,11 +306,11 @@ func nodeCommand() *command {
 
 func vdiCommand() *command {
 	var addr string
-	var asJSON, prealloc, force bool
+	var asJSON, prealloc bool
 	var copies, shift int
-	return &command{
+	c := &command{
 		name:  "vdi",
-		short: "create, list, read, write, check and delete VDIs",
+		short: "create, list, snapshot, clone, read, write, check and delete VDIs",
 		subs: []*command{
 			{
 				name: "create", usage: "NAME SIZE", short: "create a VDI (thin provisioned unless --prealloc)",
@@ -345,43 +337,6 @@ func vdiCommand() *command {
 				},
 			},
 			{
-				name: "list", short: "list VDIs",
-				flags: adminFlags(&addr, &asJSON),
-				run: func(ctx context.Context, e *env, args []string) error {
-					if len(args) > 0 {
-						return usagef("vdi list takes no arguments")
-					}
-					rows, err := callJSON[[]daemon.VDIRow](ctx, addr, &daemon.AdminRequest{Cmd: "vdi.list"})
-					if err != nil {
-						return err
-					}
-					if asJSON {
-						return printJSON(e.stdout, rows)
-					}
-					sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
-					tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "  Name\tId\tSize\tUsed\tShared\tCreation time\tVDI id\tCopies\tTag\tBlock Size Shift")
-					for _, r := range rows {
-						fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%06x\t%d\t\t%d\n", r.Name, 0, sizeStr(r.Size), sizeStr(r.Used), sizeStr(r.Shared), timeStr(r.CTime), r.ID, r.Copies, r.BlockShift)
-					}
-					return tw.Flush()
-				},
-			},
-			{
-				name: "delete", usage: "NAME", short: "delete a VDI and free its objects",
-				flags: func(fs *flag.FlagSet) {
-					adminFlags(&addr, nil)(fs)
-					fs.BoolVar(&force, "force", false, "delete even if attached")
-				},
-				run: func(ctx context.Context, e *env, args []string) error {
-					if len(args) != 1 {
-						return usagef("vdi delete needs NAME")
-					}
-					_, err := call(ctx, addr, &daemon.AdminRequest{Cmd: "vdi.delete", Name: args[0], Force: force})
-					return err
-				},
-			},
-			{
 				name: "resize", usage: "NAME SIZE", short: "grow a VDI",
 				flags: adminFlags(&addr, nil),
 				run: func(ctx context.Context, e *env, args []string) error {
@@ -394,50 +349,6 @@ func vdiCommand() *command {
 					}
 					_, err = call(ctx, addr, &daemon.AdminRequest{Cmd: "vdi.resize", Name: args[0], Size: size})
 					return err
-				},
-			},
-			{
-				name: "read", usage: "NAME [OFFSET [LEN]]", short: "write a VDI's contents to stdout",
-				flags: adminFlags(&addr, nil),
-				run: func(ctx context.Context, e *env, args []string) error {
-					name, off, length, err := rangeArgs("vdi read", args)
-					if err != nil {
-						return err
-					}
-					rows, err := callJSON[[]daemon.VDIRow](ctx, addr, &daemon.AdminRequest{Cmd: "vdi.list"})
-					if err != nil {
-						return err
-					}
-					size := uint64(0)
-					found := false
-					for _, r := range rows {
-						if r.Name == name {
-							size, found = r.Size, true
-						}
-					}
-					if !found {
-						return fmt.Errorf("no VDI named %q", name)
-					}
-					if off > size {
-						return usagef("offset %d is past the end of %s (%d bytes)", off, name, size)
-					}
-					end := size
-					if length != nil {
-						end = min(size, off+*length)
-					}
-					const chunk = 4 << 20
-					for pos := off; pos < end; {
-						n := min(chunk, end-pos)
-						b, err := call(ctx, addr, &daemon.AdminRequest{Cmd: "vdi.read", Name: name, Offset: pos, Length: n})
-						if err != nil {
-							return err
-						}
-						if _, err := e.stdout.Write(b); err != nil {
-							return err
-						}
-						pos += n
-					}
-					return nil
 				},
 			},
 			{
@@ -503,6 +414,16 @@ func vdiCommand() *command {
 			},
 		},
 	}
+	// create, the lifecycle (vdisnap.go), then resize, read, write, check.
+	byName := map[string]*command{}
+	for _, sub := range c.subs {
+		byName[sub.name] = sub
+	}
+	subs := []*command{byName["create"]}
+	subs = append(subs, vdiLifecycleCommands()...)
+	c.subs = append(subs, byName["resize"], vdiReadCommand(), byName["write"], byName["check"])
+	return c
+
 }
 
 func rangeArgs(cmd string, args []string) (string, uint64, *uint64, error) {
