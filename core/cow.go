@@ -145,6 +145,12 @@ func (n *Node) cowLink(s *subOp) {
 	c := s.cow
 	c.phase = cowLinking
 	att := n.gw.vdis[s.oid.VID()]
+	if att == nil && n.retarget(s) {
+		// The VDI became a snapshot while its copy was written: the copy
+		// is an orphan the build deletes, and the write is redone on the
+		// new working VDI.
+		return
+	}
 	// An attachment lost and taken again meanwhile has a table cache of
 	// its own, which this entry would miss: the write fails instead (its
 	// copy stays unlinked, so it took no effect).
@@ -177,6 +183,7 @@ func (n *Node) cowLink(s *subOp) {
 			}
 		} else {
 			n.invalidateChunk(tbl, k)
+			s.uncow() // refused as the VDI became a snapshot: redone as it came
 		}
 		s.cow = nil
 		n.gw.complete(n, s, code, nil)
@@ -184,6 +191,20 @@ func (n *Node) cowLink(s *subOp) {
 			ch.wake()
 		}
 	})
+}
+
+// uncow gives up s's copy-on-write and makes s the client's write again,
+// as it was before the copy: to be redone on another VDI.
+func (s *subOp) uncow() {
+	c := s.cow
+	if c == nil || s.copyOnly {
+		return
+	}
+	s.op, s.off, s.len, s.data = c.op, c.off, c.len, c.data
+	if !c.fua {
+		s.flags &^= FlagFUA
+	}
+	s.cow = nil
 }
 
 func isZeros(b []byte) bool {

@@ -116,8 +116,11 @@ func (g *gateway) init() {
 // otherwise land after this node read its table.
 func (n *Node) attachGW(vid uint32, gen uint64) {
 	g := &n.gw
-	if att, ok := g.vdis[vid]; ok && att.gen == gen {
-		return
+	if old, ok := g.vdis[vid]; ok {
+		if old.gen == gen {
+			return
+		}
+		n.failWaiting(old)
 	}
 	att := &gwVDI{gen: gen}
 	g.vdis[vid] = att
@@ -137,14 +140,28 @@ func (n *Node) attachGW(vid uint32, gen uint64) {
 func (n *Node) detachGW(vid uint32) {
 	g := &n.gw
 	if att := g.vdis[vid]; att != nil {
-		for _, h := range att.held {
-			n.reply(Reply{ID: h.r.ID, Code: ErrLocked})
-		}
+		n.failWaiting(att)
 	}
 	delete(g.vdis, vid)
 	delete(g.committed, vid)
 	g.dropTable(vid)
 	g.switching = slices.DeleteFunc(g.switching, func(x uint32) bool { return x == vid })
+}
+
+// failWaiting fails what waits for an attachment that goes away: the
+// requests held until it is ready, and the writes a live snapshot
+// refused, parked to be redone on it (out of their queues already).
+func (n *Node) failWaiting(att *gwVDI) {
+	for _, h := range att.held {
+		n.reply(Reply{ID: h.r.ID, Code: ErrLocked})
+	}
+	for _, s := range att.parked {
+		if !s.done {
+			s.done = true
+			n.gw.finish(n, s, ErrLocked, nil)
+		}
+	}
+	att.held, att.parked = nil, nil
 }
 
 // holdRequest keeps a client request until the attachment is ready.
@@ -179,6 +196,10 @@ func (n *Node) becomeReady(vid uint32, att *gwVDI) {
 		n.gw.enqueue(n, s)
 	}
 	for _, h := range held {
+		if h.r.Type == ReqFlatten {
+			n.clientFlatten(h.r)
+			continue
+		}
 		n.clientIO(h.r)
 	}
 }
@@ -252,7 +273,8 @@ func (n *Node) retarget(s *subOp) bool {
 		if att := n.gw.vdis[vid]; att != nil && slices.Contains(att.from, s.oid.VID()) {
 			// Parked before the queue moves on: the next write of the
 			// object may be parked (or redone) at once, and must come after.
-			s.msgID, s.cow = 0, nil
+			s.uncow()
+			s.msgID = 0
 			att.parked = append(att.parked, s)
 			n.gw.dequeue(n, s)
 			n.maybeSwitched(vid)
@@ -735,7 +757,7 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 		n.cowLink(s) // the object is this VDI's now: point the table at it
 		return
 	}
-	if code == ErrPerm && s.cow == nil && n.retarget(s) {
+	if code == ErrPerm && n.retarget(s) {
 		return // the VDI became a snapshot first: redone on its successor
 	}
 	s.done = true
@@ -751,6 +773,11 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 			n.settledOn(s.oid.VID())
 		}
 	}
+	g.finish(n, s, code, data)
+}
+
+// finish hands a sub-operation's outcome to its caller or client op.
+func (g *gateway) finish(n *Node, s *subOp, code Code, data []byte) {
 	if s.cb != nil {
 		s.cb(code, data)
 		return

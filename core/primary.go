@@ -79,7 +79,7 @@ func (n *Node) handleIO(m *Message) {
 	}
 	reps := n.placement(m.OID)
 	if len(reps) == 0 {
-		n.respond(m, MsgIOResp, ErrNoVDI)
+		n.respond(m, MsgIOResp, n.unknownVDI(m.OID.VID()))
 		return
 	}
 	size := n.objectSize(m.OID)
@@ -452,7 +452,12 @@ func (n *Node) handleRepl(m *Message) {
 	if !stale && !n.epochGate(m, MsgReplResp) {
 		return
 	}
-	if reps := n.placement(m.OID); !stale && (!slices.Contains(reps, n.id) || (reps[0] != m.From && !(m.Flags&FlagDirect != 0 && slices.Contains(reps, m.From)))) {
+	reps := n.placement(m.OID)
+	if len(reps) == 0 && !stale {
+		n.respond(m, MsgReplResp, n.unknownVDI(m.OID.VID()))
+		return
+	}
+	if !stale && (!slices.Contains(reps, n.id) || (reps[0] != m.From && !(m.Flags&FlagDirect != 0 && slices.Contains(reps, m.From)))) {
 		// Only the epoch's primary of the object replicates to its
 		// replicas, or the replica it handed the object over to.
 		n.respond(m, MsgReplResp, ErrInvalid)
@@ -735,6 +740,16 @@ func (n *Node) handleSync(m *Message) {
 	n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgSyncResp, d.Err) })
 }
 
+// unknownVDI answers a request for a VDI this node does not know: gone
+// (purged), or made by a log entry it has not applied yet, which a
+// gateway that has applied it retries shortly.
+func (n *Node) unknownVDI(vid uint32) Code {
+	if n.cs.Retired(vid) {
+		return ErrNoVDI
+	}
+	return ErrNotReady
+}
+
 // writeFence refuses a write to a VDI that is read-only (a snapshot, or
 // deleted), or one from an attachment older than the VDI's current one
 // (a writer that lost the lock). With a barrier (barrier.go) it makes
@@ -743,7 +758,7 @@ func (n *Node) handleSync(m *Message) {
 func (n *Node) writeFence(oid OID, reqID uint64) Code {
 	v := n.cs.VDI(oid.VID())
 	if v == nil {
-		return ErrNoVDI
+		return n.unknownVDI(oid.VID())
 	}
 	if v.readOnly() && !n.bugs.CowInPlace {
 		return ErrPerm

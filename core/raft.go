@@ -344,6 +344,12 @@ func (n *Node) submitProposal(id uint64) {
 func (n *Node) vdiApplied(c *Cmd, res Result, replaced *VDI) {
 	g := &n.gw
 	switch c.Type {
+	case CmdSnapshot, CmdClone, CmdRollback:
+		// The leader builds the new VDI at its next tick rather than at
+		// its next periodic scan: a snapshot waits for its build.
+		n.jobs.scanned = n.now - jobScanTicks
+	}
+	switch c.Type {
 	case CmdVDIDelete:
 		n.detachGW(res.VID)
 		n.dropLocalTable(res.VID)

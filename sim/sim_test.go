@@ -110,6 +110,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{138, "all", "an unlinked copy-on-write copy in a sealed snapshot was never repaired when corrupted (orphans are now deleted)", nil},
 		{176, "all", "a copy-on-write of a clone deleted meanwhile crashed the node (object size 0)", nil},
 		{1001, "all", "a retried rollback proposal was in the log twice, and its repeat dropped the table of the VDI the first one made (a power loss then lost every inherited block)", func(c *Config) { c.Ops = 1000 }},
+		{173, "all", "a write a live snapshot parked for the new working VDI was dropped without an answer when that attachment went away", nil},
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 	}
 	for _, tt := range tests {
