@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -101,8 +102,8 @@ func startProcCluster(t *testing.T, n int) *procCluster {
 			for i, p := range c.nodes {
 				b, _ := os.ReadFile(p.log.Name())
 				lines := strings.Split(string(b), "\n")
-				if len(lines) > 60 {
-					lines = lines[len(lines)-60:]
+				if len(lines) > e2eLogLines() {
+					lines = lines[len(lines)-e2eLogLines():]
 				}
 				t.Logf("--- node %d log (tail) ---\n%s", i, strings.Join(lines, "\n"))
 			}
@@ -507,8 +508,9 @@ func TestE2ECleanShutdownAndRestart(t *testing.T) {
 
 // nbdConn is a minimal NBD client for protocol tests (simple replies).
 type nbdConn struct {
-	c    net.Conn
-	size uint64
+	c     net.Conn
+	size  uint64
+	flags uint16 // transmission flags
 }
 
 func nbdDial(t *testing.T, addr, export string) *nbdConn {
@@ -535,7 +537,7 @@ func nbdDial(t *testing.T, addr, export string) *nbdConn {
 	if _, err := io.ReadFull(c, ans); err != nil {
 		t.Fatalf("export %q: %v", export, err)
 	}
-	return &nbdConn{c: c, size: binary.BigEndian.Uint64(ans)}
+	return &nbdConn{c: c, size: binary.BigEndian.Uint64(ans), flags: binary.BigEndian.Uint16(ans[8:])}
 }
 
 func (n *nbdConn) request(magic uint32, typ uint16, handle, off uint64, length uint32, data []byte) error {
@@ -821,4 +823,13 @@ func TestE2EBlockStatus(t *testing.T) {
 	if diff := cmp.Diff(want, data); diff != "" {
 		t.Errorf("allocated ranges (-want +got):\n%s\nqemu-img map: %s", diff, out)
 	}
+}
+
+// e2eLogLines is how many lines of each node's log a failed test shows
+// (E2E_LOG_LINES, default 60).
+func e2eLogLines() int {
+	if n, err := strconv.Atoi(os.Getenv("E2E_LOG_LINES")); err == nil && n > 0 {
+		return n
+	}
+	return 60
 }
