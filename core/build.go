@@ -213,15 +213,22 @@ func (n *Node) handleRestamp(m *Message) {
 	if !n.epochGate(m, MsgRestampResp) {
 		return
 	}
-	left := 1
+	left, wrote := 1, false
 	failed := OK
 	finish := func(c Code) {
 		if c != OK {
 			failed = c
 		}
-		if left--; left == 0 {
-			n.respond(m, MsgRestampResp, failed)
+		if left--; left > 0 {
+			return
 		}
+		if failed != OK || !wrote {
+			n.respond(m, MsgRestampResp, failed)
+			return
+		}
+		// One sync for all of them: a re-stamp per object, each durable on
+		// its own, made a first snapshot of 1 GiB written take 200 ms.
+		n.disk(DiskOp{Kind: DiskSync}, func(d DiskDone) { n.respond(m, MsgRestampResp, d.Err) })
 	}
 	for _, ov := range m.Objects {
 		o := n.objs[ov.OID]
@@ -238,9 +245,10 @@ func (n *Node) handleRestamp(m *Message) {
 			}
 			meta := o.meta
 			meta.Version = m.Version
-			op := DiskOp{Kind: DiskWrite, OID: oid, Meta: meta, Sync: true} // no data: the metadata only
+			wrote = true
+			op := DiskOp{Kind: DiskWrite, OID: oid, Meta: meta} // no data: the metadata only
 			if meta.Deleted {
-				op = DiskOp{Kind: DiskPut, OID: oid, Meta: meta, Sync: true}
+				op = DiskOp{Kind: DiskPut, OID: oid, Meta: meta}
 			}
 			n.writeLocal(op, finish)
 		})
