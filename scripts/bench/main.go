@@ -84,6 +84,7 @@ type config struct {
 	keep       bool
 	jsonPath   string
 	logLevel   string // sheep --log-level
+	snapOnly   bool   // only the snapshot phase (after the prefill)
 }
 
 // sizeFlag is a byte count given as 512M, 1G, 1073741824 ...
@@ -163,6 +164,7 @@ Flags:
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (data, logs, fio JSON) at the end")
 	fs.StringVar(&c.jsonPath, "json", "", "also write all results (every run, medians, ratios, targets) as JSON to this file")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "sheep --log-level (logs go to the work directory)")
+	fs.BoolVar(&c.snapOnly, "snapshots-only", false, "skip the fio jobs: measure only what snapshots cost (on the 3-node cluster)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -277,12 +279,22 @@ func run(cfg *config) int {
 	if err := b.prefill(); err != nil {
 		return fail(err)
 	}
-	if err := b.measure(); err != nil {
+	if !cfg.snapOnly {
+		if err := b.measure(); err != nil {
+			return fail(err)
+		}
+	}
+	snaps, err := b.snapshots()
+	if err != nil {
 		return fail(err)
 	}
 	b.machine.LoadAvgEnd = loadAvg()
 	rep := b.report()
-	printReport(os.Stdout, rep)
+	rep.Snapshots = snaps
+	if !cfg.snapOnly {
+		printReport(os.Stdout, rep)
+	}
+	printSnapshots(snaps)
 	if cfg.jsonPath != "" {
 		if err := writeJSON(cfg.jsonPath, rep); err != nil {
 			return fail(err)

@@ -220,6 +220,7 @@ type report struct {
 	IdleCPUPercent int64           `json:"idle_cpu_percent"` // all target processes at rest
 	SettleMedian   float64         `json:"settle_median_seconds"`
 	SettleTimeouts int             `json:"settle_timeouts"`
+	Snapshots      *snapshotReport `json:"snapshots,omitempty"`
 }
 
 // report computes medians, ratios and the issue's targets.

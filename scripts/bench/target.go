@@ -21,6 +21,8 @@ type target struct {
 	Command  []string `json:"command"`  // how it was started (first process)
 	Settings string   `json:"settings"` // one-line description for the report
 	procs    []*proc
+	bin      string // sheepdog clusters: the binary and node 1's admin address
+	admin    string
 }
 
 // baselineFlags are qemu-nbd's settings for the baseline, besides the
@@ -111,7 +113,7 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 	if err != nil {
 		return nil, err
 	}
-	t := &target{Name: name}
+	t := &target{Name: name, bin: bin}
 	listen := make([]string, n)
 	for i := 0; i < n; i++ {
 		listen[i] = fmt.Sprintf("127.0.0.1:%d", ports[2*i])
@@ -130,6 +132,7 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 		t.procs = append(t.procs, p)
 		if i == 0 {
 			t.URI = "nbd://" + nbdAddr + "/bench"
+			t.admin = listen[0]
 			t.Command = argv
 			// The others join through node 1: wait until it answers.
 			if err := waitMembers(sup.ctx, bin, t, listen[0], 1); err != nil {
