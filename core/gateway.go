@@ -757,6 +757,24 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 		n.cowLink(s) // the object is this VDI's now: point the table at it
 		return
 	}
+	if code == ErrPerm && s.cop != nil && s.op != OpRead && s.op != OpStat && s.op != OpCheck {
+		if v := n.cs.VDI(s.oid.VID()); v != nil && !v.readOnly() {
+			// The primary has applied a snapshot (or delete) of the VDI
+			// that this node has not yet: decide once it has.
+			s.msgID = 0
+			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+				if s.done || s.msgID != 0 {
+					return
+				}
+				if v := n.cs.VDI(s.oid.VID()); v != nil && !v.readOnly() {
+					g.dispatch(n, s)
+					return
+				}
+				g.complete(n, s, ErrPerm, nil)
+			})
+			return
+		}
+	}
 	if code == ErrPerm && n.retarget(s) {
 		return // the VDI became a snapshot first: redone on its successor
 	}

@@ -76,3 +76,70 @@ func TestLiveSnapshotUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveSnapshotAttacherBehind: the attacher learns of a snapshot after
+// the primaries of its objects did (it is cut off from the leader for a
+// moment), so primaries refuse its writes to the old VDI before it knows
+// why. No write may fail: the gateway waits until it has applied the
+// snapshot and redoes them on the new working VDI.
+func TestLiveSnapshotAttacherBehind(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		cfg := sim.DefaultConfig()
+		cfg.Nodes, cfg.Spares, cfg.Copies, cfg.BlockShift, cfg.Seed = 4, 0, 2, 12, seed
+		h, err := sim.NewHarness(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const size = 64 << 12
+		if rep, ok := h.Request(0, &core.Request{Type: core.ReqCreateVDI, Name: "vm", Size: size}); !ok || rep.Code != core.OK {
+			t.Fatalf("create: %v %v", rep.Code, ok)
+		}
+		leader := -1
+		for i := range h.Nodes() {
+			if h.Node(i).IsLeader() {
+				leader = i
+			}
+		}
+		att := (leader + 1) % h.Nodes()
+		vid := h.Cluster().LookupVDI("vm").ID
+		if rep, ok := h.Request(att, &core.Request{Type: core.ReqAttach, VID: vid}); !ok || rep.Code != core.OK {
+			t.Fatalf("attach: %v", rep.Code)
+		}
+		rng := rand.New(rand.NewPCG(seed, 9))
+		failed, done, sent := 0, 0, 0
+		var send func()
+		send = func() {
+			sent++
+			r := &core.Request{Type: core.ReqWrite, VID: vid, Off: uint64(rng.IntN(size/512)) * 512, Len: 512, Data: make([]byte, 512)}
+			at := vid
+			h.Submit(att, r, func(rep core.Reply) {
+				done++
+				if rep.Code != core.OK {
+					failed++
+					if failed < 5 {
+						t.Errorf("seed %d: write to %06x at %d: %v", seed, at, r.Off, rep.Code)
+					}
+				} else if rep.VID != 0 && at == vid {
+					vid = rep.VID
+				}
+				if sent < 2000 {
+					send()
+				}
+			})
+		}
+		for range 16 {
+			send()
+		}
+		for i := range 4 {
+			h.Run(int64(2000 + rng.IntN(3000)))
+			h.Submit(leader, &core.Request{Type: core.ReqSnapshot, Name: "vm", Tag: string(rune('a' + i))}, func(core.Reply) {})
+			h.Cut(att, leader)
+			h.Run(int64(5000 + rng.IntN(20000)))
+			h.Heal()
+		}
+		h.RunUntil(func() bool { return done == sent }, 600_000_000)
+		if failed > 0 {
+			t.Fatalf("seed %d: %d of %d writes failed", seed, failed, sent)
+		}
+	}
+}
