@@ -423,7 +423,6 @@ func vdiCommand() *command {
 	subs = append(subs, vdiLifecycleCommands()...)
 	c.subs = append(subs, byName["resize"], vdiReadCommand(), byName["write"], byName["check"])
 	return c
-
 }
 
 func rangeArgs(cmd string, args []string) (string, uint64, *uint64, error) {
