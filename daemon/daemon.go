@@ -42,6 +42,9 @@ type Config struct {
 	// ConnsPerPeer is the number of TCP connections to each peer (0: 1).
 	// One connection batches best: frames queued together share a write.
 	ConnsPerPeer int
+	// Bugs switches on planted faults, so that fault tests of real
+	// processes can prove they catch them. Never set in production.
+	Bugs core.Bugs
 }
 
 // DefaultTick is a sheep's clock tick. The core counts time in ticks
@@ -266,6 +269,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Seeds:      seeds,
 		Rand:       rand.New(rand.NewPCG(uint64(d.self.ID), binary.LittleEndian.Uint64(seed[:]))),
 		Timing:     d.cfg.Timing,
+		Bugs:       d.cfg.Bugs,
 		Raft:       core.RaftState{HardState: rs.HardState, Snapshot: rs.Snapshot, Entries: rs.Entries},
 		Objects:    infos,
 	})

@@ -474,7 +474,7 @@ func (t *Transport) dialPeer(ctx context.Context, addr string, want uint64) (gon
 }
 
 func (t *Transport) dialPeerConn(ctx context.Context, addr string, want uint64) (gonet.Conn, error) {
-	d := gonet.Dialer{Timeout: t.cfg.DialTimeout}
+	d := t.dialer(addr)
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)

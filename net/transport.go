@@ -145,6 +145,7 @@ type Transport struct {
 	log    *slog.Logger
 	ln     gonet.Listener
 	addr   string          // ln.Addr().String(), computed once
+	source gonet.IP        // the listen IP, that peer dials come from (nil: any)
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	closed atomic.Bool
@@ -176,6 +177,7 @@ func Listen(cfg Config) (*Transport, error) {
 		log:    cfg.Logger.With("node", cfg.NodeID),
 		ln:     ln,
 		addr:   ln.Addr().String(),
+		source: sourceIP(ln.Addr()),
 		ctx:    ctx,
 		cancel: cancel,
 		conns:  make(map[gonet.Conn]struct{}),
@@ -184,6 +186,36 @@ func Listen(cfg Config) (*Transport, error) {
 	t.wg.Add(1)
 	go t.acceptLoop()
 	return t, nil
+}
+
+// sourceIP is the address outgoing peer connections are made from: the
+// listen address when it names one interface, so that a multi-homed host
+// talks to its peers on the network it was told to use, and address-based
+// firewall rules see each node under one address, whichever side dialed.
+func sourceIP(a gonet.Addr) gonet.IP {
+	ta, ok := a.(*gonet.TCPAddr)
+	if !ok || ta.IP == nil || ta.IP.IsUnspecified() {
+		return nil
+	}
+	return ta.IP
+}
+
+// dialer makes peer connections to addr from t.source, where that can
+// reach addr (a loopback source cannot reach another host).
+func (t *Transport) dialer(addr string) gonet.Dialer {
+	d := gonet.Dialer{Timeout: t.cfg.DialTimeout}
+	if t.source == nil {
+		return d
+	}
+	if t.source.IsLoopback() {
+		host, _, err := gonet.SplitHostPort(addr)
+		ip := gonet.ParseIP(host)
+		if err != nil || (ip == nil && host != "localhost") || (ip != nil && !ip.IsLoopback()) {
+			return d
+		}
+	}
+	d.LocalAddr = &gonet.TCPAddr{IP: t.source}
+	return d
 }
 
 // Addr returns the address the Transport listens on.

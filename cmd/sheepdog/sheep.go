@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/daemon"
+	"github.com/sheepdog-go/sheepdog/sim"
 )
 
 // listFlag collects a comma-separated or repeated flag.
@@ -43,6 +45,7 @@ func sheepCommand() *command {
 		zone      uint
 		logLevel  string
 		pprofAddr string
+		plant     string
 		tune      tuning
 	)
 	return &command{
@@ -63,6 +66,7 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.DurationVar(&cfg.Tick, "tick", daemon.DefaultTick, tickUsage)
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+			fs.StringVar(&plant, "plant", "", "switch on planted bug(s), for proving that fault tests catch them: "+strings.Join(sim.PlantNames(), ", "))
 			tune.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
@@ -84,6 +88,12 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			}
 			if err := servePprof(pprofAddr); err != nil {
 				return err
+			}
+			if cfg.Bugs, err = sim.ParsePlant(plant); err != nil {
+				return usagef("--plant: %v", err)
+			}
+			if cfg.Bugs != (core.Bugs{}) {
+				log.Warn("planted bugs switched on: this node is broken on purpose", "plant", plant)
 			}
 			cfg.Join, cfg.Zone, cfg.Logger = join, uint32(zone), log
 			d, err := daemon.New(cfg)
