@@ -169,7 +169,8 @@ func (n *Node) detectFailures() {
 			continue
 		}
 		last := max(n.lastHeard[m.ID], n.leaderSince)
-		if n.now-last <= int64(n.t.FailTicks) {
+		replaced := n.replacedBy(m)
+		if n.now-last <= int64(n.t.FailTicks) && replaced == 0 {
 			continue
 		}
 		if at, ok := n.leaveProposed[m.ID]; ok && n.now-at < int64(n.t.RetryTicks) {
@@ -184,9 +185,33 @@ func (n *Node) detectFailures() {
 		}
 		pending++
 		n.leaveProposed[m.ID] = n.now
-		n.note(fmt.Sprintf("node %d: declaring node %d dead after %d silent ticks", n.id, m.ID, n.now-last))
+		if replaced != 0 {
+			n.note(fmt.Sprintf("node %d: node %d at %s was replaced by node %d: removing it", n.id, m.ID, m.Addr, replaced))
+		} else {
+			n.note(fmt.Sprintf("node %d: declaring node %d dead after %d silent ticks", n.id, m.ID, n.now-last))
+		}
 		n.propose(&Cmd{Type: CmdLeave, NodeID: m.ID, Inc: m.Incarnation, Term: n.term(), Time: n.wall}, func(Result) {})
 	}
+}
+
+// replacedBy names the node that took over member m's address (a node
+// whose disk was replaced comes back under a new id), 0 if none did. Only
+// one process can listen on an address: if the newcomer was heard after
+// m last was, m is gone.
+func (n *Node) replacedBy(m NodeInfo) NodeID {
+	var by NodeID
+	check := func(o NodeInfo) {
+		if o.ID != m.ID && o.Addr == m.Addr && n.lastHeard[o.ID] > n.lastHeard[m.ID] && (by == 0 || o.ID < by) {
+			by = o.ID
+		}
+	}
+	for _, o := range n.cs.Nodes {
+		check(o)
+	}
+	for _, j := range n.pendingJoins {
+		check(j.info)
+	}
+	return by
 }
 
 // voterTarget is the size of the raft voter set for a cluster of members

@@ -202,6 +202,7 @@ type Node struct {
 	snapIndex         uint64
 	snapNow           bool
 	lastHeard         map[NodeID]int64
+	logLost           bool // the cluster log lost entries it had acknowledged (stepRaft)
 	addrs             map[NodeID]string
 	props             map[uint64]*proposal
 	nextPropID        uint64
@@ -527,6 +528,10 @@ func (n *Node) Leader() NodeID { return n.lead }
 
 // IsLeader reports whether this node leads the cluster log.
 func (n *Node) IsLeader() bool { return n.isLeader }
+
+// LogLost reports that this node's cluster log is missing entries it had
+// acknowledged: it must not go on under its identity (the driver stops it).
+func (n *Node) LogLost() bool { return n.logLost }
 
 // Cluster returns the replicated cluster state. Callers must not modify it.
 func (n *Node) Cluster() *ClusterState { return n.cs }

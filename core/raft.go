@@ -112,7 +112,7 @@ func (n *Node) tickRaft() {
 
 func (n *Node) stepRaft(m *Message) {
 	rm := m.Raft
-	if rm == nil {
+	if rm == nil || rm.To != uint64(n.id) || n.logLost {
 		return
 	}
 	switch rm.Type {
@@ -124,6 +124,23 @@ func (n *Node) stepRaft(m *Message) {
 			(n.isLeader || n.now-n.heardLeader < int64(n.t.ElectionTicks)) {
 			return
 		}
+	case raftpb.MsgHeartbeat:
+		// A leader sends a commit index no higher than what this node
+		// acknowledged having. One beyond the end of our log means the
+		// log lost entries it had made durable (a replaced disk under a
+		// reused identity, a lying fsync): raft would panic. Refuse it,
+		// and stop serving under this identity: only a new one rejoins
+		// safely.
+		if last, err := n.storage.LastIndex(); err == nil && rm.Commit > last {
+			if !n.logLost {
+				n.logLost = true
+				n.note(fmt.Sprintf("node %d: the leader commits index %d but this node's cluster log ends at %d: it lost state it had acknowledged; start it with an empty data directory to rejoin as a new node",
+					n.id, rm.Commit, last))
+			}
+			return
+		}
+	}
+	switch rm.Type {
 	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
 		if NodeID(rm.From) == n.lead || n.lead == 0 {
 			n.heardLeader = n.now

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -124,10 +125,21 @@ const (
 	batchMax    = 512
 )
 
-// nodeID derives a stable, non-zero node id from the listen address.
-func nodeID(addr string) core.NodeID {
+// ErrLogLost stops a node whose cluster log lacks entries it had
+// acknowledged to the cluster.
+var ErrLogLost = errors.New("this node's cluster log lost entries it had acknowledged; empty its data directory and start it again to rejoin as a new node")
+
+// nodeID derives a non-zero node id for a data directory that has none
+// yet: from the listen address and a random nonce, so that a node whose
+// disk was replaced comes back as a new member, never as the old raft
+// member with its log missing (the leader would send it a commit index its
+// empty log cannot hold).
+func nodeID(addr string, nonce uint64) core.NodeID {
 	h := fnv.New64a()
 	h.Write([]byte(addr))
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], nonce)
+	h.Write(b[:])
 	id := h.Sum64() &^ (1 << 63)
 	if id == 0 {
 		id = 1
@@ -205,7 +217,11 @@ func (d *Daemon) identity() error {
 		return err
 	}
 	if !ok {
-		id = uint64(nodeID(d.cfg.Listen))
+		var nonce [8]byte
+		if _, err := crand.Read(nonce[:]); err != nil {
+			return fmt.Errorf("daemon: pick a node id: %w", err)
+		}
+		id = uint64(nodeID(d.cfg.Listen, binary.LittleEndian.Uint64(nonce[:])))
 		if err := put("node-id", id); err != nil {
 			return err
 		}
@@ -423,6 +439,11 @@ drain:
 	if err := d.process(); err != nil && d.stopErr == nil {
 		d.log.Error("fatal: cannot persist the cluster log", "err", err)
 		d.stopErr = err
+		d.cancel()
+	}
+	if d.node.LogLost() && d.stopErr == nil {
+		d.stopErr = ErrLogLost
+		d.log.Error("fatal: stopping", "err", ErrLogLost, "dir", d.cfg.Dir)
 		d.cancel()
 	}
 	// Send the messages once there is nothing more to do at once, so

@@ -25,6 +25,7 @@ const (
 	FaultCorrupt                        // a stored replica is silently corrupted
 	FaultDrift                          // node clocks tick at different rates
 	FaultPowerLoss                      // at the end every node loses power at once
+	FaultWipe                           // a node crashes and loses its whole disk; it comes back as a new node (a replaced disk)
 	faultEnd
 )
 
@@ -38,7 +39,7 @@ var faultNames = []struct {
 	{FaultCrash, "crash"}, {FaultJoin, "join"}, {FaultLeave, "leave"}, {FaultLoss, "loss"},
 	{FaultDelay, "delay"}, {FaultDup, "dup"}, {FaultReorder, "reorder"}, {FaultPartition, "partition"},
 	{FaultOneWay, "oneway"}, {FaultDiskLatency, "disklatency"}, {FaultDiskError, "diskerror"},
-	{FaultCorrupt, "corrupt"}, {FaultDrift, "drift"}, {FaultPowerLoss, "powerloss"},
+	{FaultCorrupt, "corrupt"}, {FaultDrift, "drift"}, {FaultPowerLoss, "powerloss"}, {FaultWipe, "wipe"},
 }
 
 // FaultNames lists the names ParseFaults accepts.

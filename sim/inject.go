@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/sheepdog-go/sheepdog/core"
@@ -42,6 +43,12 @@ func (s *Sim) impaired() int {
 	}
 	for _, id := range cs.Restarted {
 		bad[id] = true
+	}
+	// Identities lost with a wiped disk, until the cluster removes them.
+	for _, id := range s.wipedIDs {
+		if _, ok := cs.Member(id); ok {
+			bad[id] = true
+		}
 	}
 	// With fewer members than copies every object lacks that many
 	// replicas: as if that many members were down.
@@ -95,6 +102,7 @@ func (s *Sim) faultLoop() {
 			add(FaultJoin, s.faultJoin)
 		}
 		add(FaultCorrupt, s.faultCorrupt)
+		add(FaultWipe, s.faultWipe)
 	}
 	add(FaultLoss, func() { s.netWindow(func() { s.net.loss = 0.05 + 0.15*s.rng.Float64() }, func() { s.net.loss = 0 }) })
 	add(FaultDup, func() { s.netWindow(func() { s.net.dup = 0.05 + 0.1*s.rng.Float64() }, func() { s.net.dup = 0 }) })
@@ -177,6 +185,42 @@ func (s *Sim) crashAndRestart(nd *node) {
 		return
 	}
 	s.crashNode(nd)
+	gen := nd.gen
+	s.at(int64(50+s.rng.IntN(1000))*ms, func() {
+		if !nd.up && nd.gen == gen && !nd.left {
+			s.startNode(nd)
+		}
+	})
+}
+
+// faultWipe crashes a node and replaces its disk with an empty one. The
+// node comes back at the same address (or a new one) under a new id, as a
+// production node does when its data directory is gone: the old member,
+// raft voter or not, is never impersonated by a node without its log. One
+// at a time, and only while every object has all its replicas.
+func (s *Sim) faultWipe() {
+	if s.healed || s.impaired() > 0 {
+		return
+	}
+	nd := s.pick(s.upMembers())
+	if nd == nil {
+		return
+	}
+	s.crashNode(nd)
+	s.wipes++
+	old := nd.info.ID
+	s.wipedIDs = append(s.wipedIDs, old)
+	nd.disk = newSimDisk(s.objSize)
+	delete(s.byID, old)
+	nd.info.ID = core.NodeID(uint64(nd.idx+1) + uint64(s.wipes)<<16)
+	nd.info.Incarnation = 0
+	s.byID[nd.info.ID] = nd
+	if s.rng.IntN(2) == 0 {
+		delete(s.byAddr, nd.info.Addr)
+		nd.info.Addr = fmt.Sprintf("10.0.%d.%d:7000", s.wipes, nd.idx+1)
+		s.byAddr[nd.info.Addr] = nd
+	}
+	s.tracef("node %d loses its disk: back as node %d at %s", old, nd.info.ID, nd.info.Addr)
 	gen := nd.gen
 	s.at(int64(50+s.rng.IntN(1000))*ms, func() {
 		if !nd.up && nd.gen == gen && !nd.left {

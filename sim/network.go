@@ -24,8 +24,12 @@ func (s *Sim) send(from *node, m *core.Message) {
 	if s.cfg.TraceOID != 0 && m.OID == s.cfg.TraceOID {
 		s.tracef("send %v op=%v off=%d len=%d v=%x prev=%x req=%x flags=%b data0=%x", m, m.Op, m.Off, m.Len, m.Version, m.Prev, m.ReqID, m.Flags, first8(m.Data))
 	}
-	to := s.byID[m.To]
-	if to == nil || m.To == 0 {
+	// A message for a node id goes only to that node, as the transport's
+	// handshake ensures: not to whoever took over its address.
+	var to *node
+	if m.To != 0 {
+		to = s.byID[m.To]
+	} else {
 		to = s.byAddr[m.ToAddr]
 	}
 	s.mix(2, uint64(s.now), uint64(from.idx), uint64(m.Type), uint64(m.To), m.ID)

@@ -177,6 +177,8 @@ type Sim struct {
 	finish                         func()
 	html                           string
 	leaves, joins                  int
+	wipes                          int
+	wipedIDs                       []core.NodeID // ids lost with their disks (faultWipe)
 	repaired                       int
 	workloadStart                  int64
 	problems                       []string
