@@ -61,7 +61,7 @@ func root() *command {
 	return &command{
 		name:  "sheepdog",
 		short: "distributed block storage for QEMU/KVM",
-		subs:  []*command{sheepCommand(), localCommand(), clusterCommand(), nodeCommand(), vdiCommand(), simCommand()},
+		subs:  []*command{sheepCommand(), localCommand(), clusterCommand(), nodeCommand(), vdiCommand(), simCommand(), faultsCommand()},
 	}
 }
 
