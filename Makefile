@@ -59,3 +59,10 @@ lint:
 
 clean:
 	rm -rf bin sim-out
+
+# Endurance tests of real processes: 50 kill -9 rounds during verifying fio
+# writes, 20 disk replacements, a full disk, corrupted object files.
+.PHONY: endurance
+endurance: deps build
+	ENDURANCE_ROUNDS=50 REPLACE_ROUNDS=20 $(GO) test ./cmd/sheepdog/ -count=1 -timeout 30m -v \
+		-run 'TestE2E(KillNine|DiskReplace|FullDisk|Corrupt)'
