@@ -11,6 +11,10 @@ const maxHeld = 1 << 14
 func (n *Node) recv(m *Message) {
 	if m.From != n.id {
 		n.lastHeard[m.From] = n.now
+		if isAnswer(m) {
+			n.lastAck[m.From] = n.now
+			delete(n.reach.suspect, m.From)
+		}
 	}
 	n.dispatch(m)
 }
@@ -49,6 +53,10 @@ func (n *Node) dispatch(m *Message) {
 		n.handleReclaim(m)
 	case MsgRestamp:
 		n.handleRestamp(m)
+	case MsgPing:
+		n.send(&Message{Type: MsgPong, To: m.From, ID: m.ID})
+	case MsgUnreachable:
+		n.handleUnreachable(m)
 	case MsgLeaseGrant, MsgReplResp, MsgSyncResp, MsgListResp, MsgFetchResp, MsgCheckResp, MsgRevokeResp,
 		MsgBarrierResp, MsgReclaimResp, MsgRestampResp:
 		n.response(m)

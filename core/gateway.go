@@ -82,6 +82,7 @@ type subOp struct {
 	reqID    uint64
 	flags    uint32
 	msgID    uint64
+	to       NodeID // where msgID went
 	done     bool
 	remote   bool   // a read that must go to the primary (the local replica failed it)
 	onDone   func() // runs after the sub-operation settled
@@ -661,7 +662,7 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.msgID != 0 {
 		delete(g.subs, s.msgID)
 	}
-	s.msgID = n.newID()
+	s.msgID, s.to = n.newID(), to
 	g.subs[s.msgID] = s
 	n.send(&Message{Type: MsgIO, To: to, ID: s.msgID, OID: s.oid, Op: s.op, Off: s.off, Len: s.len,
 		Data: s.data, ReqID: s.reqID, Flags: flags})

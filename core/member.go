@@ -103,7 +103,7 @@ func (n *Node) quorumContact() bool {
 	heard := 0
 	for _, v := range n.conf.Voters {
 		id := NodeID(v)
-		if id == n.id || n.now-max(n.lastHeard[id], n.leaderSince) <= int64(n.t.ElectionTicks) {
+		if id == n.id || n.now-max(n.lastAck[id], n.leaderSince) <= int64(n.t.ElectionTicks) {
 			heard++
 		}
 	}
@@ -134,6 +134,9 @@ func (n *Node) admitJoins() {
 		if cur, ok := n.cs.Member(id); (ok && cur.Incarnation >= j.info.Incarnation) || n.now-j.at > int64(10*n.t.JoinTicks) {
 			delete(n.pendingJoins, id)
 			continue
+		}
+		if n.grayOut(id) {
+			continue // taken out for a gray failure: not back yet
 		}
 		if !n.inRaft(id) {
 			if n.confPending == 0 {
@@ -168,7 +171,7 @@ func (n *Node) detectFailures() {
 		if m.ID == n.id {
 			continue
 		}
-		last := max(n.lastHeard[m.ID], n.leaderSince)
+		last := max(n.lastAck[m.ID], n.leaderSince)
 		replaced := n.replacedBy(m)
 		if n.now-last <= int64(n.t.FailTicks) && replaced == 0 {
 			continue
@@ -192,6 +195,7 @@ func (n *Node) detectFailures() {
 		}
 		n.propose(&Cmd{Type: CmdLeave, NodeID: m.ID, Inc: m.Incarnation, Term: n.term(), Time: n.wall}, func(Result) {})
 	}
+	n.grayRemoval(pending)
 }
 
 // replacedBy names the node that took over member m's address (a node
@@ -252,7 +256,7 @@ func (n *Node) reconcileVoters() {
 		for _, l := range learners {
 			// Only a learner that has caught up with the log becomes a
 			// voter: a lagging one would stall commits.
-			if pr, ok := st.Progress[l]; ok && isMember(l) && pr.Match >= st.Commit && n.now-n.lastHeard[NodeID(l)] <= int64(n.t.ElectionTicks) {
+			if pr, ok := st.Progress[l]; ok && isMember(l) && pr.Match >= st.Commit && n.now-n.lastAck[NodeID(l)] <= int64(n.t.ElectionTicks) {
 				propose(raftpb.ConfChangeAddNode, l)
 				return
 			}

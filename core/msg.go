@@ -39,6 +39,9 @@ const (
 	MsgReclaimResp                    //
 	MsgRestamp                        // Objects: give each object you hold at exactly that version the version Version
 	MsgRestampResp                    //
+	MsgPing                           // are you there? (a peer a request had to be resent to)
+	MsgPong                           // answer to MsgPing
+	MsgUnreachable                    // member → leader: Objects[i].OID names a peer I cannot reach, Version for how many ticks
 	msgTypeEnd
 )
 
@@ -50,6 +53,7 @@ var msgTypeNames = [...]string{
 	MsgCheckReq: "check-req", MsgCheckResp: "check-resp", MsgJoinAck: "join-ack",
 	MsgRevoke: "revoke", MsgRevokeResp: "revoke-resp", MsgBarrier: "barrier", MsgBarrierResp: "barrier-resp",
 	MsgReclaim: "reclaim", MsgReclaimResp: "reclaim-resp", MsgRestamp: "restamp", MsgRestampResp: "restamp-resp",
+	MsgPing: "ping", MsgPong: "pong", MsgUnreachable: "unreachable",
 }
 
 func (t MsgType) String() string {

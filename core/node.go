@@ -201,7 +201,9 @@ type Node struct {
 	applied           uint64
 	snapIndex         uint64
 	snapNow           bool
-	lastHeard         map[NodeID]int64
+	lastHeard         map[NodeID]int64 // leader: any message from the member
+	lastAck           map[NodeID]int64 // leader: the member's last answer (proof it hears the leader)
+	reach             reach
 	logLost           bool // the cluster log lost entries it had acknowledged (stepRaft)
 	addrs             map[NodeID]string
 	props             map[uint64]*proposal
@@ -277,6 +279,7 @@ func NewNode(cfg Config) (*Node, error) {
 		rand:              r,
 		storage:           raft.NewMemoryStorage(),
 		lastHeard:         map[NodeID]int64{},
+		lastAck:           map[NodeID]int64{},
 		addrs:             map[NodeID]string{},
 		props:             map[uint64]*proposal{},
 		pendingJoins:      map[NodeID]joinRequest{},
@@ -302,6 +305,7 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n.jobs.init()
 	n.gw.init()
+	n.reach.init()
 	n.addrs[n.id] = n.self.Addr
 	// A restarted node may have granted leases just before it stopped:
 	// it answers no recovery lists until any such lease has ended.
@@ -374,6 +378,7 @@ func (n *Node) tick() {
 	n.tickRaft()
 	n.fireTimers()
 	n.gw.expire(n)
+	n.tickReach()
 	if n.isLeader {
 		n.reconcile()
 	}
@@ -418,10 +423,12 @@ func (n *Node) fireRetry(r retryTimer) {
 			return
 		}
 		m := *c.msg
+		n.resent(m.To)
 		n.send(&m)
 		n.armRetry(r.id)
 	case retryDispatch:
 		if s, ok := n.gw.subs[r.id]; ok {
+			n.resent(s.to)
 			n.gw.dispatch(n, s)
 		}
 	}

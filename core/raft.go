@@ -213,6 +213,7 @@ func (n *Node) softState(ss *raft.SoftState) {
 		n.leaderSince = n.now
 		n.quorumSeen = n.now
 		clear(n.lastHeard)
+		clear(n.lastAck)
 		clear(n.leaveProposed)
 		clear(n.joinProposed)
 		n.confPending = 0

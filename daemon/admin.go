@@ -437,7 +437,7 @@ func (d *Daemon) vdiWrite(ctx context.Context, r *AdminRequest) (any, error) {
 	s := d.admin.sessions[r.Session]
 	d.admin.mu.Unlock()
 	if s == nil {
-		release, ok := d.claim(v.Name)
+		release, ok := d.claimWait(ctx, v.Name)
 		if !ok {
 			return nil, fmt.Errorf("VDI %q is attached by another client of this node", r.Name)
 		}

@@ -106,7 +106,7 @@ type Daemon struct {
 	shuttingDown bool // (nodeMu)
 
 	openMu sync.Mutex
-	open   map[string]bool // working VDIs (by name) a local client holds
+	open   map[string]chan struct{} // working VDIs (by name) a local client holds; closed when it lets go
 
 	flattens flattenJobs
 }

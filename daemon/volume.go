@@ -29,17 +29,52 @@ func (d *Daemon) claim(name string) (func(), bool) {
 	d.openMu.Lock()
 	defer d.openMu.Unlock()
 	if d.open == nil {
-		d.open = map[string]bool{}
+		d.open = map[string]chan struct{}{}
 	}
-	if d.open[name] {
+	if _, busy := d.open[name]; busy {
 		return nil, false
 	}
-	d.open[name] = true
+	released := make(chan struct{})
+	d.open[name] = released
 	return func() {
 		d.openMu.Lock()
-		delete(d.open, name)
+		if d.open[name] == released {
+			delete(d.open, name)
+		}
 		d.openMu.Unlock()
+		close(released)
 	}, true
+}
+
+// reattachWait bounds how long a new client of a VDI waits for the local
+// client before it to let go: a client that disconnects and reconnects at
+// once (qemu-img convert after another, a VM restarting) finds the old
+// connection still detaching.
+const reattachWait = 15 * time.Second
+
+// claimWait is claim for a new client: it waits, up to reattachWait or
+// until ctx ends, for a local client holding the VDI to release it.
+func (d *Daemon) claimWait(ctx context.Context, name string) (func(), bool) {
+	timer := time.NewTimer(reattachWait)
+	defer timer.Stop()
+	for {
+		if release, ok := d.claim(name); ok {
+			return release, true
+		}
+		d.openMu.Lock()
+		released, busy := d.open[name]
+		d.openMu.Unlock()
+		if !busy {
+			continue
+		}
+		select {
+		case <-released:
+		case <-ctx.Done():
+			return nil, false
+		case <-timer.C:
+			return nil, false
+		}
+	}
 }
 
 func (b *backend) lookup(ctx context.Context, name string) (core.VDI, bool, error) {
@@ -102,7 +137,7 @@ func (b *backend) Open(ctx context.Context, name string) (nbd.Volume, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: no VDI named %q", nbd.ErrUnknownExport, name)
 	}
-	release, ok := b.d.claim(name)
+	release, ok := b.d.claimWait(ctx, name)
 	if !ok {
 		return nil, fmt.Errorf("%w: VDI %q is attached by another client of this node (one attacher at a time)", nbd.ErrBusy, name)
 	}

@@ -100,6 +100,31 @@ func (h *Harness) Cut(a, b int) {
 	h.s.net.blocked[[2]int{b, a}] = true
 }
 
+// CutOneWay drops every message from node a to node b; b to a still
+// flows (a gray failure: each hears the other on some links only).
+func (h *Harness) CutOneWay(a, b int) {
+	if h.s.net.blocked == nil {
+		h.s.net.blocked = map[[2]int]bool{}
+	}
+	h.s.net.blocked[[2]int{a, b}] = true
+}
+
+// Leader is the index of the running node that leads, -1 if none does.
+func (h *Harness) Leader() int {
+	if nd := h.s.leader(); nd != nil {
+		return nd.idx
+	}
+	return -1
+}
+
+// Member reports whether node i, as it runs now, is a member of the
+// newest epoch.
+func (h *Harness) Member(i int) bool {
+	nd := h.s.nodes[i]
+	cs := h.s.latest()
+	return nd.up && cs != nil && cs.IsMember(nd.info.ID, nd.info.Incarnation)
+}
+
 // Heal ends every partition.
 func (h *Harness) Heal() { h.s.net.blocked = nil }
 

@@ -260,6 +260,10 @@ func (s *Sim) faultPartition(budget int, oneWay bool) {
 	if k >= len(up) {
 		k = len(up) - 1
 	}
+	if oneWay && s.rng.IntN(3) == 0 {
+		s.faultGray(up)
+		return
+	}
 	perm := s.rng.Perm(len(up))
 	cut := map[int]bool{}
 	for _, i := range perm[:k] {
@@ -307,6 +311,31 @@ apply:
 			delete(s.net.blocked, l)
 		}
 	})
+}
+
+// faultGray cuts one direction of the link between two members that are
+// not the leader, for several failure timeouts: the leader hears both, so
+// only the members' reports of unreachable peers can end the stall.
+func (s *Sim) faultGray(up []*node) {
+	lead := s.leader()
+	var cands []*node
+	for _, nd := range up {
+		if nd != lead {
+			cands = append(cands, nd)
+		}
+	}
+	if len(cands) < 2 {
+		return
+	}
+	perm := s.rng.Perm(len(cands))
+	a, b := cands[perm[0]], cands[perm[1]]
+	if s.net.blocked == nil {
+		s.net.blocked = map[[2]int]bool{}
+	}
+	l := [2]int{a.idx, b.idx}
+	s.tracef("gray failure: node %d cannot send to node %d", a.info.ID, b.info.ID)
+	s.net.blocked[l] = true
+	s.at(int64(2000+s.rng.IntN(4000))*ms, func() { delete(s.net.blocked, l) })
 }
 
 // faultCorrupt flips a stored replica of an object on one node; the
