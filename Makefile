@@ -5,14 +5,16 @@ NODES    ?= 3
 DIR      ?= $(CURDIR)/.sheepdog-local
 SIM_RUNS ?= 1000
 SIM_OPS  ?= 2000
+FAULT_RUNS ?= 50
+FAULT_SEED ?= 1
 # staticcheck for lint, installed through the Go module proxy when missing.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests drive as real clients.
-TEST_PKGS := qemu-utils libnbd-bin fio
+TEST_PKGS := qemu-utils libnbd-bin fio nftables iproute2
 # Packages that start goroutines run again under the race detector.
 RACE_PKGS := ./internal/... ./net/... ./nbd/... ./disk/... ./daemon/... ./linearizability/... ./cmd/...
 
-.PHONY: all build run test deps sim bench lint clean
+.PHONY: all build run test deps sim faults bench lint clean
 
 all: build
 
@@ -46,6 +48,11 @@ deps:
 sim: build
 	./$(BIN) sim --seed 1 --runs $(SIM_RUNS) --ops $(SIM_OPS) --faults all --out sim-out
 
+# The fault harness on real processes (root): $(FAULT_RUNS) seeds, every
+# fault kind; failed runs are kept under faults-out/.
+faults: deps build
+	./$(BIN) faults --runs $(FAULT_RUNS) --seed $(FAULT_SEED) --faults 6 --out faults-out
+
 # Performance against a baseline measured in the same run, as ratios.
 bench: deps build
 	$(GO) run ./scripts/bench --bin $(BIN)
@@ -58,7 +65,7 @@ lint:
 	if [ -x "$$sc" ]; then "$$sc" ./...; else echo "staticcheck could not be installed: skipped"; fi
 
 clean:
-	rm -rf bin sim-out
+	rm -rf bin sim-out faults-out
 
 # Endurance tests of real processes: 50 kill -9 rounds during verifying fio
 # writes, 20 disk replacements, a full disk, corrupted object files.

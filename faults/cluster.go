@@ -211,6 +211,16 @@ func (c *cluster) signal(n *node, sig syscall.Signal) error {
 	return nil
 }
 
+// dumpStacks makes every running node print its goroutines and exit
+// (SIGQUIT), for the logs of a failed run.
+func (c *cluster) dumpStacks() {
+	for _, n := range c.members() {
+		if err := c.stop(n, syscall.SIGQUIT); err != nil {
+			c.log.Warn("stack dump", "node", n.idx, "err", err)
+		}
+	}
+}
+
 // members is the current set of nodes (a replaced node's new incarnation
 // replaces its entry).
 func (c *cluster) members() []*node {

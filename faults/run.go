@@ -160,10 +160,8 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	}
 	CleanStale(ctx, cfg.Log)
 
-	dir := filepath.Join(cfg.Out, fmt.Sprintf("seed-%d", cfg.Seed))
-	if err := os.RemoveAll(dir); err != nil {
-		return rep, fmt.Errorf("faults: %w", err)
-	}
+	// A replay does not overwrite the directory of the run it replays.
+	dir := filepath.Join(cfg.Out, fmt.Sprintf("seed-%d-%s", cfg.Seed, start.Format("20060102-150405")))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return rep, fmt.Errorf("faults: %w", err)
 	}
@@ -195,6 +193,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	// Registered before the cluster's shutdown, so it runs after it: the
 	// node logs are complete when the directory is kept or removed.
 	defer func() {
+		rep.Wall = time.Since(start)
 		if werr := writeArtifacts(dir, cfg, &rep); werr != nil {
 			err = errors.Join(err, werr)
 		}
@@ -309,6 +308,11 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		log.Warn("history", "err", err)
 	}
 	log.Info("verdict", "ok", rep.OK(), "problems", len(rep.Problems), "workload", rep.Workload, "check", rep.Check)
+	if !rep.OK() {
+		// Every node's goroutines into its log: a node that stopped
+		// answering shows where it waits.
+		c.dumpStacks()
+	}
 	return rep, nil
 }
 
@@ -390,7 +394,7 @@ func checkVDI(ctx context.Context, c *cluster, name string, copies int) []string
 	for pass := 1; pass <= 2; pass++ {
 		var cr daemon.CheckReport
 		var err error
-		for _, n := range c.members() {
+		for _, n := range c.members()[:2] {
 			if cr, err = adminJSON[daemon.CheckReport](ctx, c, n.listen(), "vdi", "check", name); err == nil {
 				break
 			}

@@ -366,8 +366,12 @@ func (w *workload) run(ctx context.Context, workers int) {
 func (w *workload) final(ctx context.Context) (map[uint64]uint64, []string) {
 	got := map[uint64]uint64{}
 	var problems []string
+	// One bound for all clients: a cluster that serves nobody fails the
+	// run once, not once per client.
+	fctx, fcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer fcancel()
 	for _, cl := range w.clients {
-		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		cctx, cancel := context.WithCancel(fctx)
 		done := map[uint64]bool{}
 		flushed := false
 		for cctx.Err() == nil && (!flushed || len(done) < len(hotBlocks)) {
