@@ -167,7 +167,8 @@ func (c *procCluster) epochAt(i int) uint32 {
 // waitServingAt waits until node i lists members members, all serving an
 // epoch newer than e, and every member's listen address is one of the
 // cluster's current addresses (a node restarted at a new address has
-// replaced its old incarnation).
+// replaced its old incarnation). A node that exits meanwhile fails the
+// test at once, with the end of its log.
 func (c *procCluster) waitServingAt(i int, e uint32, members int, timeout time.Duration) {
 	c.t.Helper()
 	addrs := map[string]bool{}
@@ -175,6 +176,7 @@ func (c *procCluster) waitServingAt(i int, e uint32, members int, timeout time.D
 		addrs[p.listen] = true
 	}
 	c.waitFor(fmt.Sprintf("%d members serving an epoch after %d (asking node %d)", members, e, i), timeout, func() bool {
+		c.failIfExited()
 		rows, ok := c.statusesAt(i)
 		if !ok || len(rows) != members {
 			return false
@@ -386,4 +388,15 @@ func (c *procCluster) statusesMust(i int) []daemon.NodeStatus {
 		return ok
 	})
 	return rows
+}
+
+// failIfExited fails the test if a node the test started has exited by
+// itself (crashed, or stopped on an error).
+func (c *procCluster) failIfExited() {
+	c.t.Helper()
+	for i := range c.nodes {
+		if gone, err := c.exited(i); gone {
+			c.t.Fatalf("node %d exited (%v); the end of its log:\n%s", i, err, c.logTail(i, 40))
+		}
+	}
 }
