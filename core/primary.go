@@ -242,6 +242,15 @@ func (n *Node) primaryWrite(oid OID, o *object, p *primOp) {
 		n.respondIO(p, ErrStale, nil) // superseded by a newer attacher's write
 		return
 	}
+	// The fence comes before the retry check: a write that reached only
+	// this copy before a snapshot sealed the object without it (this node
+	// was out of the epoch) must not be pushed onto the snapshot's other
+	// copies as a retry. Refused, the gateway redoes it on the working
+	// VDI, or fails it if its attachment is gone.
+	if code := n.writeFence(oid, m.ReqID); code != OK {
+		n.respondIO(p, code, nil)
+		return
+	}
 	if m.ReqID != 0 && m.ReqID == o.meta.ReqID {
 		// A retry of a write this copy has: never apply it twice, but
 		// acknowledge it only once every replica holds this copy too
@@ -255,10 +264,6 @@ func (n *Node) primaryWrite(oid OID, o *object, p *primOp) {
 		for _, r := range p.reps[1:] {
 			n.converge(oid, p, r)
 		}
-		return
-	}
-	if code := n.writeFence(oid, m.ReqID); code != OK {
-		n.respondIO(p, code, nil)
 		return
 	}
 	seq := uint64(1)
