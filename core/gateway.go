@@ -761,14 +761,20 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 	if code == ErrPerm && s.cop != nil && s.op != OpRead && s.op != OpStat && s.op != OpCheck {
 		if v := n.cs.VDI(s.oid.VID()); v != nil && !v.readOnly() {
 			// The primary has applied a snapshot (or delete) of the VDI
-			// that this node has not yet: decide once it has.
+			// that this node has not yet: decide once it has. Until then
+			// the write is started again as it came, resolved through the
+			// table: a copy-on-write whose table entry was refused gave its
+			// copy up (uncow), and that copy, unlinked, holds the write
+			// under the write's own ReqID, so the write sent as it is to
+			// the copy's object would be acknowledged as a retry of the
+			// copy by its primary and lost with the orphan.
 			s.msgID = 0
 			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
 				if s.done || s.msgID != 0 {
 					return
 				}
 				if v := n.cs.VDI(s.oid.VID()); v != nil && !v.readOnly() {
-					g.dispatch(n, s)
+					g.startWrite(n, s)
 					return
 				}
 				g.complete(n, s, ErrPerm, nil)

@@ -197,8 +197,17 @@ func (sc *scenario) do(d *datadriven.TestData, r *core.Request, show func(core.R
 	return format(rep)
 }
 
-// vid resolves name= (and snap=TAG|ID) to a VDI id.
+// vid resolves name= (and snap=TAG|ID) to a VDI id, as the newest
+// cluster state has them; vid=HEX names one outright (the VDI a node that
+// lags behind still knows by the name).
 func (sc *scenario) vid(d *datadriven.TestData) uint32 {
+	if d.HasArg("vid") {
+		id, err := strconv.ParseUint(argStr(d, "vid", ""), 16, 32)
+		if err != nil {
+			d.Fatalf(sc.t, "vid=%q: %v", argStr(d, "vid", ""), err)
+		}
+		return uint32(id)
+	}
 	cs := sc.h.Cluster()
 	name := argStr(d, "name", "")
 	if d.HasArg("snap") {
