@@ -158,20 +158,48 @@ func (n *Node) abortPrimary() {
 	}
 	slices.Sort(oids)
 	for _, oid := range oids {
-		o := n.objs[oid]
-		for _, p := range o.queue {
-			n.respondIO(p, ErrStaleEpoch, nil)
+		n.failPrimary(n.objs[oid], ErrStaleEpoch)
+		n.objs[oid].replWaits = nil
+	}
+}
+
+// abortUnplaced fails the operations this node queued or started as the
+// primary of objects of vid that a log entry just left without a
+// placement: the table objects of a VDI deleted, rolled back over or
+// flattened, every object of a purged VDI. Nothing reads them again, and
+// a replica that applied the entry first answers a write to one with
+// ErrNotReady (no placement, as for a VDI it does not know yet), which a
+// primary retries until the epoch changes: on a stable cluster the write
+// never settled, and every barrier of vid (reclaim fences a deleted VDI
+// with one) waited for it forever.
+func (n *Node) abortUnplaced(vid uint32) {
+	oids := make([]OID, 0)
+	for oid, o := range n.objs {
+		if oid.VID() == vid && (len(o.queue) > 0 || o.active != nil) && len(n.placement(oid)) == 0 {
+			oids = append(oids, oid)
 		}
-		o.queue = nil
-		if p := o.active; p != nil {
-			for _, id := range p.calls {
-				n.cancel(id)
-			}
-			if !p.replied {
-				n.respondIO(p, ErrStaleEpoch, nil)
-			}
-			o.active = nil
+	}
+	slices.Sort(oids)
+	for _, oid := range oids {
+		n.failPrimary(n.objs[oid], ErrNoVDI)
+		n.runPrimary(oid) // answers a revoke that waited for the object to be idle
+	}
+}
+
+// failPrimary answers the operations o has queued or running at this
+// node as its primary with code, and drops them.
+func (n *Node) failPrimary(o *object, code Code) {
+	for _, p := range o.queue {
+		n.respondIO(p, code, nil)
+	}
+	o.queue = nil
+	if p := o.active; p != nil {
+		for _, id := range p.calls {
+			n.cancel(id)
 		}
-		o.replWaits = nil
+		if !p.replied {
+			n.respondIO(p, code, nil)
+		}
+		o.active = nil
 	}
 }

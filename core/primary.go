@@ -333,9 +333,16 @@ func (n *Node) replicateTo(oid OID, p *primOp, r NodeID, stash bool) {
 		case OK:
 		case ErrNotReady, ErrStaleEpoch, ErrNotMember:
 			// The replica is recovering, or the epochs differ; an epoch
-			// change aborts this write if it does not settle.
+			// change aborts this write if it does not settle, and so does
+			// the log entry that leaves the object without a placement
+			// (abortUnplaced; checked here too, for a state restored from
+			// a raft snapshot).
 			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
 				if o := n.objs[oid]; o != nil && o.active == p && epoch == n.epoch {
+					if len(n.placement(oid)) == 0 {
+						n.abortUnplaced(oid.VID())
+						return
+					}
 					n.replicate(oid, p, r)
 				}
 			})
@@ -404,6 +411,10 @@ func (n *Node) converge(oid OID, p *primOp, r NodeID) {
 		if resp.Code != OK {
 			n.after(int64(n.t.RetryTicks), func() {
 				if o := n.objs[oid]; o != nil && o.active == p && epoch == n.epoch {
+					if len(n.placement(oid)) == 0 {
+						n.abortUnplaced(oid.VID()) // see replicateTo
+						return
+					}
 					n.converge(oid, p, r)
 				}
 			})

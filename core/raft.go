@@ -370,11 +370,13 @@ func (n *Node) vdiApplied(c *Cmd, res Result, replaced *VDI) {
 	switch c.Type {
 	case CmdVDIDelete:
 		n.detachGW(res.VID)
+		n.abortUnplaced(res.VID)
 		n.dropLocalTable(res.VID)
 		n.builtChanged(res.VID)
 	case CmdRollback:
 		if replaced != nil {
 			n.detachGW(replaced.ID)
+			n.abortUnplaced(replaced.ID)
 			n.dropLocalTable(replaced.ID)
 		}
 	case CmdSnapshot:
@@ -389,9 +391,11 @@ func (n *Node) vdiApplied(c *Cmd, res Result, replaced *VDI) {
 		n.builtChanged(res.VID)
 	case CmdFlattened:
 		g.dropTable(res.VID)
+		n.abortUnplaced(res.VID)
 		n.dropLocalTable(res.VID)
 	case CmdPurge:
 		g.dropTable(res.VID)
+		n.abortUnplaced(res.VID)
 		n.dropVDI(res.VID)
 		n.builtChanged(res.VID)
 	}

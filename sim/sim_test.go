@@ -113,6 +113,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{1001, "all", "a retried rollback proposal was in the log twice, and its repeat dropped the table of the VDI the first one made (a power loss then lost every inherited block)", func(c *Config) { c.Ops = 1000 }},
 		{173, "all", "a write a live snapshot parked for the new working VDI was dropped without an answer when that attachment went away", nil},
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
+		{95, "all", "a VDI deleted while its attacher's table write was in flight: a replica that had applied the delete answered 'not ready' (a deleted VDI's table has no placement), the primary retried forever and reclaim's barrier waited for it", nil},
 		{37, "all", "a copy-on-write whose table entry a primary refused (it had applied a live snapshot the attacher had not) was resent as the plain write to its orphan copy, whose primary took it for a retry of the copy (same ReqID) and acknowledged it unapplied: a flushed write was lost", nil},
 	}
 	for _, tt := range tests {
