@@ -774,6 +774,14 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 					return
 				}
 				if v := n.cs.VDI(s.oid.VID()); v != nil && !v.readOnly() {
+					// Through the table again, not straight to the
+					// object: a copy-on-write whose entry was refused
+					// (cowLink) is the client's write once more, and its
+					// object is an unlinked copy that holds a write of
+					// the same id. Sent there, the copy's primary would
+					// take it for a retry of a write it has and
+					// acknowledge it, and the write would be lost with
+					// the copy; the copy-on-write must be done again.
 					g.startWrite(n, s)
 					return
 				}

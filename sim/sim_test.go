@@ -115,6 +115,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{35000035, "all", "with fewer members than copies the simulator crashed the only holder of a write (its fault budget ignored missing replicas)", shape(2, 2, 3, 2000)},
 		{95, "all", "a VDI deleted while its attacher's table write was in flight: a replica that had applied the delete answered 'not ready' (a deleted VDI's table has no placement), the primary retried forever and reclaim's barrier waited for it", nil},
 		{37, "all", "a copy-on-write whose table entry a primary refused (it had applied a live snapshot the attacher had not) was resent as the plain write to its orphan copy, whose primary took it for a retry of the copy (same ReqID) and acknowledged it unapplied: a flushed write was lost", nil},
+		{19, "all", "a copy-on-write whose table entry was refused (the table's primary had applied a snapshot the attacher had not) sent the client's write to the unlinked copy, whose primary took it for a retry of the copy's write (same id) and acknowledged it: lost with the copy", nil},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
