@@ -26,7 +26,8 @@ type barrier struct {
 	epoch uint32
 	left  map[NodeID]bool
 	objs  []ObjVersion
-	done  func([]ObjVersion)
+	held  []ObjVersion // the copies the objects' replicas of the epoch hold
+	done  func(objs, held []ObjVersion)
 }
 
 func (b *barrier) String() string {
@@ -35,9 +36,11 @@ func (b *barrier) String() string {
 
 // runBarrier fences vid at log index index; done gets the union of the
 // members' objects of vid, sorted, each with the newest version a member
-// holds. With sync every member also makes its completed writes durable
-// first: a snapshot is durable once taken.
-func (n *Node) runBarrier(vid uint32, index uint64, sync bool, done func([]ObjVersion)) {
+// holds, and the copies that the objects' replicas in the barrier's
+// epoch listed (sorted, each distinct object and version once: a build
+// needs them, build.go). With sync every member also makes its completed
+// writes durable first: a snapshot is durable once taken.
+func (n *Node) runBarrier(vid uint32, index uint64, sync bool, done func(objs, held []ObjVersion)) {
 	b := &barrier{id: n.newID(), vid: vid, index: index, sync: sync, done: done}
 	n.barriers[b.id] = b
 	n.startBarrier(b)
@@ -51,7 +54,7 @@ func (n *Node) startBarrier(b *barrier) {
 		n.after(int64(n.t.RetryTicks), func() { n.startBarrier(b) })
 		return
 	}
-	b.epoch, b.objs = n.epoch, nil
+	b.epoch, b.objs, b.held = n.epoch, nil, nil
 	b.left = map[NodeID]bool{}
 	for _, m := range n.cs.Nodes {
 		b.left[m.ID] = true
@@ -82,9 +85,14 @@ func (n *Node) askBarrier(b *barrier, to NodeID) {
 		}
 		delete(b.left, to)
 		b.objs = append(b.objs, resp.Objects...)
+		for _, o := range resp.Objects {
+			if slices.Contains(n.placement(o.OID), to) {
+				b.held = append(b.held, o)
+			}
+		}
 		if len(b.left) == 0 {
 			delete(n.barriers, b.id)
-			b.done(newestVersions(b.objs))
+			b.done(newestVersions(b.objs), distinctVersions(b.held))
 		}
 	})
 }
@@ -138,6 +146,18 @@ func newestVersions(objs []ObjVersion) []ObjVersion {
 		return cmpU64(b.Version, a.Version)
 	})
 	return slices.CompactFunc(objs, func(a, b ObjVersion) bool { return a.OID == b.OID })
+}
+
+// distinctVersions sorts objs by id, newest version first, and keeps each
+// (object, version) pair once.
+func distinctVersions(objs []ObjVersion) []ObjVersion {
+	slices.SortFunc(objs, func(a, b ObjVersion) int {
+		if a.OID != b.OID {
+			return cmpU64(uint64(a.OID), uint64(b.OID))
+		}
+		return cmpU64(b.Version, a.Version)
+	})
+	return slices.CompactFunc(objs, func(a, b ObjVersion) bool { return a.OID == b.OID && a.Version == b.Version })
 }
 
 // settled reports whether this node has recovered every object of vid it

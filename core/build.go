@@ -113,6 +113,16 @@ func (p buildPhase) String() string {
 // recovery's newest version is still the snapshot's, and the snapshot
 // never changes. (For a working VDI such a write may take effect late;
 // it was never acknowledged.)
+//
+// A builder of the same epoch before this one (a deposed leader) may have
+// re-stamped some copies and not others: then the newest version is its
+// re-stamp, which is this build's too, and re-stamping only the copies at
+// that version would leave the others (on the replicas it had not
+// reached, the primary perhaps) below the seal: no longer valid, read as
+// holes, though they hold the snapshot's data. So for such an object the
+// versions its replicas hold are re-stamped as well: they recovered the
+// object in this epoch and no write to it ran since the first build's
+// barrier, so each copy they hold is the one that build found.
 type buildJob struct {
 	vid, parent uint32
 	gen         uint64 // the new VDI's first attach generation: the builder's writes carry it
@@ -137,7 +147,7 @@ func (n *Node) startBuild(vid uint32) {
 	j := &buildJob{vid: vid, parent: p.ID, gen: v.AttachGen, phase: buildSealing, own: map[uint32]bool{}, ptab: map[uint32][]uint32{}}
 	n.jobs.builds[vid] = j
 	n.note(fmt.Sprintf("node %d: building %06x from %06x", n.id, vid, p.ID))
-	n.runBarrier(p.ID, n.applied, true, func(objs []ObjVersion) {
+	n.runBarrier(p.ID, n.applied, true, func(objs, held []ObjVersion) {
 		if !n.buildCurrent(j) {
 			return
 		}
@@ -151,7 +161,7 @@ func (n *Node) startBuild(vid uint32) {
 			}
 		}
 		if p := n.cs.VDI(j.parent); p != nil && p.IsSnapshot() && p.SealVersion == 0 {
-			n.buildStamp(j, objs, func() { n.buildRead(j, chunks) })
+			n.buildStamp(j, objs, held, func() { n.buildRead(j, chunks) })
 			return
 		}
 		n.buildRead(j, chunks)
@@ -163,12 +173,15 @@ func (n *Node) startBuild(vid uint32) {
 const restampSeq = 1 << 31
 
 // buildStamp re-stamps the parent's objects on every member, all in one
-// epoch; an epoch change starts the build over.
-func (n *Node) buildStamp(j *buildJob, objs []ObjVersion, then func()) {
+// epoch; an epoch change starts the build over. objs are the objects with
+// their newest versions, held the versions their replicas hold (the
+// barrier's lists).
+func (n *Node) buildStamp(j *buildJob, objs, held []ObjVersion, then func()) {
 	j.phase = buildStamping
 	epoch := n.epoch
 	version := uint64(epoch)<<32 | restampSeq
 	j.seal = version
+	objs = restampList(objs, held, version)
 	if len(objs) == 0 {
 		then() // nothing to re-stamp; anything that appears later is a leftover
 		return
@@ -205,6 +218,21 @@ func (n *Node) buildStamp(j *buildJob, objs []ObjVersion, then func()) {
 	for _, m := range n.cs.Nodes {
 		ask(m.ID)
 	}
+}
+
+// restampList is what a build re-stamping with version asks members to
+// re-stamp: every object at its newest version, and where that is version
+// already (an earlier build of this epoch re-stamped some copies) also at
+// each older version one of its replicas holds.
+func restampList(objs, held []ObjVersion, version uint64) []ObjVersion {
+	out := slices.Clone(objs)
+	for _, h := range held {
+		i, found := slices.BinarySearchFunc(objs, h.OID, func(o ObjVersion, oid OID) int { return cmpU64(uint64(o.OID), uint64(oid)) })
+		if found && objs[i].Version == version && h.Version < version {
+			out = append(out, h)
+		}
+	}
+	return distinctVersions(out)
 }
 
 // handleRestamp gives the listed objects held here at exactly their

@@ -131,7 +131,7 @@ func (n *Node) attachGW(vid uint32, gen uint64) {
 		att.ready = true
 		return
 	}
-	n.runBarrier(vid, n.applied, false, func([]ObjVersion) {
+	n.runBarrier(vid, n.applied, false, func(_, _ []ObjVersion) {
 		if g.vdis[vid] == att {
 			n.becomeReady(vid, att)
 		}

@@ -100,7 +100,7 @@ func (n *Node) maybeReclaim(root uint32) {
 	n.jobs.reclaims[root] = p
 	for _, d := range dead {
 		p.refs[d] = map[uint32]bool{}
-		n.runBarrier(d, n.applied, false, func(objs []ObjVersion) {
+		n.runBarrier(d, n.applied, false, func(objs, _ []ObjVersion) {
 			if !n.reclaimCurrent(p) {
 				return
 			}

@@ -157,3 +157,95 @@ func TestCOWLinkRefusedAttacherBehind(t *testing.T) {
 		t.Fatal("no seed gave roles that fit")
 	}
 }
+
+// TestRestampTwoBuildersOneEpoch: the leader building a snapshot is
+// deposed while it re-stamps the snapshot's objects, after its re-stamps
+// reached some replicas of an object but not its primary; a new leader
+// of the same epoch builds again. Its barrier finds the newest version to
+// be the first builder's re-stamp, which is its own re-stamp version too:
+// it must still re-stamp the copies the first one did not reach, or the
+// primary's copy falls below the seal and reads as a hole (seed 197 with
+// crash,loss,partition,oneway,wipe).
+func TestRestampTwoBuildersOneEpoch(t *testing.T) {
+	const nodes, copies, objs = 5, 3, 8
+	tried := 0
+	for i := 0; i < 60 && tried < 4; i++ {
+		seed, name := uint64(1+i%3), "vm"+strconv.Itoa(i)
+		h, vid := raceCluster(t, seed, name, nodes, copies, objs)
+		lead := raceLeader(h)
+		x, prim := -1, -1
+		for k := range objs {
+			// The old leader holds no copy: the primary needs no lease of it.
+			reps := h.Node(0).Ring().Place(nil, core.DataOID(vid, uint32(k)), copies)
+			if !slices.Contains(reps, h.Node(lead).ID()) {
+				x, prim = k, primaryOf(h, core.DataOID(vid, uint32(k)), copies)
+				break
+			}
+		}
+		via := -1
+		for a := range nodes {
+			if a != lead && a != prim {
+				via = a
+				break
+			}
+		}
+		if x < 0 || via < 0 {
+			continue
+		}
+		epoch := h.Node(lead).Epoch()
+		var snapped *core.Reply
+		h.Submit(via, &core.Request{Type: core.ReqSnapshot, Name: name, Tag: "s"}, func(r core.Reply) { snapped = &r })
+		stamping := func() bool {
+			return slices.ContainsFunc(h.Node(lead).Jobs(), func(j string) bool { return strings.Contains(j, "stamping") })
+		}
+		if !h.RunUntil(stamping, 5_000_000) {
+			t.Fatalf("%s: the leader never re-stamped", name)
+		}
+		h.Cut(lead, prim) // the re-stamps reach every member but the primary
+		h.Run(2_000)
+		for a := range nodes {
+			if a != lead {
+				h.Cut(lead, a)
+			}
+		}
+		other := func() bool {
+			for a := range nodes {
+				if a != lead && h.Node(a).IsLeader() {
+					return true
+				}
+			}
+			return false
+		}
+		if !h.RunUntil(other, 2_000_000) {
+			t.Fatalf("%s: no new leader", name)
+		}
+		h.Heal()
+		h.Cut(lead, prim)
+		built := func() bool {
+			v := h.Node(via).Cluster().VDI(vid)
+			return snapped != nil || (v != nil && v.SealVersion != 0)
+		}
+		if !h.RunUntil(built, 5_000_000) {
+			t.Fatalf("%s: the snapshot was never built", name)
+		}
+		if h.Node(via).Epoch() != epoch || h.Node(prim).Epoch() != epoch {
+			continue // the old leader was declared dead: not the story
+		}
+		tried++
+		t.Logf("%s (seed %d): leader %d deposed, object %d's primary %d, request through %d", name, seed, lead, x, prim, via)
+		got := raceRequest(t, h, via, &core.Request{Type: core.ReqRead, VID: vid, Exact: true, Off: uint64(x) * raceObj, Len: raceObj})
+		if !bytes.Equal(got.Data, fill(raceObj, 1)) {
+			t.Fatalf("%s: snapshot object %d reads %#x, not what it held", name, x, got.Data[0])
+		}
+		h.Heal()
+		if !h.Stabilize() {
+			t.Fatalf("%s: the cluster did not converge", name)
+		}
+		if ps := h.Problems(); len(ps) > 0 {
+			t.Fatalf("%s: %s", name, strings.Join(ps, "; "))
+		}
+	}
+	if tried == 0 {
+		t.Fatal("no case kept its epoch through the leader change")
+	}
+}

@@ -116,6 +116,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{95, "all", "a VDI deleted while its attacher's table write was in flight: a replica that had applied the delete answered 'not ready' (a deleted VDI's table has no placement), the primary retried forever and reclaim's barrier waited for it", nil},
 		{37, "all", "a copy-on-write whose table entry a primary refused (it had applied a live snapshot the attacher had not) was resent as the plain write to its orphan copy, whose primary took it for a retry of the copy (same ReqID) and acknowledged it unapplied: a flushed write was lost", nil},
 		{19, "all", "a copy-on-write whose table entry was refused (the table's primary had applied a snapshot the attacher had not) sent the client's write to the unlinked copy, whose primary took it for a retry of the copy's write (same id) and acknowledged it: lost with the copy", nil},
+		{197, "crash,loss,partition,oneway,wipe", "a second builder of a snapshot in the same epoch (a new leader) re-stamped only the copies at the first builder's re-stamp version, the newest: the primary's copy, which the first had not reached, fell below the seal and read as a hole", nil},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", strings.SplitN(tt.faults, ",", 2)[0], tt.seed), func(t *testing.T) {
