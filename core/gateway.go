@@ -596,6 +596,9 @@ func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 		return false
 	}
 	g.readsHere++
+	if (o == nil || !o.present) && g.committed[s.oid.VID()][s.oid] != 0 {
+		return false // written, but this replica has no copy (it dropped one it could not update)
+	}
 	if o == nil || !o.present || o.meta.Deleted {
 		g.complete(n, s, OK, nil) // never written, or discarded: zeros
 		return true

@@ -441,7 +441,24 @@ func (n *Node) handleConverge(m *Message) {
 	}
 	// Take the primary's current copy (or its absence): this message may
 	// be an old retransmission, so its version is only a hint.
-	n.mirror(m.OID, m.From, func(c Code) { n.respond(m, MsgReplResp, c) })
+	n.mirror(m.OID, m.From, func(c Code) {
+		if c == ErrNoSpace && !n.obj(m.OID).present {
+			n.respond(m, MsgReplResp, OK) // no copy already
+			return
+		}
+		if c == ErrNoSpace {
+			// No room for the primary's copy: keep no copy rather than a
+			// stale one, so that the primary can go on (the next write
+			// that needs this copy fails with ErrNoSpace, recovery or a
+			// check fills it once there is space). Otherwise every later
+			// operation on the object waits behind this convergence.
+			n.whenIdle(m.OID, func() {
+				n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) { n.respond(m, MsgReplResp, c) })
+			})
+			return
+		}
+		n.respond(m, MsgReplResp, c)
+	})
 }
 
 // mirror makes the local copy of oid whatever from holds now: its copy,
@@ -511,8 +528,19 @@ func (n *Node) handleRepl(m *Message) {
 		return
 	}
 	if o.meta.Version != m.Prev {
-		// We miss the version the write applies to: take the primary's copy first.
-		n.catchUp(m.OID, m.From, m.Prev, func() { n.handleRepl(m) })
+		// We miss the version the write applies to: take the primary's
+		// copy first. With no room for it the write fails here (a retry
+		// would find the disk just as full and hold the write for ever).
+		n.catchUpFrom(m.OID, m.From, m.Prev, func(c Code) {
+			switch c {
+			case OK:
+				n.handleRepl(m)
+			case ErrNoSpace:
+				n.respond(m, MsgReplResp, ErrNoSpace)
+			default:
+				n.after(int64(n.t.RetryTicks), func() { n.handleRepl(m) })
+			}
+		})
 		return
 	}
 	if code := n.writeFence(m.OID, m.ReqID); code != OK && !stale {

@@ -173,6 +173,13 @@ func (s *Store) append(op *op) (uint64, error) {
 	if s.jerr != nil {
 		return 0, s.jerr
 	}
+	if len(op.data) > 0 {
+		// A full store takes no more data, even into journal space it
+		// holds: the applier could not write it out (deletes still go).
+		if err := s.spaceForData(); err != nil {
+			return 0, ioErr("journal", err)
+		}
+	}
 	op.seal(s.lastLSN + 1)
 	n := op.cost()
 	need := s.jend + n
@@ -251,6 +258,9 @@ func (s *Store) growJournal(need int64) error {
 	if err := s.fault(FaultJournalAlloc); err != nil {
 		return ioErr("preallocate journal", err)
 	}
+	if err := s.spaceForData(); err != nil {
+		return ioErr("preallocate journal", err)
+	}
 	want := max(need, s.jalloc+min(max(s.jalloc, journalPrealloc), journalPreallocMax))
 	err := preallocate(s.jf, s.jalloc, want-s.jalloc)
 	if err != nil && want > need {
@@ -268,6 +278,9 @@ func (s *Store) growJournal(need int64) error {
 		return nil
 	}
 	if err != nil {
+		if isNoSpace(err) {
+			s.noteFull()
+		}
 		return ioErr("preallocate journal", err)
 	}
 	s.jalloc = want

@@ -107,7 +107,7 @@ func (s *Store) SaveRaft(hs raftpb.HardState, ents []raftpb.Entry, snap raftpb.S
 				ents[i].Index, ents[i-1].Index, ErrInvalid)
 		}
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		rb, lb := tx.Bucket(bucketRaft), tx.Bucket(bucketRaftLog)
 		var cur raftpb.Snapshot
 		if v := rb.Get(keySnapshot); v != nil {
@@ -192,7 +192,7 @@ func (s *Store) CompactRaft(index uint64) error {
 		return err
 	}
 	defer s.life.RUnlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		return deleteRange(tx.Bucket(bucketRaftLog), 0, index)
 	})
 	if err != nil {
@@ -232,7 +232,7 @@ func (s *Store) PutMeta(key string, val []byte) error {
 		return err
 	}
 	defer s.life.RUnlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put([]byte(key), append([]byte{}, val...))
 	})
 	if err != nil {

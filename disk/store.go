@@ -203,6 +203,7 @@ type Store struct {
 	opt               Options
 	log               *slog.Logger
 	db                *bolt.DB
+	res               reserve // space kept for meta.db on a full filesystem (reserve.go)
 
 	// life is held shared by every public operation and exclusively by
 	// Close, so Close waits for operations in flight.
@@ -443,6 +444,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	s.db = db
+	s.openReserve()
 	if err := s.recover(); err != nil {
 		s.closeFiles()
 		_ = s.db.Close()

@@ -133,6 +133,15 @@ func fsFree(path string) (uint64, error) {
 	return st.Bavail * uint64(st.Bsize), nil
 }
 
+// fsTotal is the size of the filesystem holding path.
+func fsTotal(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, &os.PathError{Op: "statfs", Path: path, Err: err}
+	}
+	return st.Blocks * uint64(st.Bsize), nil
+}
+
 // readCached reads len(b) bytes of f at off only if they are all in the
 // page cache (preadv2 with RWF_NOWAIT); it never waits for the device.
 // It returns the bytes read (short at the end of the file), or

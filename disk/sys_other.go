@@ -24,6 +24,10 @@ func fsFree(path string) (uint64, error) {
 	return 0, errors.ErrUnsupported
 }
 
+func fsTotal(path string) (uint64, error) {
+	return 0, errors.ErrUnsupported
+}
+
 // readCached cannot tell cached pages from others here: it always
 // reports errWouldBlock, so callers take their blocking path.
 func readCached(f *os.File, b []byte, off int64) (int, error) { return 0, errWouldBlock }

@@ -109,6 +109,10 @@ func (h *Harness) CutOneWay(a, b int) {
 	h.s.net.blocked[[2]int{a, b}] = true
 }
 
+// DiskFull makes node i's disk refuse every write that stores data with
+// ErrNoSpace (deletes still work), or work again.
+func (h *Harness) DiskFull(i int, full bool) { h.s.nodes[i].full = full }
+
 // Leader is the index of the running node that leads, -1 if none does.
 func (h *Harness) Leader() int {
 	if nd := h.s.leader(); nd != nil {
@@ -185,3 +189,7 @@ func (h *Harness) Problems() []string {
 	h.s.checkQuiescent()
 	return h.s.problems
 }
+
+// TraceObject logs, to the Config's Trace, every message and disk write
+// about oid from now on (for debugging a scenario).
+func (h *Harness) TraceObject(oid core.OID) { h.s.cfg.TraceOID = oid }

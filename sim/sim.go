@@ -144,6 +144,7 @@ type node struct {
 	slow          int64   // extra disk latency, µs
 	errP          float64 // probability a disk operation fails
 	crashAfterAck bool    // crash right after acknowledging a write (a targeted crash)
+	full          bool    // the disk is full: writes that store data fail with ErrNoSpace
 }
 
 // Sim is one simulated run.
@@ -355,6 +356,8 @@ func (s *Sim) diskDone(e *event) {
 	d := core.DiskDone{ID: op.ID}
 	if nd.errP > 0 && s.rng.Float64() < nd.errP {
 		d.Err = core.ErrIO
+	} else if nd.full && (op.Kind == core.DiskWrite || op.Kind == core.DiskPut) && len(op.Data) > 0 {
+		d.Err = core.ErrNoSpace
 	} else {
 		switch op.Kind {
 		case core.DiskRead:
