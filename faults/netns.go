@@ -120,7 +120,11 @@ func (ns *Namespace) Close() error {
 func removeNamespace(ctx context.Context, name string) error {
 	if out, err := run(ctx, "ip", "netns", "pids", name); err == nil {
 		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
+			// Never this process: a thread of ours that joined the
+			// namespace to dial may be the main thread, which Go keeps
+			// (wedged) instead of ending it, and then the namespace lists
+			// our pid too.
+			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
