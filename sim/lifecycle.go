@@ -347,11 +347,13 @@ func (s *Sim) tryRollback(sn *snapshot, attempt int) {
 			}
 			s.at(500*ms, func() { s.tryRollback(sn, attempt+1) })
 			return
-		case ok:
+		case ok && rep.Code != core.ErrTimeout:
 			for _, id := range ids {
 				s.hist.Fail(id) // refused: no effect
 			}
 		default:
+			// No answer, or the gateway gave up waiting: the rollback is
+			// in the cluster log or not, and may take effect later.
 			for b, id := range ids {
 				s.hist.Unknown(id)
 				v.writes[b] = append(v.writes[b], &writeRec{value: sn.values[b], call: call, ret: linearizability.Pending})

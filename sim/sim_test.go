@@ -91,6 +91,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{205442, "all", "a repair and a catch-up waited for each other's fetch (deadlock)", nil},
 		{301261, "all", "the last node to finish recovery never announced it: no stable point, a dead node could never be removed", nil},
 		{300012, "all", "same", nil},
+		{105, "crash,loss,partition,oneway,wipe", "a rollback that timed out was recorded as refused, but it was in the cluster log and took effect later (the checker saw acknowledged writes vanish)", nil},
 		{10010, "all", "a primary that had been out of the epoch acknowledged a retry of a write only its copy had, converging a sealed snapshot's copies to it (the write fence now comes first)", nil},
 		{306147, "all", "same", nil},
 		{403755, "all", "the leader left before it recorded a full recovery, so a node removed earlier still counted as missing", nil},
