@@ -87,11 +87,16 @@ func TestFullDiskFailsWritesAndRecovers(t *testing.T) {
 			if failed == 0 {
 				t.Fatal("no write failed although a replica of every object was full")
 			}
+			// Reads go on while the disk is full. A failed write may or
+			// may not have taken effect: an object reads as its last
+			// acknowledged write or as one of the failed writes after it.
 			for obj := 0; obj < objects; obj++ {
-				if _, ok := acked[obj]; ok {
-					// A failed write may or may not have taken effect:
-					// only objects whose last write was acknowledged are
-					// checked here.
+				rep, ok := h.Request(0, &core.Request{Type: core.ReqRead, VID: vid, Off: uint64(obj) << 12, Len: 512})
+				if !ok || rep.Code != core.OK {
+					t.Fatalf("read of object %d on a full replica: %v (answered %v)", obj, rep.Code, ok)
+				}
+				if got := rep.Data[0]; got != acked[obj] && (got <= acked[obj] || got >= 6) {
+					t.Fatalf("object %d reads %#x: neither its acknowledged %#x nor a later failed write", obj, got, acked[obj])
 				}
 			}
 			h.DiskFull(2, false)

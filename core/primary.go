@@ -575,18 +575,6 @@ func (n *Node) handleRepl(m *Message) {
 	})
 }
 
-// catchUp replaces the local copy of oid with from's copy (at least
-// version min), then runs then (after a pause if that failed).
-func (n *Node) catchUp(oid OID, from NodeID, min uint64, then func()) {
-	n.catchUpFrom(oid, from, min, func(c Code) {
-		if c != OK {
-			n.after(int64(n.t.RetryTicks), then)
-			return
-		}
-		then()
-	})
-}
-
 // catchUpFrom replaces the local copy of oid with from's copy (at least
 // version min) and reports how that went.
 func (n *Node) catchUpFrom(oid OID, from NodeID, min uint64, done func(Code)) {

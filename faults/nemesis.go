@@ -280,7 +280,7 @@ func flipBits(dir string, rng *rand.Rand) (string, error) {
 			return "", fmt.Errorf("bit flip: %w", err)
 		}
 		b := []byte{0}
-		if _, err := f.ReadAt(b, off); err == nil {
+		if _, err = f.ReadAt(b, off); err == nil {
 			b[0] ^= bit
 			_, err = f.WriteAt(b, off)
 		}
