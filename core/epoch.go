@@ -136,6 +136,7 @@ func (n *Node) clusterChanged() {
 	n.abortPrimary()
 	n.endDirect()
 	n.rec = nil
+	clear(n.refill) // recovery finds what is missing here
 	n.failStaleCalls()
 	clear(n.done)
 	n.gced = false

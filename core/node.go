@@ -204,7 +204,8 @@ type Node struct {
 	lastHeard         map[NodeID]int64 // leader: any message from the member
 	lastAck           map[NodeID]int64 // leader: the member's last answer (proof it hears the leader)
 	reach             reach
-	logLost           bool // the cluster log lost entries it had acknowledged (stepRaft)
+	logLost           bool           // the cluster log lost entries it had acknowledged (stepRaft)
+	refill            map[OID]NodeID // copies dropped for lack of space, and where to take them back from (refill.go)
 	addrs             map[NodeID]string
 	props             map[uint64]*proposal
 	nextPropID        uint64
@@ -386,6 +387,7 @@ func (n *Node) tick() {
 	n.tickJoin()
 	n.tickLeases()
 	n.tickRecovery()
+	n.tickRefill()
 }
 
 // fireTimers runs the timers that are due, from the heap and the retry
@@ -562,12 +564,13 @@ type Stats struct {
 	Held      int // messages held for a newer epoch
 	Objects   int // object entries (stored or busy)
 	Busy      int // object entries with work pending
+	Refill    int // copies dropped for lack of space and not taken back yet
 }
 
 // Stats returns the node's in-flight state.
 func (n *Node) Stats() Stats {
 	st := Stats{ClientOps: len(n.gw.ops), SubOps: len(n.gw.subs), Calls: len(n.calls), Timers: len(n.timers) + len(n.retries),
-		Held: len(n.held), Objects: len(n.objs)}
+		Held: len(n.held), Objects: len(n.objs), Refill: len(n.refill)}
 	for _, o := range n.objs {
 		if !o.idle() {
 			st.Busy++

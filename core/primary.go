@@ -140,6 +140,13 @@ func (n *Node) runPrimary(oid OID) {
 			return // wake runs us again
 		}
 		p := o.queue[0]
+		if n.owes(oid) {
+			// This copy missed writes for lack of space (refill.go): it
+			// must not be served, nor written on.
+			o.queue = o.queue[1:]
+			n.respondIO(p, ErrNotReady, nil)
+			continue
+		}
 		if p.m.Op == OpRead || p.m.Op == OpStat {
 			if !n.haveLeases(p.reps) {
 				return // leaseGranted runs us again
@@ -442,19 +449,23 @@ func (n *Node) handleConverge(m *Message) {
 	// Take the primary's current copy (or its absence): this message may
 	// be an old retransmission, so its version is only a hint.
 	n.mirror(m.OID, m.From, func(c Code) {
-		if c == ErrNoSpace && !n.obj(m.OID).present {
-			n.respond(m, MsgReplResp, OK) // no copy already
-			return
-		}
 		if c == ErrNoSpace {
-			// No room for the primary's copy: keep no copy rather than a
-			// stale one, so that the primary can go on (the next write
-			// that needs this copy fails with ErrNoSpace, recovery or a
-			// check fills it once there is space). Otherwise every later
-			// operation on the object waits behind this convergence.
-			n.whenIdle(m.OID, func() {
-				n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) { n.respond(m, MsgReplResp, c) })
-			})
+			// No room for the primary's copy. Let the primary go on (else
+			// every later operation on the object waits behind this
+			// convergence) and take its copy once there is space
+			// (refill.go). An older copy stays: it holds every
+			// acknowledged write (the ones since failed here, so they
+			// failed), worth more than none should the others be lost.
+			// A newer one holds a write the primary failed and rolled
+			// back: it must never win over the primary's, so it goes.
+			n.owe(m.OID, m.From)
+			if o := n.obj(m.OID); o.present && o.meta.Version > m.Version {
+				n.whenIdle(m.OID, func() {
+					n.writeLocal(DiskOp{Kind: DiskDelete, OID: m.OID}, func(c Code) { n.respond(m, MsgReplResp, c) })
+				})
+				return
+			}
+			n.respond(m, MsgReplResp, OK)
 			return
 		}
 		n.respond(m, MsgReplResp, c)
@@ -536,6 +547,7 @@ func (n *Node) handleRepl(m *Message) {
 			case OK:
 				n.handleRepl(m)
 			case ErrNoSpace:
+				n.owe(m.OID, m.From)
 				n.respond(m, MsgReplResp, ErrNoSpace)
 			default:
 				n.after(int64(n.t.RetryTicks), func() { n.handleRepl(m) })

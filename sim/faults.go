@@ -26,11 +26,15 @@ const (
 	FaultDrift                          // node clocks tick at different rates
 	FaultPowerLoss                      // at the end every node loses power at once
 	FaultWipe                           // a node crashes and loses its whole disk; it comes back as a new node (a replaced disk)
+	FaultDiskFull                       // a disk fills up: writes that store data fail with ErrNoSpace for a while (not in "all" yet)
 	faultEnd
 )
 
-// AllFaults is every fault kind.
-const AllFaults = faultEnd - 1
+// AllFaults is every fault kind but FaultDiskFull, which the lifecycle
+// workload does not survive yet (copy-on-write, builds and seals on a full
+// replica: 44 of 200 seeds fail; without the lifecycle none of 200 does,
+// TestDiskFullSeeds).
+const AllFaults = faultEnd - 1 - FaultDiskFull
 
 var faultNames = []struct {
 	f    Faults
@@ -39,7 +43,7 @@ var faultNames = []struct {
 	{FaultCrash, "crash"}, {FaultJoin, "join"}, {FaultLeave, "leave"}, {FaultLoss, "loss"},
 	{FaultDelay, "delay"}, {FaultDup, "dup"}, {FaultReorder, "reorder"}, {FaultPartition, "partition"},
 	{FaultOneWay, "oneway"}, {FaultDiskLatency, "disklatency"}, {FaultDiskError, "diskerror"},
-	{FaultCorrupt, "corrupt"}, {FaultDrift, "drift"}, {FaultPowerLoss, "powerloss"}, {FaultWipe, "wipe"},
+	{FaultCorrupt, "corrupt"}, {FaultDrift, "drift"}, {FaultPowerLoss, "powerloss"}, {FaultWipe, "wipe"}, {FaultDiskFull, "diskfull"},
 }
 
 // FaultNames lists the names ParseFaults accepts.

@@ -29,7 +29,10 @@ func (s *Sim) impaired() int {
 			if _, ok := cs.Member(nd.info.ID); ok && !nd.left || member {
 				bad[nd.info.ID] = true
 			}
-		case s.isolated(nd) || !nd.n.Serving() || !nd.n.Recovery().Finished || len(nd.disk.corrupt) > 0:
+		case s.isolated(nd) || !nd.n.Serving() || !nd.n.Recovery().Finished || len(nd.disk.corrupt) > 0 ||
+			nd.full || nd.n.Stats().Refill > 0:
+			// (a full disk may drop copies it cannot update: it counts
+			// until it has taken them back)
 			// (a node holding a corrupted replica counts until it is repaired)
 			bad[nd.info.ID] = true
 		}
@@ -103,6 +106,18 @@ func (s *Sim) faultLoop() {
 		}
 		add(FaultCorrupt, s.faultCorrupt)
 		add(FaultWipe, s.faultWipe)
+		add(FaultDiskFull, func() {
+			if nd := s.pick(s.upMembers()); nd != nil && !nd.full {
+				nd.full = true
+				gen := nd.gen
+				s.tracef("node %d disk full", nd.info.ID)
+				s.at(int64(100+s.rng.IntN(700))*ms, func() {
+					if nd.gen == gen {
+						nd.full = false
+					}
+				})
+			}
+		})
 	}
 	add(FaultLoss, func() { s.netWindow(func() { s.net.loss = 0.05 + 0.15*s.rng.Float64() }, func() { s.net.loss = 0 }) })
 	add(FaultDup, func() { s.netWindow(func() { s.net.dup = 0.05 + 0.1*s.rng.Float64() }, func() { s.net.dup = 0 }) })
@@ -382,7 +397,7 @@ func (s *Sim) heal() {
 	s.tracef("healing all faults")
 	s.net = netState{}
 	for _, nd := range s.nodes {
-		nd.slow, nd.errP = 0, 0
+		nd.slow, nd.errP, nd.full = 0, 0, false
 		if nd.started && !nd.up && !nd.left {
 			s.startNode(nd)
 		}

@@ -375,7 +375,7 @@ func (s *Sim) checkHistory() {
 func (s *Sim) checkQuiescent() {
 	for _, nd := range s.liveNodes() {
 		st := nd.n.Stats()
-		if st.ClientOps > 0 || st.SubOps > 0 || st.Busy > 0 || st.Held > 0 || st.Calls > 2*len(s.nodes) {
+		if st.ClientOps > 0 || st.SubOps > 0 || st.Busy > 0 || st.Held > 0 || st.Refill > 0 || st.Calls > 2*len(s.nodes) {
 			s.problem("node %d is not quiescent after the run: %+v %v", nd.info.ID, st, nd.n.Busy())
 		}
 	}

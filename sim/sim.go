@@ -425,7 +425,7 @@ func (s *Sim) crashNode(nd *node) {
 	s.tracef("node %d crashes (keeps %d of %d unsynced writes)", nd.info.ID, keep, len(nd.disk.log))
 	s.mix(7, uint64(s.now), uint64(nd.idx), uint64(keep))
 	nd.disk.crash(keep)
-	nd.slow, nd.errP = 0, 0
+	nd.slow, nd.errP, nd.full = 0, 0, false
 	s.nodeLost(nd)
 }
 
