@@ -37,14 +37,14 @@ type reserve struct {
 	checked time.Time
 }
 
-// openReserve sizes the reserve at an eighth of the filesystem (within
+// openReserve sizes the reserve at a thirty-second of the filesystem (within
 // [reserveMin, reserveMax]) and takes it if it is not held yet.
 func (s *Store) openReserve() {
 	r := &s.res
 	r.path = filepath.Join(s.dir, reserveName)
 	r.size = reserveMin
 	if total, err := fsTotal(s.dir); err == nil {
-		r.size = min(max(int64(total/8), reserveMin), reserveMax)
+		r.size = min(max(int64(total/32), reserveMin), reserveMax)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
