@@ -131,6 +131,7 @@ func (n *Node) stepRaft(m *Message) {
 		// reused identity, a lying fsync): raft would panic. Refuse it,
 		// and stop serving under this identity: only a new one rejoins
 		// safely.
+		n.drainRaft() // entries stepped since the last Ready are in storage now
 		if last, err := n.storage.LastIndex(); err == nil && rm.Commit > last {
 			if !n.logLost {
 				n.logLost = true
