@@ -142,9 +142,14 @@ func (n *Node) runPrimary(oid OID) {
 		p := o.queue[0]
 		if n.owes(oid) {
 			// This copy missed writes for lack of space (refill.go): it
-			// must not be served, nor written on.
+			// must not be served, nor written on. Reads are served from
+			// the co-replica that has the current copy.
 			o.queue = o.queue[1:]
-			n.respondIO(p, ErrNotReady, nil)
+			if p.m.Op == OpRead || p.m.Op == OpStat {
+				n.proxyRead(oid, p)
+			} else {
+				n.respondIO(p, ErrNotReady, nil)
+			}
 			continue
 		}
 		if p.m.Op == OpRead || p.m.Op == OpStat {

@@ -48,16 +48,7 @@ func (n *Node) tickRefill() {
 		if o.catchingUp || o.diskBusy || o.repairing || o.applying != 0 || o.reading > 0 || !n.objectReady(oid) {
 			continue
 		}
-		src := n.refill[oid]
-		if src == n.id || !slices.Contains(reps, src) {
-			src = 0
-			for _, r := range reps {
-				if r != n.id {
-					src = r
-					break
-				}
-			}
-		}
+		src := n.refillSource(oid, reps)
 		if src == 0 {
 			delete(n.refill, oid)
 			continue
@@ -76,4 +67,51 @@ func (n *Node) tickRefill() {
 			n.wake(oid)
 		})
 	}
+}
+
+// refillSource is the co-replica to take oid's current copy from: the one
+// whose copy this node could not take, or else the first other replica.
+func (n *Node) refillSource(oid OID, reps []NodeID) NodeID {
+	if src := n.refill[oid]; src != n.id && slices.Contains(reps, src) {
+		return src
+	}
+	for _, r := range reps {
+		if r != n.id {
+			return r
+		}
+	}
+	return 0
+}
+
+// proxyRead serves a read of an object this primary owes from the
+// co-replica that has the current copy, without storing it.
+func (n *Node) proxyRead(oid OID, p *primOp) {
+	src := n.refillSource(oid, n.placement(oid))
+	if src == 0 {
+		n.respondIO(p, ErrNotReady, nil)
+		return
+	}
+	n.rpc(&Message{Type: MsgFetchReq, To: src, OID: oid}, func(resp *Message) {
+		deleted := resp.Flags&FlagDeleted != 0
+		switch {
+		case resp.Code == ErrNoObject && p.m.Flags&FlagInherited == 0:
+			deleted = true // never written there either: zeros
+		case resp.Code != OK:
+			n.respondIO(p, ErrNotReady, nil)
+			return
+		}
+		if p.m.Op == OpStat {
+			var has uint32
+			if !deleted {
+				has = 1
+			}
+			n.respondIOCount(p, OK, has)
+			return
+		}
+		data := make([]byte, p.m.Len)
+		if !deleted && int(p.m.Off) < len(resp.Data) {
+			copy(data, resp.Data[p.m.Off:])
+		}
+		n.respondIO(p, OK, data)
+	})
 }

@@ -50,7 +50,7 @@ func (d *Daemon) claim(name string) (func(), bool) {
 // client before it to let go: a client that disconnects and reconnects at
 // once (qemu-img convert after another, a VM restarting) finds the old
 // connection still detaching.
-const reattachWait = 15 * time.Second
+const reattachWait = 5 * time.Second
 
 // claimWait is claim for a new client: it waits, up to reattachWait or
 // until ctx ends, for a local client holding the VDI to release it.

@@ -375,8 +375,9 @@ func TestE2EThreeNodesWithRealClients(t *testing.T) {
 		t.Fatalf("only %d objects allocated after writing 64 MiB", cr.Allocated)
 	}
 
-	// A second attach of the same VDI is refused with a clear message.
-	hold := exec.Command("qemu-io", "-f", "raw", c.nbdURI(0, "test"), "-c", "sleep 3000")
+	// A second attach of the same VDI is refused with a clear message
+	// (through the same node, once it waited 5 s for the first to let go).
+	hold := exec.Command("qemu-io", "-f", "raw", c.nbdURI(0, "test"), "-c", "sleep 9000")
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
