@@ -5,42 +5,19 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-)
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	"github.com/sheepdog-go/sheepdog/internal/testbin"
 )
 
 // sheepdogBinary builds the sheepdog binary once per test run.
 func sheepdogBinary(t *testing.T) string {
 	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sdfaults-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "sheepdog")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/sheepdog").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
+	return testbin.Sheepdog(t, "../cmd/sheepdog")
 }
 
 // needRoot fails (never skips) where the harness cannot run: it needs

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/sheepdog-go/sheepdog/daemon"
 	"github.com/sheepdog-go/sheepdog/internal/freeport"
+	"github.com/sheepdog-go/sheepdog/internal/testbin"
 )
 
 // End-to-end tests: real `sheepdog sheep` processes on loopback, real
@@ -31,31 +32,10 @@ import (
 // nbdinfo, fio). A missing client fails the test: `make test` installs
 // them (Debian packages qemu-utils, libnbd-bin, fio).
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// sheepdogBinary builds the binary once per test run.
+// sheepdogBinary builds the sheepdog binary once per test run.
 func sheepdogBinary(t *testing.T) string {
 	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sheepdog-e2e-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "sheepdog")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
+	return testbin.Sheepdog(t, ".")
 }
 
 func needTools(t *testing.T, tools ...string) {
