@@ -83,6 +83,7 @@ type subOp struct {
 	flags    uint32
 	msgID    uint64
 	to       NodeID // where msgID went
+	direct   bool   // msgID went to this node acting as the object's primary (a hand-over)
 	done     bool
 	remote   bool   // a read that must go to the primary (the local replica failed it)
 	onDone   func() // runs after the sub-operation settled
@@ -665,7 +666,7 @@ func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.msgID != 0 {
 		delete(g.subs, s.msgID)
 	}
-	s.msgID, s.to = n.newID(), to
+	s.msgID, s.to, s.direct = n.newID(), to, to == n.id && flags&FlagDirect != 0
 	g.subs[s.msgID] = s
 	n.send(&Message{Type: MsgIO, To: to, ID: s.msgID, OID: s.oid, Op: s.op, Off: s.off, Len: s.len,
 		Data: s.data, ReqID: s.reqID, Flags: flags})
@@ -700,7 +701,7 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 			g.wait = append(g.wait, s)
 			return
 		}
-		if m.From == n.id && m.Code == ErrNotReady && !g.ownsDirect(s.oid) {
+		if s.direct && m.Code == ErrNotReady && !g.ownsDirect(s.oid) {
 			g.dispatch(n, s) // a direct write whose object was taken back: ask the primary now
 			return
 		}

@@ -143,7 +143,8 @@ func (n *Node) runPrimary(oid OID) {
 		if n.owes(oid) {
 			// This copy missed writes for lack of space (refill.go): it
 			// must not be served, nor written on. Reads are served from
-			// the co-replica that has the current copy.
+			// the co-replica that has the current copy; writes wait
+			// (the gateway retries) until it has that copy again.
 			o.queue = o.queue[1:]
 			if p.m.Op == OpRead || p.m.Op == OpStat {
 				n.proxyRead(oid, p)

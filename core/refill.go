@@ -11,8 +11,8 @@ import "slices"
 // placed elsewhere), or an epoch change hands the job to recovery, which
 // fetches the newest version anyway. Meanwhile it counts as missing that
 // replica (Stats.Refill, the simulator's fault budget), and as the
-// object's primary it serves nothing of it (ErrNotReady: the gateway
-// retries).
+// object's primary it serves reads of it from that co-replica and has
+// writes retried.
 
 // owe records that this node's copy of oid is older than from's.
 func (n *Node) owe(oid OID, from NodeID) {
