@@ -64,33 +64,7 @@ type procCluster struct {
 
 func startProcCluster(t *testing.T, n int) *procCluster {
 	t.Helper()
-	c := &procCluster{t: t, bin: sheepdogBinary(t)}
-	base := t.TempDir()
-	for i := 0; i < n; i++ {
-		p := &sheepProc{dir: filepath.Join(base, fmt.Sprintf("n%d", i)), listen: freeport.Addr(t), nbd: freeport.Addr(t)}
-		if i > 0 {
-			p.join = c.nodes[0].listen
-		}
-		c.nodes = append(c.nodes, p)
-		c.start(i)
-	}
-	t.Cleanup(func() {
-		for i := range c.nodes {
-			c.kill(i, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			for i, p := range c.nodes {
-				b, _ := os.ReadFile(p.log.Name())
-				lines := strings.Split(string(b), "\n")
-				if len(lines) > e2eLogLines() {
-					lines = lines[len(lines)-e2eLogLines():]
-				}
-				t.Logf("--- node %d log (tail) ---\n%s", i, strings.Join(lines, "\n"))
-			}
-		}
-	})
-	c.waitMembers(n)
-	return c
+	return newProcCluster(t, n, nil)
 }
 
 func (c *procCluster) start(i int) {
