@@ -8,9 +8,8 @@
 //
 // Only fixed newstyle negotiation is offered; clients that do not set
 // NBD_FLAG_C_FIXED_NEWSTYLE, or set unknown client flags, are
-// disconnected. NBD_FLAG_NO_ZEROES is offered and honoured. TLS is not
-// supported (NOTLS mode: NBD_OPT_STARTTLS gets NBD_REP_ERR_UNSUP).
-// Supported options: NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST,
+// disconnected. NBD_FLAG_NO_ZEROES is offered and honoured. Supported
+// options: NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_STARTTLS,
 // NBD_OPT_INFO and NBD_OPT_GO (replying NBD_INFO_EXPORT, NBD_INFO_NAME and
 // NBD_INFO_DESCRIPTION when asked, and NBD_INFO_BLOCK_SIZE always),
 // NBD_OPT_STRUCTURED_REPLY, and NBD_OPT_LIST_META_CONTEXT /
@@ -20,6 +19,33 @@
 // ErrUnknownExport as NBD_REP_ERR_UNKNOWN, ErrBusy (the VDI is attached
 // elsewhere) and ErrPermission as NBD_REP_ERR_POLICY. NBD_OPT_INFO opens
 // the volume just long enough to describe it.
+//
+// # TLS
+//
+// With Server.TLSConfig set, the server is in the spec's FORCEDTLS mode:
+// NBD_OPT_STARTTLS is answered with NBD_REP_ACK and the TLS handshake
+// follows on the socket, after which option haggling starts afresh over
+// TLS and the transmission phase runs over it too. Before that, every
+// option but NBD_OPT_STARTTLS and NBD_OPT_ABORT gets NBD_REP_ERR_TLS_REQD,
+// NBD_OPT_EXPORT_NAME (which cannot be answered with an error) ends the
+// connection, and plain-text bytes sent ahead of the TLS handshake end it
+// too. A second NBD_OPT_STARTTLS gets NBD_REP_ERR_INVALID. Which clients
+// may connect is the TLS config's business (ClientAuth and ClientCAs: a
+// client certificate from the cluster CA for sheepdog). Without a
+// TLSConfig the server is in NOTLS mode and NBD_OPT_STARTTLS gets
+// NBD_REP_ERR_POLICY.
+//
+// # Resource limits
+//
+// Server.HandshakeTimeout bounds the whole handshake (TLS included), so a
+// client that trickles its options byte by byte is cut off; a connection
+// in its handshake holds a 4 KiB read buffer, the larger transmission
+// buffer coming only after it. Server.MaxConns bounds the connections
+// served at once: one beyond it closes the oldest connection still in its
+// handshake, so connections opened and left idle cannot lock other
+// clients out, and is itself closed only when every connection is past
+// its handshake. Server.MaxInFlight bounds the requests of one
+// connection.
 //
 // # Transmission
 //

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -37,20 +38,41 @@ type negotiator struct {
 	structured   bool   // NBD_OPT_STRUCTURED_REPLY acknowledged
 	metaSelected bool   // base:allocation selected by the last SET_META_CONTEXT
 	metaExport   string // export name of that SET_META_CONTEXT
+	tls          bool   // the connection was upgraded with NBD_OPT_STARTTLS
+	refusedTLS   bool   // an option was refused with NBD_REP_ERR_TLS_REQD
 }
+
+// Errors ending a handshake on a TLS server, for Server.Refused.
+var (
+	errTLSRequired  = errors.New("TLS is required")
+	errTLSHandshake = errors.New("TLS handshake failed")
+)
 
 // handshake runs fixed newstyle negotiation ("Handshake" in the spec).
 // It returns the session to serve, or (nil, nil) when the client ended
 // the session with NBD_OPT_ABORT.
 func (c *conn) handshake(ctx context.Context) (*session, error) {
+	// The deadline and the shutdown interruption are set on the socket
+	// itself, so that they hold across NBD_OPT_STARTTLS (the TLS
+	// handshake included) and whatever c.nc is meanwhile.
+	raw := c.nc
 	if d := c.srv.handshakeTimeout(); d > 0 {
-		c.nc.SetDeadline(time.Now().Add(d))
+		raw.SetDeadline(time.Now().Add(d))
 	}
 	// Interrupt blocked reads when the server shuts down.
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Now()) })
 	n := &negotiator{c: c, bw: bufio.NewWriterSize(c.nc, 4096)}
 	sess, err := n.run(ctx)
 	stop()
+	if sess == nil && ctx.Err() == nil {
+		reason := refusalReason(err)
+		if n.refusedTLS && !n.tls {
+			reason = "tls-required" // whatever the client did next
+		}
+		if reason != "" {
+			c.srv.refused(reason)
+		}
+	}
 	if ctx.Err() != nil {
 		if sess != nil {
 			if cerr := sess.vol.Close(); cerr != nil {
@@ -62,7 +84,7 @@ func (c *conn) handshake(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.nc.SetDeadline(time.Time{})
+	raw.SetDeadline(time.Time{})
 	return sess, nil
 }
 
@@ -105,6 +127,12 @@ func (n *negotiator) run(ctx context.Context) (*session, error) {
 		c.log.Debug("nbd: option", "option", optName(h.ID), "id", h.ID, "length", h.Length)
 		if h.ID == optAbort {
 			return nil, n.abort(h.Length)
+		}
+		if c.srv.TLSConfig != nil && !n.tls && h.ID != optStartTLS {
+			if err := n.requireTLS(h); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if h.Length > maxOptionLength {
 			if err := n.skipOversized(h); err != nil {
@@ -157,6 +185,75 @@ func (n *negotiator) abort(length uint32) error {
 	return nil
 }
 
+// requireTLS refuses an option other than NBD_OPT_STARTTLS and
+// NBD_OPT_ABORT before TLS on a server that requires it ("FORCEDTLS").
+func (n *negotiator) requireTLS(h protocol.NegotiationOptionHeader) error {
+	if h.ID == optExportName {
+		// "as this request cannot error, it MUST terminate the session"
+		n.c.log.Info("nbd: refused: NBD_OPT_EXPORT_NAME without TLS")
+		return fmt.Errorf("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS: %w", errTLSRequired)
+	}
+	if h.Length > maxOptionDiscard {
+		return protoErrorf("option %s carries %d bytes of data", optName(h.ID), h.Length)
+	}
+	if _, err := io.CopyN(io.Discard, n.c.br, int64(h.Length)); err != nil {
+		return fmt.Errorf("skipping data of option %s: %w", optName(h.ID), err)
+	}
+	n.c.log.Info("nbd: option refused: TLS required", "option", optName(h.ID), "id", h.ID)
+	n.refusedTLS = true
+	n.replyError(h.ID, repErrTLSReqd, "TLS required: this server takes NBD_OPT_STARTTLS first")
+	return n.bw.Flush()
+}
+
+// startTLS handles NBD_OPT_STARTTLS: NBD_REP_ACK, then the TLS handshake
+// on the socket, after which option haggling goes on over TLS.
+func (n *negotiator) startTLS(ctx context.Context, data []byte) error {
+	c := n.c
+	switch {
+	case c.srv.TLSConfig == nil:
+		// NOTLS mode: "NBD_REP_ERR_POLICY (if it does not support TLS
+		// for policy reasons)".
+		return n.replyError(optStartTLS, repErrPolicy, "TLS is not configured on this server")
+	case n.tls:
+		return n.replyError(optStartTLS, repErrInvalid, "TLS is already negotiated")
+	case len(data) != 0:
+		return n.replyError(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS takes no data")
+	}
+	if err := n.reply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	if err := n.bw.Flush(); err != nil {
+		return fmt.Errorf("replying to NBD_OPT_STARTTLS: %w", err)
+	}
+	// The client sends its ClientHello only once it has read our ACK:
+	// anything already buffered was sent in plain text ahead of it and
+	// must not be taken as coming over TLS.
+	if c.br.Buffered() != 0 {
+		return protoErrorf("%d bytes sent after NBD_OPT_STARTTLS before its reply", c.br.Buffered())
+	}
+	tc := tls.Server(c.nc, c.srv.TLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.log.Warn("nbd: TLS handshake refused", "err", err)
+		return fmt.Errorf("%w: %w", errTLSHandshake, err)
+	}
+	st := tc.ConnectionState()
+	client := ""
+	if len(st.PeerCertificates) > 0 {
+		client = st.PeerCertificates[0].Subject.CommonName
+	}
+	c.log = c.log.With("tls_client", client)
+	c.log.Info("nbd: TLS established", "version", tls.VersionName(st.Version),
+		"cipher", tls.CipherSuiteName(st.CipherSuite))
+	c.nc = tc
+	c.br.Reset(tc)
+	n.bw.Reset(tc)
+	n.tls = true
+	// Nothing negotiated in plain text carries over (only ABORT and
+	// STARTTLS were accepted, but be explicit).
+	n.structured, n.metaSelected, n.metaExport = false, false, ""
+	return nil
+}
+
 // skipOversized handles an option whose data exceeds maxOptionLength.
 func (n *negotiator) skipOversized(h protocol.NegotiationOptionHeader) error {
 	// NBD_OPT_EXPORT_NAME cannot be answered with an error, and a huge
@@ -178,7 +275,7 @@ func (n *negotiator) skipOversized(h protocol.NegotiationOptionHeader) error {
 
 func knownOption(opt uint32) bool {
 	switch opt {
-	case optExportName, optAbort, optList, optInfo, optGo, optStructuredReply,
+	case optExportName, optAbort, optList, optStartTLS, optInfo, optGo, optStructuredReply,
 		optListMetaContext, optSetMetaContext:
 		return true
 	}
@@ -205,8 +302,9 @@ func (n *negotiator) option(ctx context.Context, opt uint32, data []byte) (sess 
 		return nil, false, n.reply(opt, repAck, nil)
 	case optListMetaContext, optSetMetaContext:
 		return nil, false, n.metaContext(opt, data)
+	case optStartTLS:
+		return nil, false, n.startTLS(ctx, data)
 	}
-	// Includes NBD_OPT_STARTTLS: we operate in NOTLS mode.
 	return nil, false, n.replyError(opt, repErrUnsup, "option %d is not supported", opt)
 }
 

@@ -89,9 +89,9 @@ func TestHandshakeOptions(t *testing.T) {
 			_, err := c.option(99, []byte("whatever"))
 			wantOptError(t, err, repErrUnsup, "not supported")
 		}},
-		{"STARTTLS unsupported", func(t *testing.T, c *testClient) {
+		{"STARTTLS without TLS configured", func(t *testing.T, c *testClient) {
 			_, err := c.option(optStartTLS, nil)
-			wantOptError(t, err, repErrUnsup, "")
+			wantOptError(t, err, repErrPolicy, "not configured")
 		}},
 		{"oversized unknown option is skipped", func(t *testing.T, c *testClient) {
 			_, err := c.option(1000, make([]byte, maxOptionLength+1))

@@ -36,7 +36,7 @@ const (
 	optExportName      = uint32(1) // NBD_OPT_EXPORT_NAME
 	optAbort           = protocol.NEGOTIATION_ID_OPTION_ABORT
 	optList            = protocol.NEGOTIATION_ID_OPTION_LIST
-	optStartTLS        = uint32(5) // NBD_OPT_STARTTLS (not supported: NOTLS mode)
+	optStartTLS        = uint32(5) // NBD_OPT_STARTTLS
 	optInfo            = protocol.NEGOTIATION_ID_OPTION_INFO
 	optGo              = protocol.NEGOTIATION_ID_OPTION_GO
 	optStructuredReply = uint32(8)  // NBD_OPT_STRUCTURED_REPLY
@@ -53,6 +53,7 @@ const (
 	repErrUnsup      = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNSUPPORTED
 	repErrPolicy     = uint32(2 | 1<<31) // NBD_REP_ERR_POLICY
 	repErrInvalid    = uint32(3 | 1<<31) // NBD_REP_ERR_INVALID
+	repErrTLSReqd    = uint32(5 | 1<<31) // NBD_REP_ERR_TLS_REQD
 	repErrUnknown    = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNKNOWN
 	repErrShutdown   = uint32(7 | 1<<31) // NBD_REP_ERR_SHUTDOWN
 	repErrTooBig     = uint32(9 | 1<<31) // NBD_REP_ERR_TOO_BIG

@@ -1,7 +1,9 @@
 package nbd
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -69,6 +71,7 @@ type transmitter struct {
 	sub  Submitter       // the volume, if it takes requests without waiting
 	held bool            // requests were submitted since the last Drained (reader goroutine only)
 	raw  syscall.RawConn // the connection's descriptor, for writes that must not wait (nil: none)
+	tlsw *bufio.Writer   // over a TLS connection: pieces of replies go out in full records
 }
 
 // job is an accepted request with its write payload.
@@ -105,6 +108,11 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		raw:    nowait.Raw(c.nc),
 	}
 	t.sub, _ = sess.vol.(Submitter)
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		// Each Write of a tls.Conn is a record of its own, and a
+		// system call: a reply's header and data go in one.
+		t.tlsw = bufio.NewWriterSize(tc, tlsWriteBufferSize)
+	}
 	// On shutdown stop reading, but let replies to in-flight requests
 	// drain ("the server SHOULD wait for inflight requests to be serviced
 	// prior to initiating a hard disconnect").
@@ -807,6 +815,15 @@ func (t *transmitter) writeIOV() error {
 	var err error
 	if w, ok := t.c.nc.(*nowait.Conn); ok {
 		_, err = w.Writev(t.iovw)
+	} else if t.tlsw != nil {
+		for _, b := range t.iovw {
+			if _, err = t.tlsw.Write(b); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = t.tlsw.Flush()
+		}
 	} else {
 		_, err = t.iovw.WriteTo(t.c.nc) // consumes t.iovw
 	}
