@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -114,9 +115,13 @@ func (n *Node) quorumContact() bool {
 // exactly as if it had heard of an election it missed.
 func (n *Node) stepDown() {
 	st := n.rn.BasicStatus()
+	ages := make([]string, 0, len(n.conf.Voters))
+	for _, v := range n.conf.Voters {
+		ages = append(ages, fmt.Sprintf("%d:%d", v, n.now-max(n.lastAck[NodeID(v)], n.leaderSince)))
+	}
 	for _, v := range n.conf.Voters {
 		if NodeID(v) != n.id {
-			n.note(fmt.Sprintf("node %d: no quorum contact, stepping down", n.id))
+			n.note(fmt.Sprintf("node %d: no quorum contact, stepping down (voter:ticks since an answer %s)", n.id, strings.Join(ages, " ")))
 			_ = n.rn.Step(raftpb.Message{Type: raftpb.MsgHeartbeatResp, From: v, To: uint64(n.id), Term: st.Term + 1})
 			return
 		}

@@ -18,6 +18,20 @@ const raftElectionTick = 1 << 30
 
 var quietRaftLogger = &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)}
 
+// raftWarnings turns raft's warnings (a campaign refused for unapplied
+// configuration changes, say) into the node's notes, so that a cluster
+// without a leader says why in its logs; raft's chatter stays quiet.
+type raftWarnings struct {
+	*raft.DefaultLogger
+	n *Node
+}
+
+func (l raftWarnings) Warning(v ...any) { l.n.note("raft: " + fmt.Sprint(v...)) }
+
+func (l raftWarnings) Warningf(format string, v ...any) {
+	l.n.note("raft: " + fmt.Sprintf(format, v...))
+}
+
 func (n *Node) initRaft() error {
 	rs := n.cfg.Raft
 	bootstrap := raft.IsEmptySnap(rs.Snapshot) && len(rs.Entries) == 0 && raft.IsEmptyHardState(rs.HardState)
@@ -62,7 +76,7 @@ func (n *Node) initRaft() error {
 		MaxInflightMsgs: 256,
 		PreVote:         true,
 		CheckQuorum:     false,
-		Logger:          quietRaftLogger,
+		Logger:          raftWarnings{quietRaftLogger, n},
 	})
 	if err != nil {
 		return fmt.Errorf("core: start raft: %w", err)
