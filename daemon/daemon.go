@@ -293,6 +293,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("daemon: start node: %w", err)
 	}
 	d.node = n
+	// The transport serves peers and admin clients from the moment it
+	// listens, and their handlers run the node: nothing may run it before
+	// d.out exists (an admin request in that window sent through a nil
+	// batch). Holding the node's lock makes them leave their events to the
+	// loop goroutine.
+	d.nodeMu.Lock()
 	tr, err := sdnet.Listen(sdnet.Config{
 		ListenAddr:   d.cfg.Listen,
 		ConnsPerPeer: d.cfg.ConnsPerPeer,
@@ -303,10 +309,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		OnRequest:    d.onAdmin,
 	})
 	if err != nil {
+		d.nodeMu.Unlock()
 		return fmt.Errorf("daemon: listen on %s: %w", d.cfg.Listen, err)
 	}
 	d.tr = tr
 	d.out = tr.NewBatch()
+	d.nodeMu.Unlock()
 	d.startDisk()
 	var frontends sync.WaitGroup
 	stopFront, err := d.startFrontends(ctx, &frontends)
