@@ -78,26 +78,6 @@ func TestUnmarshalMessageRejectsBadInput(t *testing.T) {
 	}
 }
 
-func FuzzUnmarshalMessage(f *testing.F) {
-	for _, m := range []*Message{
-		{Type: MsgIO, From: 1, To: 2, Data: []byte("abc")},
-		{Type: MsgListResp, Objects: []ObjVersion{{OID: 1, Version: 2}}},
-		{Type: MsgJoin, Node: &NodeInfo{ID: 1, Addr: "a"}},
-	} {
-		b, _ := m.Marshal()
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := UnmarshalMessage(b)
-		if err != nil {
-			return
-		}
-		if _, err := m.Marshal(); err != nil {
-			t.Fatalf("decoded message does not encode: %v", err)
-		}
-	})
-}
-
 func TestCmdRoundTrip(t *testing.T) {
 	c := &Cmd{Type: CmdJoin, Proposer: 3, PropID: 1<<32 | 5, Node: NodeInfo{ID: 3, Addr: "x:1", Zone: 2, VNodes: 5}, AutoVNodes: true,
 		NodeID: 4, Inc: 2, Name: "alice", Size: 1 << 30, Copies: 3, BlockShift: 22, Time: 1700000000, VID: 0x7c2b25, Force: true, Term: 4, Epoch: 9}

@@ -363,7 +363,9 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 	if d.err == nil && dataLen != len(d.b) {
 		return nil, fmt.Errorf("core: message says %d data bytes, %d follow", dataLen, len(d.b))
 	}
-	if dataLen > 0 {
+	// A truncated message (d.err set) has no data to take: dataLen may
+	// be anything.
+	if d.err == nil && dataLen > 0 {
 		m.Data = d.b[:dataLen:dataLen]
 		d.b = d.b[dataLen:]
 	}

@@ -232,8 +232,8 @@ func readFrame(r io.Reader, hdr *[headerSize]byte, maxFrame int) (header, []byte
 	if err != nil {
 		return header{}, nil, err
 	}
-	payload := make([]byte, h.length)
-	if n, err := io.ReadFull(r, payload); err != nil {
+	payload, n, err := readPayload(r, int(h.length))
+	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return header{}, nil, fmt.Errorf("%w: truncated %s frame (%d of %d payload bytes)", ErrMalformed, h.typ, n, h.length)
 		}
@@ -243,6 +243,26 @@ func readFrame(r io.Reader, hdr *[headerSize]byte, maxFrame int) (header, []byte
 		return header{}, nil, fmt.Errorf("%w: bad CRC32C on %s frame of %d bytes: got %#08x, header says %#08x", ErrMalformed, h.typ, h.length, sum, h.sum)
 	}
 	return h, payload, nil
+}
+
+// payloadStep is the largest payload read into a buffer of its full
+// length at once; a larger one grows as its bytes arrive.
+const payloadStep = 8 << 20
+
+// readPayload reads an n-byte payload and returns it with the number of
+// bytes read. A header costs 24 bytes to send, so a payload beyond
+// payloadStep is not allocated before its bytes come: otherwise a peer
+// could make a node allocate MaxFrame per connection with 24 bytes each.
+func readPayload(r io.Reader, n int) ([]byte, int, error) {
+	p := make([]byte, min(n, payloadStep))
+	k, err := io.ReadFull(r, p)
+	for err == nil && len(p) < n {
+		p = append(p, make([]byte, min(n-len(p), len(p)))...) // doubles
+		var m int
+		m, err = io.ReadFull(r, p[k:])
+		k += m
+	}
+	return p, k, err
 }
 
 // writeFrame encodes one frame into w, using hdr as scratch space.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -127,11 +128,13 @@ func TestHandshakeCodec(t *testing.T) {
 	}
 }
 
-// FuzzFrame feeds arbitrary bytes to the frame decoder. It must never
-// panic; every frame it accepts must re-encode to exactly the bytes it
-// consumed; and every failure is either a clean end or ErrMalformed.
+// FuzzFrame feeds arbitrary bytes to the frame decoder, with the
+// transport's default frame limit. It must never panic; every frame it
+// accepts must re-encode to exactly the bytes it consumed; every failure
+// is either a clean end or ErrMalformed; and it allocates in proportion
+// to the bytes it got, not to the lengths headers announce.
 func FuzzFrame(f *testing.F) {
-	const limit = 1 << 16
+	const limit = DefaultMaxFrame
 	f.Add([]byte{})
 	f.Add(rawFrame(typeMessage, 0, []byte("payload")))
 	f.Add(rawFrame(typeRequest, 1, nil))
@@ -141,10 +144,21 @@ func FuzzFrame(f *testing.F) {
 	f.Add(rawFrame(typeMessage, 0, []byte("payload"))[:20])
 	f.Add(corrupt(rawFrame(typeMessage, 0, []byte("crc")), func(b []byte) { b[13]++ }))
 	f.Add(corrupt(rawFrame(typeMessage, 0, nil), func(b []byte) { binary.BigEndian.PutUint32(b[8:12], limit+1) }))
+	f.Add(corrupt(rawFrame(typeMessage, 0, []byte("short")), func(b []byte) { binary.BigEndian.PutUint32(b[8:12], limit) }))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: sheep\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		var hdr [headerSize]byte
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		defer func() {
+			runtime.ReadMemStats(&after)
+			// A frame claiming more than it carries costs at most one
+			// payload step, whatever its header says.
+			if got, bound := after.TotalAlloc-before.TotalAlloc, uint64(payloadStep+4*len(data)+1<<16); got > bound {
+				t.Fatalf("decoding %d bytes allocated %d bytes (bound %d)", len(data), got, bound)
+			}
+		}()
 		for {
 			start := len(data) - r.Len()
 			h, p, err := readFrame(r, &hdr, limit)
@@ -163,4 +177,29 @@ func FuzzFrame(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestFramePayloadAllocatedAsItArrives: a header announcing the largest
+// frame, followed by a few bytes, does not make the reader allocate the
+// whole frame; a large frame that does arrive is read whole.
+func TestFramePayloadAllocatedAsItArrives(t *testing.T) {
+	short := corrupt(rawFrame(typeMessage, 0, []byte("short")), func(b []byte) { binary.BigEndian.PutUint32(b[8:12], DefaultMaxFrame) })
+	var hdr [headerSize]byte
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, _, err := readFrame(bytes.NewReader(short), &hdr, DefaultMaxFrame)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("truncated frame: %v", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 2*payloadStep {
+		t.Errorf("a 29-byte frame claiming %d bytes allocated %d bytes", DefaultMaxFrame, got)
+	}
+	for _, n := range []int{payloadStep - 1, payloadStep, payloadStep + 1, 3*payloadStep + 5} {
+		want := bytes.Repeat([]byte{byte(n)}, n)
+		h, got, err := readFrame(bytes.NewReader(rawFrame(typeMessage, 0, want)), &hdr, DefaultMaxFrame)
+		if err != nil || int(h.length) != n || !bytes.Equal(got, want) {
+			t.Fatalf("frame of %d bytes: %v, read %d bytes", n, err, len(got))
+		}
+	}
 }
