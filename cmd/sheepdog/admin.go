@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -352,39 +350,6 @@ func vdiCommand() *command {
 				},
 			},
 			{
-				name: "write", usage: "NAME [OFFSET [LEN]]", short: "write stdin into a VDI",
-				flags: adminFlags(&addr, nil),
-				run: func(ctx context.Context, e *env, args []string) error {
-					name, off, length, err := rangeArgs("vdi write", args)
-					if err != nil {
-						return err
-					}
-					var sid [8]byte
-					_, _ = rand.Read(sid[:])
-					session := hex.EncodeToString(sid[:])
-					in := e.stdin
-					if length != nil {
-						in = io.LimitReader(in, int64(*length))
-					}
-					buf := make([]byte, 4<<20)
-					pos := off
-					for {
-						n, rerr := io.ReadFull(in, buf)
-						last := rerr == io.EOF || rerr == io.ErrUnexpectedEOF
-						if rerr != nil && !last {
-							return fmt.Errorf("read stdin: %w", rerr)
-						}
-						if _, err := call(ctx, addr, &daemon.AdminRequest{Cmd: "vdi.write", Name: name, Offset: pos, Data: buf[:n], Session: session, Last: last}); err != nil {
-							return err
-						}
-						pos += uint64(n)
-						if last {
-							return nil
-						}
-					}
-				},
-			},
-			{
 				name: "check", usage: "NAME", short: "verify every object's replicas and repair the bad ones",
 				flags: adminFlags(&addr, &asJSON),
 				run: func(ctx context.Context, e *env, args []string) error {
@@ -414,14 +379,15 @@ func vdiCommand() *command {
 			},
 		},
 	}
-	// create, the lifecycle (vdisnap.go), then resize, read, write, check.
+	// create, the lifecycle (vdisnap.go), then resize, read and write
+	// (vdiio.go), check.
 	byName := map[string]*command{}
 	for _, sub := range c.subs {
 		byName[sub.name] = sub
 	}
 	subs := []*command{byName["create"]}
 	subs = append(subs, vdiLifecycleCommands()...)
-	c.subs = append(subs, byName["resize"], vdiReadCommand(), byName["write"], byName["check"])
+	c.subs = append(subs, byName["resize"], vdiReadCommand(), vdiWriteCommand(), byName["check"])
 	return c
 }
 

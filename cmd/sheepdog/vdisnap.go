@@ -243,49 +243,6 @@ to stderr; the command returns when it is done.`,
 	}
 }
 
-func vdiReadCommand() *command {
-	var addr, ref string
-	return &command{
-		name: "read", usage: "NAME [OFFSET [LEN]]", short: "write a VDI's (or a snapshot's) contents to stdout",
-		flags: withFlags(adminFlags(&addr, nil), snapFlag(&ref, "read this snapshot (tag or id)")),
-		run: func(ctx context.Context, e *env, args []string) error {
-			name, off, length, err := rangeArgs("vdi read", args)
-			if err != nil {
-				return err
-			}
-			tag, id, err := snapRef(ref)
-			if err != nil {
-				return err
-			}
-			row, err := callJSON[daemon.VDIRow](ctx, addr, &daemon.AdminRequest{Cmd: "vdi.info", Name: name, Tag: tag, Snap: id})
-			if err != nil {
-				return err
-			}
-			size := row.Size
-			if off > size {
-				return usagef("offset %d is past the end of %s (%d bytes)", off, name, size)
-			}
-			end := size
-			if length != nil {
-				end = min(size, off+*length)
-			}
-			const chunk = 4 << 20
-			for pos := off; pos < end; {
-				n := min(chunk, end-pos)
-				b, err := call(ctx, addr, &daemon.AdminRequest{Cmd: "vdi.read", Name: name, Tag: tag, Snap: id, Offset: pos, Length: n})
-				if err != nil {
-					return err
-				}
-				if _, err := e.stdout.Write(b); err != nil {
-					return err
-				}
-				pos += n
-			}
-			return nil
-		},
-	}
-}
-
 // flatten flattens the VDI name and waits for the end, showing progress
 // on stderr. The node that runs it (the attacher) answers its status.
 func flatten(ctx context.Context, e *env, addr, name string) (daemon.FlattenInfo, error) {
