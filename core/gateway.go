@@ -453,6 +453,7 @@ func (g *gateway) enqueue(n *Node, s *subOp) {
 func (g *gateway) dequeue(n *Node, s *subOp) {
 	q := g.queues[s.qkey]
 	if len(q) > 0 && q[0] == s {
+		q[0] = nil // the array outlives the pop: let go of s and its data
 		q = q[1:]
 	}
 	if len(q) == 0 {

@@ -365,6 +365,12 @@ func (n *Node) HasReady() bool {
 
 // Advance tells the node the last Ready was done.
 func (n *Node) Advance() {
+	// The arrays are reused: the messages and disk operations they held
+	// (writes with their data) must not stay reachable until a later
+	// batch overwrites them. (Replies are left alone: the simulator reads
+	// them after Advance.)
+	clear(n.out.Messages)
+	clear(n.out.Disk)
 	n.out = Ready{
 		Entries:  n.out.Entries[:0],
 		Messages: n.out.Messages[:0],

@@ -115,6 +115,25 @@ func (n *Node) handleIO(m *Message) {
 	n.runPrimary(m.OID)
 }
 
+// popQueue takes the head off o's queue. The slot it leaves is cleared
+// and an emptied queue lets go of its array: a stored object stays in
+// n.objs for good, and the array behind a queue sliced from the front kept
+// its last operation reachable, with its data. That is a write's payload
+// per object ever written (1 MiB per 4 MiB under sequential 1 MiB
+// writes): after 3.5 GiB written into a fresh VDI, a 3-node cluster in one
+// process held 1.5 GiB of payloads, twice its heap budget, and its
+// collector ran without end, at idle too (30% of a CPU) and at 6 times
+// the CPU per written byte.
+func (o *object) popQueue() *primOp {
+	p := o.queue[0]
+	o.queue[0] = nil
+	o.queue = o.queue[1:]
+	if len(o.queue) == 0 {
+		o.queue = nil
+	}
+	return p
+}
+
 // runPrimary starts the queued operations of oid that may run now: reads
 // run concurrently with each other, a write runs alone, in arrival order.
 func (n *Node) runPrimary(oid OID) {
@@ -128,7 +147,7 @@ func (n *Node) runPrimary(oid OID) {
 			return
 		}
 		if p := o.queue[0]; p.direct() && !n.gw.ownsDirect(oid) {
-			o.queue = o.queue[1:]
+			o.popQueue()
 			n.respondIO(p, ErrNotReady, nil) // taken back: the gateway asks the primary
 			continue
 		}
@@ -145,7 +164,7 @@ func (n *Node) runPrimary(oid OID) {
 			// must not be served, nor written on. Reads are served from
 			// the co-replica that has the current copy; writes wait
 			// (the gateway retries) until it has that copy again.
-			o.queue = o.queue[1:]
+			o.popQueue()
 			if p.m.Op == OpRead || p.m.Op == OpStat {
 				n.proxyRead(oid, p)
 			} else {
@@ -157,14 +176,14 @@ func (n *Node) runPrimary(oid OID) {
 			if !n.haveLeases(p.reps) {
 				return // leaseGranted runs us again
 			}
-			o.queue = o.queue[1:]
+			o.popQueue()
 			n.primaryRead(oid, o, p)
 			continue
 		}
 		if o.reading > 0 {
 			return
 		}
-		o.queue = o.queue[1:]
+		o.popQueue()
 		if p.m.Op == OpCheck {
 			n.primaryCheck(oid, o, p)
 			continue
