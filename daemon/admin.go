@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/sheepdog-go/sheepdog/core"
-	sdnet "github.com/sheepdog-go/sheepdog/net"
 )
 
 // AdminRequest is one admin RPC (JSON over the admin channel of the
@@ -551,7 +550,7 @@ func (d *Daemon) callMember(ctx context.Context, m core.NodeInfo, r *AdminReques
 		}
 		return json.Marshal(out)
 	}
-	c, err := sdnet.Dial(ctx, m.Addr)
+	c, err := d.dialAdmin(ctx, m.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -704,14 +703,14 @@ func (d *Daemon) vdiCheck(ctx context.Context, name string) (CheckReport, error)
 func (d *Daemon) sendToAddress(addr string, b []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := sdnet.Dial(ctx, addr)
+	c, err := d.dialAdmin(ctx, addr)
 	if err != nil {
-		d.log.Debug("cannot reach seed", "addr", addr, "err", err)
+		d.seedFailed(addr, "cannot reach seed", err)
 		return
 	}
 	defer c.Close()
 	req, _ := json.Marshal(&AdminRequest{Cmd: "peer.msg", Data: b})
 	if _, err := c.Call(ctx, req); err != nil {
-		d.log.Debug("seed refused join", "addr", addr, "err", err)
+		d.seedFailed(addr, "seed refused join", err)
 	}
 }

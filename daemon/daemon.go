@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -46,6 +47,18 @@ type Config struct {
 	// Bugs switches on planted faults, so that fault tests of real
 	// processes can prove they catch them. Never set in production.
 	Bugs core.Bugs
+	// TLS, if set, puts peer and admin connections under mutual TLS:
+	// TLS.Server for those this node accepts, TLS.Client for those it
+	// dials (peers, seeds it joins through, members it asks for their
+	// status). Package certs builds both from a node's directory.
+	TLS *sdnet.TLS
+	// NBDTLS, if set, makes the NBD front end require TLS
+	// (NBD_OPT_STARTTLS) with this server configuration, which should
+	// require client certificates of the cluster CA.
+	NBDTLS *tls.Config
+	// MaxConnsPerIP caps the peer and admin connections accepted from
+	// one IP address (0: sdnet.DefaultMaxConnsPerIP).
+	MaxConnsPerIP int
 }
 
 // DefaultTick is a sheep's clock tick. The core counts time in ticks
@@ -109,6 +122,8 @@ type Daemon struct {
 	open   map[string]chan struct{} // working VDIs (by name) a local client holds; closed when it lets go
 
 	flattens flattenJobs
+
+	seedErrs sync.Map // seed address → the last error text warned about reaching it
 }
 
 type event struct {
@@ -300,19 +315,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// loop goroutine.
 	d.nodeMu.Lock()
 	tr, err := sdnet.Listen(sdnet.Config{
-		ListenAddr:   d.cfg.Listen,
-		ConnsPerPeer: d.cfg.ConnsPerPeer,
-		NodeID:       uint64(d.self.ID),
-		Logger:       d.log,
-		OnMessage:    d.onMessage,
-		OnDrained:    d.kick,
-		OnRequest:    d.onAdmin,
+		ListenAddr:    d.cfg.Listen,
+		ConnsPerPeer:  d.cfg.ConnsPerPeer,
+		NodeID:        uint64(d.self.ID),
+		Logger:        d.log,
+		OnMessage:     d.onMessage,
+		OnDrained:     d.kick,
+		OnRequest:     d.onAdmin,
+		TLS:           d.cfg.TLS,
+		MaxConnsPerIP: d.cfg.MaxConnsPerIP,
 	})
 	if err != nil {
 		d.nodeMu.Unlock()
 		return fmt.Errorf("daemon: listen on %s: %w", d.cfg.Listen, err)
 	}
 	d.tr = tr
+	d.metrics.transport.Store(tr)
 	d.out = tr.NewBatch()
 	d.nodeMu.Unlock()
 	d.startDisk()
@@ -324,7 +342,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.log.Info("sheep started", "incarnation", d.self.Incarnation, "zone", d.self.Zone, "vnodes", d.self.VNodes,
-		"objects", len(infos), "nbd", d.cfg.NBD, "join", d.cfg.Join)
+		"objects", len(infos), "nbd", d.cfg.NBD, "join", d.cfg.Join, "tls", d.cfg.TLS != nil, "nbd_tls", d.cfg.NBDTLS != nil)
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
@@ -616,6 +634,32 @@ func (d *Daemon) sendMsg(m *core.Message) {
 	if err := d.out.SendSplit(uint64(m.To), m.ToAddr, lane, head, data); err != nil {
 		d.metrics.msgsDropped.Inc()
 	}
+}
+
+// dialAdmin opens an admin connection to another node, over TLS when
+// this node uses it.
+func (d *Daemon) dialAdmin(ctx context.Context, addr string) (*sdnet.Client, error) {
+	if d.cfg.TLS != nil && d.cfg.TLS.Client != nil {
+		return sdnet.DialTLS(ctx, addr, d.cfg.TLS.Client)
+	}
+	return sdnet.Dial(ctx, addr)
+}
+
+// seedFailed logs why a seed could not be reached: a TLS refusal (a
+// certificate of another CA, a node without TLS) at Warn the first time
+// it is seen for that address, as the join is retried many times a
+// minute; other failures, typically a seed not up yet, at Debug.
+func (d *Daemon) seedFailed(addr, what string, err error) {
+	var te *sdnet.TLSError
+	if !errors.As(err, &te) {
+		d.log.Debug(what, "addr", addr, "err", err)
+		return
+	}
+	if last, ok := d.seedErrs.Swap(addr, te.Reason); ok && last == te.Reason {
+		d.log.Debug(what, "addr", addr, "err", err)
+		return
+	}
+	d.log.Warn(what+": refused at the TLS handshake", "addr", addr, "reason", te.Reason, "err", err)
 }
 
 // dataPath is the node's directory (for the CLI).

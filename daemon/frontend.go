@@ -89,7 +89,8 @@ func (d *Daemon) startFrontends(ctx context.Context, wg *sync.WaitGroup) (func()
 			cancel()
 			return nil, fmt.Errorf("daemon: NBD listen on %s: %w", d.cfg.NBD, err)
 		}
-		srv := &nbd.Server{Backend: &backend{d: d}, Logger: d.log.With("frontend", "nbd")}
+		srv := &nbd.Server{Backend: &backend{d: d}, Logger: d.log.With("frontend", "nbd"), TLSConfig: d.cfg.NBDTLS,
+			Refused: func(reason string) { d.metrics.nbdRefused.WithLabelValues(reason).Inc() }}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

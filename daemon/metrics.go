@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	sdnet "github.com/sheepdog-go/sheepdog/net"
 )
 
 // metrics are the node's Prometheus metrics; each daemon has its own
@@ -29,6 +32,32 @@ type metrics struct {
 	recDone     prometheus.Gauge
 	objects     prometheus.Gauge
 	leader      prometheus.Gauge
+	nbdRefused  *prometheus.CounterVec
+	// transport is the node's peer and admin transport, once it listens.
+	transport atomic.Pointer[sdnet.Transport]
+}
+
+// transportCollector exports counters the transport keeps.
+type transportCollector struct {
+	tr      *atomic.Pointer[sdnet.Transport]
+	refused *prometheus.Desc
+	capped  *prometheus.Desc
+}
+
+func (c transportCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.refused
+	ch <- c.capped
+}
+
+func (c transportCollector) Collect(ch chan<- prometheus.Metric) {
+	var s sdnet.Stats
+	if tr := c.tr.Load(); tr != nil {
+		s = tr.Stats()
+	}
+	for _, r := range sdnet.TLSRefusalReasons {
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(s.TLSRefused[r]), r)
+	}
+	ch <- prometheus.MustNewConstMetric(c.capped, prometheus.CounterValue, float64(s.ConnsRefused))
 }
 
 // newMetrics makes the registry; status gives the node's latest snapshot,
@@ -51,6 +80,14 @@ func newMetrics(status func() *Status) *metrics {
 		"Object operations this node ran itself as a VDI's attacher, on objects their primaries handed over to it.",
 		func(s *Status) uint64 { return s.DirectOps })
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	f(transportCollector{
+		tr: &m.transport,
+		refused: prometheus.NewDesc("sheepdog_tls_handshake_refused_total",
+			"Peer and admin connections refused at the TLS handshake, by reason: no_cert (no client certificate), unknown_ca (a certificate of another CA), bad_cert (expired or not for client authentication), bad_version (not TLS 1.3), not_tls (no TLS at all), timeout, other.",
+			[]string{"reason"}, nil),
+		capped: prometheus.NewDesc("sheepdog_connections_refused_total",
+			"Peer and admin connections closed at once because their IP address already had the most connections allowed (--max-conns-per-ip).", nil, nil),
+	})
 	m.ioRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_requests_total", Help: "Front-end I/O requests by operation."}, []string{"op"})
 	m.ioErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_errors_total", Help: "Front-end I/O requests that failed, by operation and result."}, []string{"op", "code"})
 	m.ioBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_io_bytes_total", Help: "Bytes requested by front-end I/O, by operation."}, []string{"op"})
@@ -70,7 +107,12 @@ func newMetrics(status func() *Status) *metrics {
 	m.recDone = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_recovery_finished", Help: "1 once this node recovered the current epoch."})
 	m.objects = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_objects", Help: "Objects stored on this node."})
 	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sheepdog_cluster_leader", Help: "1 if this node leads the cluster log."})
-	for _, c := range []prometheus.Collector{m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.readsCached, m.runs, m.msgsSent, m.msgsDropped,
+	m.nbdRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sheepdog_nbd_refused_total",
+		Help: "NBD connections refused before transmission, by reason: tls-required (options before STARTTLS), tls-handshake (no or a bad client certificate), max-conns, timeout, protocol."}, []string{"reason"})
+	for _, r := range []string{"tls-required", "tls-handshake", "max-conns", "timeout", "protocol"} {
+		m.nbdRefused.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.nbdRefused, m.ioRequests, m.ioErrors, m.ioBytes, m.ioLatency, m.diskOps, m.diskErrors, m.readsCached, m.runs, m.msgsSent, m.msgsDropped,
 		m.epoch, m.members, m.recTotal, m.recLeft, m.recDone, m.objects, m.leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)

@@ -3,6 +3,8 @@ package net
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	gonet "net"
 	"sync"
@@ -34,13 +36,34 @@ type callResult struct {
 // Dial connects to a sheep's transport at addr as an admin client. ctx
 // bounds the connect and the handshake (each also has the default timeout).
 func Dial(ctx context.Context, addr string) (*Client, error) {
+	return DialTLS(ctx, addr, nil)
+}
+
+// DialTLS is Dial over TLS with cfg (nil: plain TCP). cfg needs the
+// cluster CA as RootCAs and a client certificate; ServerName, if empty,
+// is the host of addr. A handshake the node refuses, or a plain dial to
+// a node that requires TLS, fails with a *TLSError that says why.
+func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (*Client, error) {
 	d := gonet.Dialer{Timeout: DefaultDialTimeout}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("sheepdog/net: dial %s: %w", addr, err)
 	}
+	if cfg != nil {
+		if c, err = clientTLS(ctx, c, addr, cfg, DefaultHandshakeTimeout); err != nil {
+			return nil, fmt.Errorf("sheepdog/net: %w", err)
+		}
+	}
 	if _, err := dialHandshake(ctx, c, hello{version: ProtocolVersion, role: roleAdmin}, DefaultHandshakeTimeout); err != nil {
 		c.Close()
+		if cfg != nil {
+			err = describeTLS(addr, err)
+		}
+		var te *TLSError
+		if errors.As(err, &te) {
+			te.Addr = addr
+			return nil, fmt.Errorf("sheepdog/net: %w", err)
+		}
 		return nil, fmt.Errorf("sheepdog/net: handshake with %s: %w", addr, err)
 	}
 	cl := &Client{

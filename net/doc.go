@@ -46,6 +46,35 @@
 // with the remote address. Handshakes have a deadline
 // (Config.HandshakeTimeout); dials have Config.DialTimeout.
 //
+// # TLS
+//
+// With Config.TLS, every accepted connection starts with a TLS handshake
+// (TLS.Server) and every peer dial too (TLS.Client); DialTLS is Dial over
+// TLS. The sheepdog handshake and frames below then run inside TLS,
+// unchanged. Package certs builds the configurations for mutual TLS with a
+// cluster CA: TLS 1.3 only, a certificate of the cluster CA required of
+// both sides. The TLS handshake is bounded by Config.HandshakeTimeout like
+// the hello. An inbound handshake that fails is counted by reason in
+// Stats.TLSRefused (no_cert, unknown_ca, bad_cert, bad_version, not_tls,
+// timeout, other) and logged with that reason (at most ten warnings a
+// second; the rest at debug level). A dialer that sends a plain hello to a
+// TLS listener gets a plain ack with status 3 (TLS required) and a reason,
+// so that an admin command without --tls-dir says what to do; a TLS
+// dialer reaching a plain listener is logged as such there. With TLS 1.3
+// a client learns that the server refused its certificate only when it
+// reads, so a dialer reports that from the ack it waited for. Dial errors
+// of TLS come as a *TLSError, whose Reason says what went wrong in the
+// user's terms.
+//
+// Accepted connections are capped per remote IP address
+// (Config.MaxConnsPerIP, default 64); more are closed at once and
+// counted in Stats.ConnsRefused, so one host that opens hundreds of idle
+// connections cannot exhaust a node's descriptors for everybody else.
+//
+// A TLS connection is not a bare socket, so a Batch cannot write to it
+// directly: its frames always go through the lane's writer goroutine,
+// and the socket under TLS still uses raw system calls (nowait.Conn).
+//
 // # Wire format
 //
 // All integers are big-endian.
@@ -65,7 +94,8 @@
 //	0      4    magic 0x53444F47 ("SDOG")
 //	4      2    protocol version of the listener
 //	6      1    status: 0 = accepted, 1 = version not supported,
-//	            2 = role not served
+//	            2 = role not served, 3 = TLS required (sent in plain
+//	            text by a TLS listener to a plain hello)
 //	7      1    reserved, 0
 //	8      8    node id of the listener
 //	16     2    reason length n (at most 1024)

@@ -480,9 +480,18 @@ func (t *Transport) dialPeerConn(ctx context.Context, addr string, want uint64) 
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	c = nowait.Wrap(c)
+	tlsOn := t.cfg.TLS != nil && t.cfg.TLS.Client != nil
+	if tlsOn {
+		if c, err = clientTLS(ctx, c, addr, t.cfg.TLS.Client, t.cfg.HandshakeTimeout); err != nil {
+			return nil, err
+		}
+	}
 	a, err := dialHandshake(ctx, c, hello{version: ProtocolVersion, role: rolePeer, node: t.cfg.NodeID}, t.cfg.HandshakeTimeout)
 	if err != nil {
 		c.Close()
+		if tlsOn {
+			err = describeTLS(addr, err)
+		}
 		return nil, fmt.Errorf("handshake with %s: %w", addr, err)
 	}
 	if a.node != want {
@@ -509,6 +518,8 @@ func dialHandshake(ctx context.Context, c gonet.Conn, h hello, timeout time.Dura
 		return ack{}, err
 	}
 	switch {
+	case a.status == statusTLS:
+		return ack{}, &TLSError{Addr: c.RemoteAddr().String(), Reason: a.reason, Err: ErrTLSRequired}
 	case a.status == statusVersion:
 		return ack{}, fmt.Errorf("%w: remote node %d speaks version %d, we speak version %d: %s",
 			ErrVersion, a.node, a.version, h.version, a.reason)

@@ -67,6 +67,17 @@ type Config struct {
 	// the next read may wait for the network. A receiver can collect the
 	// frames that arrived together and act on them at once.
 	OnDrained func()
+	// TLS, if set, puts accepted connections (TLS.Server) and peer dials
+	// (TLS.Client) under TLS. A dialer refused at the handshake is
+	// counted in Stats.TLSRefused by reason and logged; a dialer that
+	// sent a plain hello is answered, in plain text, that TLS is required.
+	TLS *TLS
+	// MaxConnsPerIP caps the connections accepted from one remote IP
+	// address at a time (default DefaultMaxConnsPerIP); more are closed
+	// at once and counted in Stats.ConnsRefused. Every node of a
+	// cluster on one host shares one address: keep the cap well above
+	// ConnsPerPeer times the nodes, plus concurrent admin commands.
+	MaxConnsPerIP int
 	// OnRequest serves an admin request, each in its own goroutine. The
 	// context is cancelled when the admin connection or the Transport
 	// closes. A returned error is sent to the caller as its text. If nil,
@@ -97,6 +108,7 @@ func (c *Config) setDefaults() error {
 		def(&c.MaxFrame, DefaultMaxFrame, "MaxFrame"),
 		def(&c.ConnsPerPeer, DefaultConnsPerPeer, "ConnsPerPeer"),
 		def(&c.QueueLen, DefaultQueueLen, "QueueLen"),
+		def(&c.MaxConnsPerIP, DefaultMaxConnsPerIP, "MaxConnsPerIP"),
 		defDur(&c.DialTimeout, DefaultDialTimeout, "DialTimeout"),
 		defDur(&c.HandshakeTimeout, DefaultHandshakeTimeout, "HandshakeTimeout"),
 		defDur(&c.WriteTimeout, DefaultWriteTimeout, "WriteTimeout"),
@@ -126,6 +138,10 @@ type Stats struct {
 	Dials          uint64 // outbound peer connection attempts
 	DialFailures   uint64 // failed attempts (connect or handshake)
 	Requests       uint64 // admin requests served
+	// TLSRefused counts inbound connections refused at the TLS
+	// handshake, by reason (every one of TLSRefusalReasons is a key).
+	TLSRefused   map[string]uint64
+	ConnsRefused uint64 // inbound connections closed at once: their IP address had MaxConnsPerIP
 }
 
 type counters struct {
@@ -136,6 +152,8 @@ type counters struct {
 	malformed                     atomic.Uint64
 	dials, dialFailures           atomic.Uint64
 	requests                      atomic.Uint64
+	tlsRefused                    refusalCounters
+	connsRefused                  atomic.Uint64
 }
 
 // Transport carries framed messages between sheep and serves admin
@@ -152,6 +170,10 @@ type Transport struct {
 	once   sync.Once
 	wg     sync.WaitGroup // every goroutine the Transport starts
 	stats  counters
+	perIP  ipLimit
+	// refusalLog and capLog rate-limit the warnings about refused
+	// handshakes and capped addresses.
+	refusalLog, capLog rateLog
 
 	// peers maps node ids to outbound state. It is copied on write (under
 	// mu) so that Send looks peers up without locking or allocating.
@@ -237,6 +259,8 @@ func (t *Transport) Stats() Stats {
 		Dials:          s.dials.Load(),
 		DialFailures:   s.dialFailures.Load(),
 		Requests:       s.requests.Load(),
+		TLSRefused:     s.tlsRefused.snapshot(),
+		ConnsRefused:   s.connsRefused.Load(),
 	}
 }
 
@@ -286,12 +310,21 @@ func (t *Transport) acceptLoop() {
 			continue
 		}
 		delay = 0
+		ip := remoteIP(c)
+		if !t.perIP.acquire(ip, t.cfg.MaxConnsPerIP) {
+			t.stats.connsRefused.Add(1)
+			t.log.Log(context.Background(), t.capLog.level(), "connection refused: too many connections from its address",
+				"remote", c.RemoteAddr().String(), "max", t.cfg.MaxConnsPerIP)
+			c.Close()
+			continue
+		}
 		c = nowait.Wrap(c)
 		if !t.track(c) {
+			t.perIP.release(ip)
 			c.Close()
 			return
 		}
-		go t.serveConn(c)
+		go t.serveConn(c, ip)
 	}
 }
 
@@ -315,11 +348,21 @@ func (t *Transport) untrack(c gonet.Conn) {
 	c.Close()
 }
 
-// serveConn runs an accepted connection: handshake, then its role's loop.
-func (t *Transport) serveConn(c gonet.Conn) {
+// serveConn runs an accepted connection: TLS if configured, the
+// handshake, then its role's loop.
+func (t *Transport) serveConn(raw gonet.Conn, ip string) {
 	defer t.wg.Done()
-	defer t.untrack(c)
-	remote := c.RemoteAddr().String()
+	defer t.perIP.release(ip)
+	defer t.untrack(raw)
+	remote := raw.RemoteAddr().String()
+	c := raw
+	if t.cfg.TLS != nil && t.cfg.TLS.Server != nil {
+		tc, err := t.serverTLS(raw, remote)
+		if err != nil {
+			return
+		}
+		c = tc
+	}
 	br := bufio.NewReaderSize(c, bufSize)
 	h, err := t.acceptHandshake(c, br)
 	if err != nil {
@@ -361,6 +404,9 @@ func (t *Transport) acceptHandshake(c gonet.Conn, br *bufio.Reader) (hello, erro
 			return hello{}, fmt.Errorf("%w: truncated hello (%d of %d bytes)", ErrMalformed, n, helloSize)
 		}
 		return hello{}, fmt.Errorf("read hello: %w", err)
+	}
+	if plainTLSClient(b[:]) {
+		return hello{}, fmt.Errorf("%w: a TLS client dialed, and this node runs without TLS (start it with --tls-dir, or dial it without)", ErrMalformed)
 	}
 	h, err := parseHello(b[:])
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,8 +21,18 @@ const defaultAddr = "127.0.0.1:7000"
 
 // callJSON sends one admin request and decodes the JSON answer.
 func callJSON[T any](ctx context.Context, addr string, r *daemon.AdminRequest) (T, error) {
+	cfg, err := clientTLS(adminTLSDir)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return callJSONTLS[T](ctx, addr, cfg, r)
+}
+
+// callJSONTLS is callJSON over TLS with cfg (nil: plain TCP).
+func callJSONTLS[T any](ctx context.Context, addr string, cfg *tls.Config, r *daemon.AdminRequest) (T, error) {
 	var out T
-	b, err := call(ctx, addr, r)
+	b, err := callTLS(ctx, addr, cfg, r)
 	if err != nil {
 		return out, err
 	}
@@ -31,13 +42,28 @@ func callJSON[T any](ctx context.Context, addr string, r *daemon.AdminRequest) (
 	return out, nil
 }
 
+// call sends one admin request, over TLS with the certificate of
+// --tls-dir when it is given.
 func call(ctx context.Context, addr string, r *daemon.AdminRequest) ([]byte, error) {
+	cfg, err := clientTLS(adminTLSDir)
+	if err != nil {
+		return nil, err
+	}
+	return callTLS(ctx, addr, cfg, r)
+}
+
+func callTLS(ctx context.Context, addr string, cfg *tls.Config, r *daemon.AdminRequest) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer dcancel()
-	c, err := sdnet.Dial(dctx, addr)
+	c, err := sdnet.DialTLS(dctx, addr, cfg)
 	if err != nil {
+		// A refusal at the TLS handshake says what to do itself.
+		var te *sdnet.TLSError
+		if errors.As(err, &te) {
+			return nil, te
+		}
 		return nil, fmt.Errorf("cannot reach a sheep at %s (is it running? use -a HOST:PORT): %w", addr, err)
 	}
 	defer c.Close()
@@ -58,6 +84,7 @@ func adminFlags(addr *string, asJSON *bool) func(fs *flag.FlagSet) {
 	return func(fs *flag.FlagSet) {
 		fs.StringVar(addr, "a", defaultAddr, "address of a sheep (host:port)")
 		fs.StringVar(addr, "address", defaultAddr, "same as -a")
+		fs.StringVar(&adminTLSDir, "tls-dir", "", "TLS directory with a client certificate of the cluster CA (sheepdog certs client), for a cluster under TLS")
 		if asJSON != nil {
 			fs.BoolVar(asJSON, "json", false, "print JSON for scripts")
 		}

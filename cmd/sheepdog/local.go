@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sheepdog-go/sheepdog/certs"
 	"github.com/sheepdog-go/sheepdog/daemon"
 )
 
@@ -21,6 +23,8 @@ func localCommand() *command {
 		copies                   int
 		logLevel, pprofAddr      string
 		tick                     time.Duration
+		useTLS, insecure         bool
+		tlsDir                   string
 		tune                     tuning
 	)
 	return &command{
@@ -42,6 +46,9 @@ the same --dir it brings the same cluster back.`,
 			fs.DurationVar(&tick, "tick", daemon.DefaultTick, tickUsage)
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
+			fs.BoolVar(&useTLS, "tls", false, "mutual TLS everywhere, with a CA, a node and a client certificate made in DIR/tls on first start")
+			fs.StringVar(&tlsDir, "tls-dir", "", "mutual TLS with this node directory (sheepdog certs node) for every node and the set-up")
+			fs.BoolVar(&insecure, "insecure", false, "allow a --host outside loopback without TLS")
 			tune.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
@@ -52,6 +59,33 @@ the same --dir it brings the same cluster back.`,
 				return usagef("--nodes must be at least 1")
 			}
 			if err := checkTick(tick); err != nil {
+				return err
+			}
+			if useTLS && tlsDir != "" {
+				return usagef("local: --tls makes its own certificates; give it or --tls-dir, not both")
+			}
+			clientDir := tlsDir
+			if useTLS {
+				hosts := []string{host, "localhost"}
+				if host != "127.0.0.1" {
+					hosts = append(hosts, "127.0.0.1")
+				}
+				nodeDir, cdir, err := certs.EnsureLocal(filepath.Join(dir, "tls"), hosts, certs.Options{})
+				if err != nil {
+					return fmt.Errorf("local --tls: %w", err)
+				}
+				tlsDir, clientDir = nodeDir, cdir
+			}
+			if err := checkExposure("local", tlsDir != "", insecure,
+				[]exposed{{"--host", host}}, []exposed{{"--pprof", pprofAddr}}); err != nil {
+				return err
+			}
+			peerTLS, nbdServerTLS, err := nodeTLS(tlsDir)
+			if err != nil {
+				return err
+			}
+			adminTLS, err := clientTLS(clientDir)
+			if err != nil {
 				return err
 			}
 			size, err := parseSize(vdiSize)
@@ -79,6 +113,8 @@ the same --dir it brings the same cluster back.`,
 					NBD:    addr(nbdPort, i),
 					Tick:   tick,
 					Logger: log,
+					TLS:    peerTLS,
+					NBDTLS: nbdServerTLS,
 				}
 				if i > 0 {
 					cfg.Join = []string{addr(basePort, 0)}
@@ -103,16 +139,20 @@ the same --dir it brings the same cluster back.`,
 					}
 				}()
 			}
-			if err := setupLocal(ctx, e, ds, fresh, copies, vdiName, size); err != nil {
+			if err := setupLocal(ctx, e, ds, adminTLS, fresh, copies, vdiName, size); err != nil {
 				cancel()
 				wg.Wait()
 				return err
 			}
 			fmt.Fprintf(e.stdout, "sheepdog: %d nodes running (data in %s); Ctrl-C stops them.\n\n", nodes, dir)
-			fmt.Fprintf(e.stdout, "  NBD export ready:  nbd://%s/%s\n", addr(nbdPort, 0), vdiName)
-			fmt.Fprintf(e.stdout, "  QEMU:              qemu-system-x86_64 -drive file=nbd://%s/%s,format=raw,cache=none ...\n", addr(nbdPort, 0), vdiName)
-			fmt.Fprintf(e.stdout, "  another VDI:       sheepdog vdi create -a %s NAME 20G\n", addr(basePort, 0))
-			fmt.Fprintf(e.stdout, "  state:             sheepdog node list -a %s; sheepdog vdi list -a %s\n", addr(basePort, 0), addr(basePort, 0))
+			if adminTLS == nil {
+				fmt.Fprintf(e.stdout, "  NBD export ready:  nbd://%s/%s\n", addr(nbdPort, 0), vdiName)
+				fmt.Fprintf(e.stdout, "  QEMU:              qemu-system-x86_64 -drive file=nbd://%s/%s,format=raw,cache=none ...\n", addr(nbdPort, 0), vdiName)
+				fmt.Fprintf(e.stdout, "  another VDI:       sheepdog vdi create -a %s NAME 20G\n", addr(basePort, 0))
+				fmt.Fprintf(e.stdout, "  state:             sheepdog node list -a %s; sheepdog vdi list -a %s\n", addr(basePort, 0), addr(basePort, 0))
+			} else {
+				printTLSUsage(e, clientDir, host, nbdPort, addr(basePort, 0), vdiName)
+			}
 			wg.Wait()
 			select {
 			case err := <-errs:
@@ -126,11 +166,11 @@ the same --dir it brings the same cluster back.`,
 
 // setupLocal waits for every node to join, then formats the cluster and
 // creates the first VDI if the cluster is new.
-func setupLocal(ctx context.Context, e *env, ds []*daemon.Daemon, fresh bool, copies int, name string, size uint64) error {
+func setupLocal(ctx context.Context, e *env, ds []*daemon.Daemon, cfg *tls.Config, fresh bool, copies int, name string, size uint64) error {
 	deadline := time.Now().Add(60 * time.Second)
 	addr := ds[0].Self().Addr
 	for {
-		ci, err := callJSON[daemon.ClusterInfo](ctx, addr, &daemon.AdminRequest{Cmd: "cluster.info"})
+		ci, err := callJSONTLS[daemon.ClusterInfo](ctx, addr, cfg, &daemon.AdminRequest{Cmd: "cluster.info"})
 		if err == nil && len(ci.Nodes) == len(ds) {
 			if ci.Formatted || !fresh {
 				return nil
@@ -146,11 +186,11 @@ func setupLocal(ctx context.Context, e *env, ds []*daemon.Daemon, fresh bool, co
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if _, err := callJSON[map[string]string](ctx, addr, &daemon.AdminRequest{Cmd: "cluster.format", Copies: copies}); err != nil {
+	if _, err := callJSONTLS[map[string]string](ctx, addr, cfg, &daemon.AdminRequest{Cmd: "cluster.format", Copies: copies}); err != nil {
 		return fmt.Errorf("format: %w", err)
 	}
 	for {
-		_, err := callJSON[map[string]any](ctx, addr, &daemon.AdminRequest{Cmd: "vdi.create", Name: name, Size: size})
+		_, err := callJSONTLS[map[string]any](ctx, addr, cfg, &daemon.AdminRequest{Cmd: "vdi.create", Name: name, Size: size})
 		if err == nil {
 			return nil
 		}
@@ -163,4 +203,22 @@ func setupLocal(ctx context.Context, e *env, ds []*daemon.Daemon, fresh bool, co
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// printTLSUsage prints how QEMU, qemu-img, nbdinfo and the admin commands
+// reach a local cluster under TLS with the client certificate of dir.
+func printTLSUsage(e *env, dir, host string, nbdPort int, admin, vdi string) {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	obj := fmt.Sprintf("--object tls-creds-x509,id=tls0,dir=%s,endpoint=client", dir)
+	opts := fmt.Sprintf("driver=nbd,host=%s,port=%d,export=%s,tls-creds=tls0", host, nbdPort, vdi)
+	u := fmt.Sprintf("nbds://%s/%s?tls-certificates=%s", net.JoinHostPort(host, strconv.Itoa(nbdPort)), vdi, dir)
+	fmt.Fprintf(e.stdout, "  every connection is mutual TLS; the client certificate is in %s\n", dir)
+	fmt.Fprintf(e.stdout, "  NBD export ready:  %s\n", u)
+	fmt.Fprintf(e.stdout, "  QEMU:              qemu-system-x86_64 %s -drive %s,cache=none ...\n", obj, opts)
+	fmt.Fprintf(e.stdout, "  qemu-img:          qemu-img info %s --image-opts %s\n", obj, opts)
+	fmt.Fprintf(e.stdout, "  nbdinfo:           nbdinfo '%s'\n", u)
+	fmt.Fprintf(e.stdout, "  another VDI:       sheepdog vdi create -a %s --tls-dir %s NAME 20G\n", admin, dir)
+	fmt.Fprintf(e.stdout, "  state:             sheepdog node list -a %s --tls-dir %s\n", admin, dir)
 }

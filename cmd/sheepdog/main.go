@@ -1,6 +1,7 @@
 // Command sheepdog is the single binary of the sheepdog block store: the
 // storage daemon (sheep), a local multi-node cluster (local), the admin
-// commands (cluster, node, vdi) and the fault simulator (sim).
+// commands (cluster, node, vdi), the certificates of a TLS cluster
+// (certs) and the fault simulator (sim).
 package main
 
 import (
@@ -61,7 +62,7 @@ func root() *command {
 	return &command{
 		name:  "sheepdog",
 		short: "distributed block storage for QEMU/KVM",
-		subs:  []*command{sheepCommand(), localCommand(), clusterCommand(), nodeCommand(), vdiCommand(), simCommand(), faultsCommand()},
+		subs:  []*command{sheepCommand(), localCommand(), clusterCommand(), nodeCommand(), vdiCommand(), certsCommand(), simCommand(), faultsCommand()},
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/daemon"
+	sdnet "github.com/sheepdog-go/sheepdog/net"
 	"github.com/sheepdog-go/sheepdog/sim"
 )
 
@@ -46,6 +47,8 @@ func sheepCommand() *command {
 		logLevel  string
 		pprofAddr string
 		plant     string
+		tlsDir    string
+		insecure  bool
 		tune      tuning
 	)
 	return &command{
@@ -66,6 +69,9 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.DurationVar(&cfg.Tick, "tick", daemon.DefaultTick, tickUsage)
 			fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling (net/http/pprof) on this address")
 			fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+			fs.StringVar(&tlsDir, "tls-dir", "", "TLS directory of this node (sheepdog certs node): every peer, admin and NBD connection is then mutual TLS with the cluster CA")
+			fs.BoolVar(&insecure, "insecure", false, "allow --listen, --nbd, --metrics and --pprof outside loopback without --tls-dir")
+			fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", sdnet.DefaultMaxConnsPerIP, "peer and admin connections accepted from one IP address at a time")
 			fs.StringVar(&plant, "plant", "", "switch on planted bug(s), for proving that fault tests catch them: "+strings.Join(sim.PlantNames(), ", "))
 			tune.flags(fs)
 		},
@@ -79,9 +85,19 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			if err := checkTick(cfg.Tick); err != nil {
 				return err
 			}
+			if err := checkExposure("sheep", tlsDir != "", insecure,
+				[]exposed{{"--listen", cfg.Listen}, {"--nbd", cfg.NBD}}, []exposed{{"--metrics", cfg.Metrics}, {"--pprof", pprofAddr}}); err != nil {
+				return err
+			}
 			log, err := newLogger(e, logLevel)
 			if err != nil {
 				return err
+			}
+			if cfg.TLS, cfg.NBDTLS, err = nodeTLS(tlsDir); err != nil {
+				return err
+			}
+			if tlsDir == "" && (!isLoopback(cfg.Listen) || cfg.NBD != "" && !isLoopback(cfg.NBD)) {
+				log.Warn("running without TLS (--insecure): anyone who can reach this node's ports can read and change every VDI")
 			}
 			if err := tune.apply(1, log); err != nil {
 				return err

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,10 +43,6 @@ const (
 	closeTimeout = 30 * time.Second
 )
 
-// nbdTLS, when set, makes the CLI's NBD connections start with
-// NBD_OPT_STARTTLS under this client configuration.
-var nbdTLS *tls.Config
-
 // dialNBD opens the TCP connection to an NBD server. Every NBD
 // connection of the CLI starts here.
 func dialNBD(ctx context.Context, addr string) (net.Conn, error) {
@@ -57,11 +52,15 @@ func dialNBD(ctx context.Context, addr string) (net.Conn, error) {
 
 // openNBD attaches export through the NBD front end at nbdAddr.
 func openNBD(ctx context.Context, nbdAddr, export string) (*nbdclient.Client, error) {
+	tc, err := nbdClientTLS(nbdAddr) // with --tls-dir: NBD_OPT_STARTTLS
+	if err != nil {
+		return nil, err
+	}
 	nc, err := dialNBD(ctx, nbdAddr)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the NBD server at %s: %w", nbdAddr, err)
 	}
-	return nbdclient.Dial(ctx, nc, nbdclient.Options{Export: export, BlockStatus: true, TLS: nbdTLS})
+	return nbdclient.Dial(ctx, nc, nbdclient.Options{Export: export, BlockStatus: true, TLS: tc})
 }
 
 // nbdAddress finds the NBD address to use with the node at addr: its own

@@ -269,26 +269,30 @@ func (b *bench) report() *report {
 		}
 	}
 
-	add := func(tgt, jobID, metric string, atMost bool, threshold float64) {
+	// addVs checks tgt's median against ref's (the baseline, or the
+	// same cluster without TLS).
+	addVs := func(tgt, ref, jobID, metric string, atMost bool, threshold float64) {
 		j := jobByID(jobID)
 		res := r.find(jobID, tgt)
-		base := r.find(jobID, "baseline")
+		base := r.find(jobID, ref)
 		c := check{Target: tgt, Job: jobID, Metric: metric, AtMost: atMost, Threshold: threshold}
 		name := map[string]string{"iops": "IOPS", "bw": "bandwidth", "clat_mean": "mean latency"}[metric]
 		op := ">="
 		if atMost {
 			op = "<="
 		}
-		copies := map[string]string{"3-node": "copies=3", "1-node": "copies=1"}[tgt]
-		c.Goal = fmt.Sprintf("%s %s %s %s %.2fx baseline", copies, j.Title, name, op, threshold)
+		copies := map[string]string{"3-node": "copies=3", "1-node": "copies=1", "3-node-tls": "copies=3 TLS"}[tgt]
+		against := map[string]string{"baseline": "baseline", "3-node": "copies=3 without TLS"}[ref]
+		c.Goal = fmt.Sprintf("%s %s %s %s %.2fx %s", copies, j.Title, name, op, threshold, against)
 		switch metric {
 		case "iops":
-			c.Value, c.Baseline, c.Ratio = res.Median.IOPS, base.Median.IOPS, res.IOPSRatio
+			c.Value, c.Baseline = res.Median.IOPS, base.Median.IOPS
 		case "bw":
-			c.Value, c.Baseline, c.Ratio = res.Median.BW, base.Median.BW, res.BWRatio
+			c.Value, c.Baseline = res.Median.BW, base.Median.BW
 		case "clat_mean":
-			c.Value, c.Baseline, c.Ratio = res.Median.ClatMean, base.Median.ClatMean, res.ClatMeanRatio
+			c.Value, c.Baseline = res.Median.ClatMean, base.Median.ClatMean
 		}
+		c.Ratio = ratio(c.Value, c.Baseline)
 		if atMost {
 			c.Pass = c.Ratio > 0 && c.Ratio <= threshold
 		} else {
@@ -299,6 +303,9 @@ func (b *bench) report() *report {
 		}
 		r.Checks = append(r.Checks, c)
 	}
+	add := func(tgt, jobID, metric string, atMost bool, threshold float64) {
+		addVs(tgt, "baseline", jobID, metric, atMost, threshold)
+	}
 	add("3-node", "randwrite-4k-qd32", "iops", false, 0.5)
 	add("3-node", "randread-4k-qd32", "iops", false, 0.8)
 	add("3-node", "randwrite-4k-qd1", "clat_mean", true, 2.0)
@@ -308,6 +315,15 @@ func (b *bench) report() *report {
 			metric = "bw"
 		}
 		add("1-node", j.ID, metric, false, 0.9)
+	}
+	if b.cfg.tls {
+		for _, j := range jobs {
+			metric := "iops"
+			if j.ByBW {
+				metric = "bw"
+			}
+			addVs("3-node-tls", "3-node", j.ID, metric, false, 0.8)
+		}
 	}
 	return r
 }

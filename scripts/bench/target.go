@@ -23,6 +23,34 @@ type target struct {
 	procs    []*proc
 	bin      string // sheepdog clusters: the binary and node 1's admin address
 	admin    string
+	tlsDir   string // a cluster under TLS: the client directory of its admin commands and fio
+}
+
+// cli runs an admin command of the cluster t (with its client
+// certificate when it is under TLS).
+func (t *target) cli(ctx context.Context, args ...string) ([]byte, error) {
+	if t.tlsDir != "" {
+		args = append(args, "--tls-dir", t.tlsDir)
+	}
+	return admin(ctx, t.bin, args...)
+}
+
+// makeCerts makes a CA in dir, a node certificate for 127.0.0.1 for each
+// of nodes (dir/NODE) and a client certificate (dir/client), with bin's
+// certs commands, and returns the client directory.
+func makeCerts(ctx context.Context, bin, dir string, nodes []string) (string, error) {
+	if _, err := admin(ctx, bin, "certs", "init", "--dir", dir); err != nil {
+		return "", err
+	}
+	for _, n := range nodes {
+		if _, err := admin(ctx, bin, "certs", "node", "--dir", dir, "--name", n, "--host", "127.0.0.1"); err != nil {
+			return "", err
+		}
+	}
+	if _, err := admin(ctx, bin, "certs", "client", "--dir", dir, "--name", "client"); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "client"), nil
 }
 
 // baselineFlags are qemu-nbd's settings for the baseline, besides the
@@ -107,13 +135,23 @@ func nbdProbe(addr string) error {
 
 // startCluster starts a sheepdog cluster of n nodes running bin, formats
 // it with the given number of copies and creates the VDI "bench" of
-// cfg.size.
-func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int, dir, logDir string) (*target, error) {
+// cfg.size. With tls, every peer, admin and NBD connection is mutual TLS
+// with certificates made in dir/tls, and fio connects with nbds://.
+func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int, tls bool, dir, logDir string) (*target, error) {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
 	t := &target{Name: name, bin: bin}
+	if tls {
+		var nodes []string
+		for i := 0; i < n; i++ {
+			nodes = append(nodes, fmt.Sprintf("n%d", i+1))
+		}
+		if t.tlsDir, err = makeCerts(sup.ctx, bin, filepath.Join(dir, "tls"), nodes); err != nil {
+			return nil, err
+		}
+	}
 	listen := make([]string, n)
 	for i := 0; i < n; i++ {
 		listen[i] = fmt.Sprintf("127.0.0.1:%d", ports[2*i])
@@ -124,6 +162,9 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 		if i > 0 {
 			argv = append(argv, "--join", listen[0])
 		}
+		if tls {
+			argv = append(argv, "--tls-dir", filepath.Join(dir, "tls", fmt.Sprintf("n%d", i+1)))
+		}
 		node := fmt.Sprintf("%s/n%d", name, i+1)
 		p, err := sup.start(node, filepath.Join(logDir, strings.ReplaceAll(node, "/", "-")+".log"), argv...)
 		if err != nil {
@@ -132,6 +173,9 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 		t.procs = append(t.procs, p)
 		if i == 0 {
 			t.URI = "nbd://" + nbdAddr + "/bench"
+			if tls {
+				t.URI = "nbds://" + nbdAddr + "/bench?tls-certificates=" + t.tlsDir
+			}
 			t.admin = listen[0]
 			t.Command = argv
 			// The others join through node 1: wait until it answers.
@@ -148,14 +192,14 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 	// Format, then create the VDI; both may fail for a moment while the
 	// cluster settles, so each is retried briefly.
 	err = poll(sup.ctx, 15*time.Second, t.procs, fmt.Sprintf("cluster format --copies %d", copies), func() error {
-		_, err := admin(sup.ctx, bin, "cluster", "format", "-a", listen[0], "--copies", fmt.Sprint(copies))
+		_, err := t.cli(sup.ctx, "cluster", "format", "-a", listen[0], "--copies", fmt.Sprint(copies))
 		return err
 	})
 	if err != nil {
 		return t, err
 	}
 	err = poll(sup.ctx, 15*time.Second, t.procs, "cluster info to say formatted", func() error {
-		out, err := admin(sup.ctx, bin, "cluster", "info", "-a", listen[0], "--json")
+		out, err := t.cli(sup.ctx, "cluster", "info", "-a", listen[0], "--json")
 		if err != nil {
 			return err
 		}
@@ -175,7 +219,7 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 		return t, err
 	}
 	err = poll(sup.ctx, 15*time.Second, t.procs, "vdi create bench "+formatSize(cfg.size), func() error {
-		_, err := admin(sup.ctx, bin, "vdi", "create", "-a", listen[0], "bench", formatSize(cfg.size))
+		_, err := t.cli(sup.ctx, "vdi", "create", "-a", listen[0], "bench", formatSize(cfg.size))
 		return err
 	})
 	if err != nil {
@@ -183,6 +227,9 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 	}
 	t.Settings = fmt.Sprintf("%d sheep process(es), copies=%d, VDI bench of %s (thin), --log-level %s; fio attaches to node 1",
 		n, copies, formatSize(cfg.size), cfg.logLevel)
+	if tls {
+		t.Settings += "; mutual TLS 1.3 (ECDSA P-256) on every peer, admin and NBD connection"
+	}
 	if bin != cfg.bin {
 		t.Settings += "; binary " + bin
 	}
@@ -192,7 +239,7 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 // waitMembers polls `node list --json` on addr until it lists n members.
 func waitMembers(ctx context.Context, bin string, t *target, addr string, n int) error {
 	return poll(ctx, 30*time.Second, t.procs, fmt.Sprintf("node %s to list %d member(s)", addr, n), func() error {
-		out, err := admin(ctx, bin, "node", "list", "-a", addr, "--json")
+		out, err := t.cli(ctx, "node", "list", "-a", addr, "--json")
 		if err != nil {
 			return err
 		}
