@@ -3,6 +3,7 @@ package core_test
 import (
 	"encoding/binary"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +25,9 @@ import (
 // and read the diff.
 func TestScenarios(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		if rel, _ := filepath.Rel("testdata", path); strings.HasPrefix(rel, "fuzz"+string(filepath.Separator)) {
+			return // the fuzz targets' corpora (testdata/fuzz), not scenarios
+		}
 		sc := &scenario{t: t}
 		datadriven.RunTest(t, path, sc.run)
 	})
