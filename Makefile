@@ -33,6 +33,37 @@ test: deps build
 	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 	$(GO) test -race -count=1 -run 'TestDeterminism|TestRegressionSeeds' ./sim/
 	./$(BIN) sim --seed 10001 --runs 200 --faults all
+	$(MAKE) --no-print-directory fuzz
+
+# Fuzz targets (package:target) for every decoder of bytes from outside
+# a node, each run for $(FUZZTIME) (a duration, or Nx for N executions) by
+# `make fuzz`, part of `make test`; their seed corpora are kept in each
+# package's testdata/fuzz, and a failing input found is written there. A
+# run that fails with nothing but "context deadline exceeded" and writes
+# no failing input is Go's fuzz coordinator racing its own -fuzztime
+# deadline (go.dev/issue/75804, fixed in Go 1.27), not a finding.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./nbd:FuzzHandshake ./nbd:FuzzHandshakeTLS ./nbd:FuzzRequests \
+	./net:FuzzFrame ./net:FuzzHandshake \
+	./core:FuzzUnmarshalMessage ./core:FuzzLogEntries ./core:FuzzClusterState \
+	./daemon:FuzzAdminRequest \
+	./disk:FuzzStoreOpen ./disk:FuzzLoadRaft ./disk:FuzzMetaHdr
+
+.PHONY: fuzz
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		out=$$($(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg/ 2>&1); rc=$$?; \
+		execs=$$(printf '%s\n' "$$out" | sed -n 's/.*execs: \([0-9]*\).*/\1/p' | tail -n 1); \
+		if [ $$rc -eq 0 ]; then \
+			echo "fuzz $$pkg $$name: $${execs:-0} execs"; \
+		elif printf '%s\n' "$$out" | grep -q 'Failing input written' || \
+			! printf '%s\n' "$$out" | grep -qx '    context deadline exceeded'; then \
+			printf '%s\n' "$$out"; echo "fuzz $$pkg $$name: FAILED"; exit 1; \
+		else \
+			echo "fuzz $$pkg $$name: $${execs:-0} execs (stopped by go.dev/issue/75804, no failing input)"; \
+		fi; \
+	done
 
 # Installs the Debian packages the tests need, when missing.
 deps:

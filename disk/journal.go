@@ -494,6 +494,11 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 		if err != nil {
 			return 0, 0, ioErr("open journal", err)
 		}
+		fi, err := f.Stat()
+		if err != nil {
+			_ = f.Close()
+			return 0, 0, ioErr("stat journal", err)
+		}
 		r := bufio.NewReaderSize(f, 1<<20)
 		stop := false
 		var hdr [journalHdrSize]byte
@@ -519,8 +524,20 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 			length := int64(le.Uint32(rh[4:]))
 			lsn := le.Uint64(rh[8:])
 			kind := opKind(rh[48])
-			if length > maxRecordData || lsn == 0 || (expect != 0 && lsn != expect) || kind < opWrite || kind > opDelete {
+			off := int64(le.Uint64(rh[40:]))
+			// No writer makes a write beyond the largest object (and a
+			// negative or huge offset would index the checksum table
+			// out of range, or size it by the offset).
+			badOff := kind == opWrite && (off < 0 || off > maxRecordData-length)
+			if length > maxRecordData || lsn == 0 || (expect != 0 && lsn != expect) || kind < opWrite || kind > opDelete || badOff {
 				s.log.Warn("invalid journal record; discarding the rest of the journal", "path", path, "offset", pos, "lsn", lsn, "expect", expect)
+				stop = true
+				break
+			}
+			if pos+recHdrSize+length > fi.Size() {
+				// The record claims more than the file holds: a torn
+				// tail, and no reason to allocate what it claims.
+				s.log.Warn("torn journal record discarded", "path", path, "offset", pos, "length", length)
 				stop = true
 				break
 			}
@@ -546,7 +563,7 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 				kind: kind,
 				lsn:  lsn,
 				meta: ObjectMeta{Version: le.Uint64(rh[24:]), ReqID: le.Uint64(rh[32:]), Deleted: rh[49]&flagDeleted != 0},
-				off:  int64(le.Uint64(rh[40:])),
+				off:  off,
 				data: data,
 			}
 			if err := s.replayOp(rop); err != nil {

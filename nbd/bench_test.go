@@ -9,21 +9,38 @@ import (
 
 // BenchmarkServer4KRead and BenchmarkServer4KWrite measure 4 KiB requests
 // through the whole server over loopback TCP with the raw test client,
-// at queue depth 1 and 16, with structured replies.
-func BenchmarkServer4KRead(b *testing.B)  { benchServer(b, cmdRead) }
-func BenchmarkServer4KWrite(b *testing.B) { benchServer(b, cmdWrite) }
+// at queue depth 1 and 16, with structured replies; BenchmarkServerTLS4K*
+// the same over TLS.
+func BenchmarkServer4KRead(b *testing.B)     { benchServer(b, cmdRead, false) }
+func BenchmarkServer4KWrite(b *testing.B)    { benchServer(b, cmdWrite, false) }
+func BenchmarkServerTLS4KRead(b *testing.B)  { benchServer(b, cmdRead, true) }
+func BenchmarkServerTLS4KWrite(b *testing.B) { benchServer(b, cmdWrite, true) }
 
-func benchServer(b *testing.B, typ uint16) {
+func benchServer(b *testing.B, typ uint16, withTLS bool) {
 	const size, bs = 64 << 20, 4096
 	mb := NewMemBackend()
 	vol := mb.Add("disk", size)
 	if err := vol.WriteAt(b.Context(), bytes.Repeat([]byte{0x5a}, size), 0, false); err != nil {
 		b.Fatal(err)
 	}
-	addr := startServer(b, &Server{Backend: mb, Logger: slog.New(slog.DiscardHandler)})
+	srv := &Server{Backend: mb, Logger: slog.New(slog.DiscardHandler)}
+	ca := newTestCA(b, "bench CA")
+	if withTLS {
+		srv.TLSConfig = ca.serverConfig(b)
+	}
+	addr := startServer(b, srv)
 	for _, depth := range []int{1, 16} {
 		b.Run(fmt.Sprintf("qd=%d", depth), func(b *testing.B) {
-			c := connect(b, addr, "disk", true, false)
+			c := dial(b, addr)
+			c.clientFlags(clientFlagFixedNewstyle | clientFlagNoZeroes)
+			if withTLS {
+				if err := c.startTLS(ca.clientConfig(b, "bench", ca)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := c.negotiate("disk", true, false); err != nil {
+				b.Fatal(err)
+			}
 			var payload []byte
 			if typ == cmdWrite {
 				payload = bytes.Repeat([]byte{0xa5}, bs)

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -76,17 +77,49 @@ func (v *countingVolume) Close() error {
 
 // serveFuzz runs ServeConn on input and returns what the server wrote.
 func serveFuzz(input []byte) ([]byte, error) {
+	out, _, err := serveFuzzTLS(input, nil)
+	return out, err
+}
+
+// serveFuzzTLS runs ServeConn with cfg as the TLS config and returns what
+// the server wrote and how many volumes it attached.
+func serveFuzzTLS(input []byte, cfg *tls.Config) ([]byte, int32, error) {
 	mb := NewMemBackend()
 	mb.Add("disk", 1<<20)
 	mb.Add("ro", 64<<10).SetReadOnly(true)
 	b := &countingBackend{MemBackend: mb}
-	srv := &Server{Backend: b, Logger: slog.New(slog.DiscardHandler), MaxPayload: 64 << 10, MaxInFlight: 4}
+	srv := &Server{Backend: b, Logger: slog.New(slog.DiscardHandler), MaxPayload: 64 << 10, MaxInFlight: 4, TLSConfig: cfg}
 	c := &fuzzConn{r: bytes.NewReader(input)}
 	srv.ServeConn(context.Background(), c) // must return: input ends with EOF
 	if o, cl, d := b.opens.Load(), b.closes.Load(), b.doubleCloses.Load(); o != cl || d != 0 {
-		return nil, fmt.Errorf("%d volumes attached, %d closed, %d closed twice", o, cl, d)
+		return nil, o, fmt.Errorf("%d volumes attached, %d closed, %d closed twice", o, cl, d)
 	}
-	return c.output(), nil
+	return c.output(), b.opens.Load(), nil
+}
+
+// parseOptionReplies splits the option replies off the start of p (what
+// follows the greeting), checking each: a complete reply, an error
+// message that is a valid NBD string. It stops at the first bytes that are
+// not an option reply, or after NBD_REP_ACK to NBD_OPT_STARTTLS (TLS
+// follows).
+func parseOptionReplies(p []byte) (replies []optReply, rest []byte, err error) {
+	for len(p) >= 20 && binary.BigEndian.Uint64(p) == magicOptionReply {
+		r := optReply{opt: binary.BigEndian.Uint32(p[8:]), typ: binary.BigEndian.Uint32(p[12:])}
+		n := binary.BigEndian.Uint32(p[16:])
+		if uint64(n) > uint64(len(p)-20) {
+			return replies, p, fmt.Errorf("option reply of %d bytes, %d written", n, len(p)-20)
+		}
+		r.data = p[20 : 20+n]
+		p = p[20+n:]
+		if r.typ&repErrBitmask != 0 && (!validString(string(r.data)) || len(r.data) > maxOptionMessage) {
+			return replies, p, fmt.Errorf("error reply %#x with an invalid message %q", r.typ, r.data)
+		}
+		replies = append(replies, r)
+		if r.opt == optStartTLS && r.typ == repAck {
+			break
+		}
+	}
+	return replies, p, nil
 }
 
 func option(opt uint32, data []byte) []byte {
@@ -137,6 +170,81 @@ func FuzzHandshake(f *testing.F) {
 		}
 		if len(out) < 18 || binary.BigEndian.Uint64(out) != magicNBD || binary.BigEndian.Uint64(out[8:]) != magicOption {
 			t.Fatalf("no greeting in output % x", out[:min(len(out), 18)])
+		}
+		replies, _, err := parseOptionReplies(out[18:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range replies {
+			switch r.typ {
+			case repAck, repServer, repInfo, repMetaContext, repErrUnsup, repErrPolicy,
+				repErrInvalid, repErrUnknown, repErrShutdown, repErrTooBig:
+			default:
+				// Notably NBD_REP_ERR_TLS_REQD: "The server MUST NOT
+				// respond to any option request with
+				// NBD_REP_ERR_TLS_REQD" in NOTLS mode.
+				t.Fatalf("reply type %#x to option %d without TLS", r.typ, r.opt)
+			}
+		}
+	})
+}
+
+// FuzzHandshakeTLS runs the handshake of a server that requires TLS on
+// arbitrary input. Whatever comes before a TLS handshake the fuzzer cannot
+// complete, the server attaches no volume, answers every option but
+// STARTTLS and ABORT with NBD_REP_ERR_TLS_REQD, and writes nothing but
+// option replies until it acknowledges STARTTLS.
+func FuzzHandshakeTLS(f *testing.F) {
+	ca := newTestCA(f, "fuzz CA")
+	cfg := ca.serverConfig(f)
+	fixed := binary.BigEndian.AppendUint32(nil, clientFlagFixedNewstyle)
+	clientHello := []byte{0x16, 3, 1, 0, 0x2f, 1, 0, 0, 0x2b, 3, 3}
+	seeds := [][]byte{
+		nil,
+		clientFixedNoZeroes,
+		cat(clientFixedNoZeroes, option(optStartTLS, nil)),
+		cat(clientFixedNoZeroes, option(optStartTLS, nil), clientHello),
+		cat(fixed, option(optGo, infoRequest("disk")), option(optStartTLS, nil), clientHello),
+		cat(clientFixedNoZeroes, option(optExportName, []byte("disk")), requestBytes(magicRequest, cmdRead, 0, 1, 0, 512)),
+		cat(clientFixedNoZeroes, option(optList, nil), option(optInfo, infoRequest("disk")), option(optAbort, nil)),
+		cat(clientFixedNoZeroes, option(optStructuredReply, nil), option(optSetMetaContext, metaRequest("disk", "base:allocation")), option(optGo, infoRequest("disk"))),
+		cat(clientFixedNoZeroes, option(optStartTLS, []byte{1}), option(99, []byte("x")), option(optStartTLS, nil)),
+		cat(clientFixedNoZeroes, option(optInfo, make([]byte, maxOptionLength+1)), option(optStartTLS, make([]byte, maxOptionLength+1))),
+		cat(clientFixedNoZeroes, option(optStartTLS, nil), option(optGo, infoRequest("disk"))),
+		cat(binary.BigEndian.AppendUint32(nil, 0), option(optExportName, []byte("disk"))),
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, input []byte) {
+		out, opens, err := serveFuzzTLS(input, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opens != 0 {
+			t.Fatalf("%d volumes attached without TLS", opens)
+		}
+		if len(out) < 18 || binary.BigEndian.Uint64(out) != magicNBD || binary.BigEndian.Uint64(out[8:]) != magicOption {
+			t.Fatalf("no greeting in output % x", out[:min(len(out), 18)])
+		}
+		replies, rest, err := parseOptionReplies(out[18:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := false
+		for _, r := range replies {
+			switch {
+			case r.opt == optStartTLS && r.typ == repAck:
+				started = true
+			case r.opt == optStartTLS && (r.typ == repErrInvalid || r.typ == repErrTooBig):
+			case r.opt == optAbort && r.typ == repAck:
+			case r.typ == repErrTLSReqd && r.opt != optStartTLS && r.opt != optAbort:
+			default:
+				t.Fatalf("reply type %#x to option %d before TLS", r.typ, r.opt)
+			}
+		}
+		if !started && len(rest) != 0 {
+			t.Fatalf("%d bytes that are not option replies written before TLS: % x", len(rest), rest[:min(len(rest), 32)])
 		}
 	})
 }
