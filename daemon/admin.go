@@ -25,8 +25,6 @@ type AdminRequest struct {
 	Offset     uint64 `json:"offset,omitempty"`
 	Length     uint64 `json:"length,omitempty"`
 	Data       []byte `json:"data,omitempty"`
-	Session    string `json:"session,omitempty"`
-	Last       bool   `json:"last,omitempty"`
 	VID        uint32 `json:"vid,omitempty"`
 	// Snapshots: a snapshot of Name is named by its tag or its id.
 	Tag       string `json:"tag,omitempty"`
@@ -151,48 +149,6 @@ type holder struct {
 	Node    core.NodeID
 	Version uint64
 	Deleted bool
-}
-
-type adminState struct {
-	mu       sync.Mutex
-	sessions map[string]*writeSession
-}
-
-type writeSession struct {
-	vid     uint32 // the VDI attached (a snapshot since may have moved the lock to a new id)
-	used    time.Time
-	release func()
-}
-
-func newAdminState() *adminState { return &adminState{sessions: map[string]*writeSession{}} }
-
-const sessionIdle = time.Minute
-
-// reaper detaches the VDIs of `vdi write` sessions whose client went away.
-func (a *adminState) reaper(ctx context.Context, d *Daemon) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		a.mu.Lock()
-		var stale []*writeSession
-		for id, s := range a.sessions {
-			if time.Since(s.used) > sessionIdle {
-				stale = append(stale, s)
-				delete(a.sessions, id)
-			}
-		}
-		a.mu.Unlock()
-		for _, s := range stale {
-			d.log.Warn("vdi write session abandoned: detaching", "vid", fmt.Sprintf("%06x", s.vid))
-			_, _ = d.Do(ctx, &core.Request{Type: core.ReqDetach, VID: d.current(ctx, s.vid)})
-			s.release()
-		}
-	}
 }
 
 func (d *Daemon) onAdmin(ctx context.Context, payload []byte) ([]byte, error) {
@@ -375,8 +331,6 @@ func (d *Daemon) admin1(ctx context.Context, r *AdminRequest) (any, error) {
 			return nil, err
 		}
 		return rep.Data, nil
-	case "vdi.write":
-		return d.vdiWrite(ctx, r)
 	case "vdi.check":
 		return d.vdiCheck(ctx, r.Name)
 	}
@@ -419,57 +373,6 @@ func (d *Daemon) prealloc(ctx context.Context, name string, vid uint32, size uin
 	}
 	_, err := d.do(ctx, &core.Request{Type: core.ReqFlush, VID: vid})
 	return err
-}
-
-func (d *Daemon) vdiWrite(ctx context.Context, r *AdminRequest) (any, error) {
-	v, err := d.vdiByName(ctx, r.Name)
-	if err != nil {
-		return nil, err
-	}
-	if r.Session == "" {
-		return nil, errors.New("vdi write needs a session id")
-	}
-	if r.Offset+uint64(len(r.Data)) > v.Size {
-		return nil, fmt.Errorf("write of %d bytes at %d goes past the end of %q (%d bytes)", len(r.Data), r.Offset, r.Name, v.Size)
-	}
-	d.admin.mu.Lock()
-	s := d.admin.sessions[r.Session]
-	d.admin.mu.Unlock()
-	if s == nil {
-		release, ok := d.claimWait(ctx, v.Name)
-		if !ok {
-			return nil, fmt.Errorf("VDI %q is attached by another client of this node", r.Name)
-		}
-		if _, err := d.do(ctx, &core.Request{Type: core.ReqAttach, VID: v.ID}); err != nil {
-			release()
-			return nil, vdiErr(r.Name, err)
-		}
-		s = &writeSession{vid: v.ID, release: release}
-		d.admin.mu.Lock()
-		d.admin.sessions[r.Session] = s
-		d.admin.mu.Unlock()
-	}
-	s.used = time.Now()
-	if len(r.Data) > 0 {
-		if _, err := d.do(ctx, &core.Request{Type: core.ReqWrite, VID: v.ID, Off: r.Offset, Len: uint64(len(r.Data)), Data: r.Data}); err != nil {
-			return nil, err
-		}
-	}
-	if r.Last {
-		d.admin.mu.Lock()
-		delete(d.admin.sessions, r.Session)
-		d.admin.mu.Unlock()
-		_, ferr := d.do(ctx, &core.Request{Type: core.ReqFlush, VID: v.ID})
-		_, derr := d.do(ctx, &core.Request{Type: core.ReqDetach, VID: v.ID})
-		s.release()
-		if ferr != nil {
-			return nil, fmt.Errorf("flush: %w", ferr)
-		}
-		if derr != nil {
-			return nil, fmt.Errorf("detach: %w", derr)
-		}
-	}
-	return map[string]int{"written": len(r.Data)}, nil
 }
 
 func (d *Daemon) clusterInfo(ctx context.Context) (ClusterInfo, error) {

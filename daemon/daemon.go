@@ -110,7 +110,6 @@ type Daemon struct {
 	runsCaller prometheus.Counter // runs of the node by the goroutine that queued an event
 	runsLoop   prometheus.Counter // runs by the loop goroutine for queued events
 	runsTick   prometheus.Counter // runs by the loop goroutine for a tick
-	admin      *adminState
 	status     atomic.Pointer[Status]
 	stopped    chan struct{}
 	cancel     context.CancelFunc
@@ -201,7 +200,6 @@ func New(cfg Config) (*Daemon, error) {
 	d.runsCaller = d.metrics.runs.WithLabelValues("caller")
 	d.runsLoop = d.metrics.runs.WithLabelValues("loop")
 	d.runsTick = d.metrics.runs.WithLabelValues("tick")
-	d.admin = newAdminState()
 	return d, nil
 }
 

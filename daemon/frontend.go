@@ -121,10 +121,5 @@ func (d *Daemon) startFrontends(ctx context.Context, wg *sync.WaitGroup) (func()
 			_ = hs.Shutdown(sctx)
 		})
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.admin.reaper(fctx, d)
-	}()
 	return stop, nil
 }

@@ -22,7 +22,7 @@ type backend struct {
 }
 
 // claim reserves the working VDI called name for one local client (NBD,
-// `vdi write`, a flatten); the returned function gives it back. It goes
+// a flatten, a preallocation); the returned function gives it back. It goes
 // by name, not id: a snapshot gives the working VDI a new id, and the
 // client that had it goes on with the new one.
 func (d *Daemon) claim(name string) (func(), bool) {

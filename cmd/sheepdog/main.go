@@ -68,6 +68,9 @@ func root() *command {
 
 // run executes the command line and returns the exit code.
 func run(ctx context.Context, e *env, args []string) int {
+	// --tls-dir of an admin command lives in a package variable; one run's
+	// value must not reach the next (tests run many in one process).
+	defer func() { adminTLSDir = "" }()
 	err := dispatch(ctx, e, root(), nil, args)
 	switch {
 	case err == nil:
