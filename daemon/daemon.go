@@ -117,6 +117,8 @@ type Daemon struct {
 
 	shuttingDown bool // (nodeMu)
 
+	testAfterListen func() // a test's hook, run between Listen and the first batch
+
 	openMu sync.Mutex
 	open   map[string]chan struct{} // working VDIs (by name) a local client holds; closed when it lets go
 
@@ -329,6 +331,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.tr = tr
 	d.metrics.transport.Store(tr)
+	if d.testAfterListen != nil {
+		d.testAfterListen()
+	}
 	d.out = tr.NewBatch()
 	d.nodeMu.Unlock()
 	d.startDisk()
