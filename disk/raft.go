@@ -109,6 +109,13 @@ func (s *Store) SaveRaft(hs raftpb.HardState, ents []raftpb.Entry, snap raftpb.S
 	}
 	err := s.update(func(tx *bolt.Tx) error {
 		rb, lb := tx.Bucket(bucketRaft), tx.Bucket(bucketRaftLog)
+		// The log's end is read before anything is deleted: on a bucket
+		// whose pages this transaction emptied, bbolt's Cursor.Last loops
+		// for ever.
+		last := uint64(0)
+		if k, _ := lb.Cursor().Last(); k != nil {
+			last = binary.BigEndian.Uint64(k)
+		}
 		var cur raftpb.Snapshot
 		if v := rb.Get(keySnapshot); v != nil {
 			if err := cur.Unmarshal(v); err != nil {
@@ -132,10 +139,7 @@ func (s *Store) SaveRaft(hs raftpb.HardState, ents []raftpb.Entry, snap raftpb.S
 			ents = ents[1:]
 		}
 		if len(ents) > 0 {
-			last := cur.Metadata.Index
-			if k, _ := lb.Cursor().Last(); k != nil {
-				last = binary.BigEndian.Uint64(k)
-			}
+			last = max(last, cur.Metadata.Index)
 			if first := ents[0].Index; first > last+1 {
 				return fmt.Errorf("entries start at %d but the log ends at %d: %w", first, last, ErrInvalid)
 			}

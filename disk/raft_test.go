@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -114,4 +115,42 @@ func TestRaftPersistence(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A snapshot that covers a log spanning several bbolt pages, saved with
+// the entries that follow it: the deletes leave empty pages, on which
+// bbolt 1.4.3's Cursor.Last loops for ever (a node of the faults harness
+// hung in SaveRaft, its loop with it, and the cluster lost its quorum).
+func TestRaftSnapshotOverMultiPageLog(t *testing.T) {
+	s := openT(t, t.TempDir(), quietOpts()) // not closed on failure: a hung SaveRaft holds it
+	const n = 3000
+	big := make([]raftpb.Entry, 0, n)
+	for i := uint64(1); i <= n; i++ {
+		big = append(big, raftpb.Entry{Index: i, Term: 1, Data: make([]byte, 100)})
+	}
+	must(t, s.SaveRaft(raftpb.HardState{}, big, raftpb.Snapshot{}))
+	for _, tc := range []struct {
+		name string
+		snap raftpb.Snapshot
+		ents []raftpb.Entry
+		want []raftpb.Entry
+	}{
+		{"whole log covered", snapAt(n, 1), ents(n+1, n+2, 2), ents(n+1, n+2, 2)},
+		{"beyond the log", snapAt(n+10, 2), ents(n+11, n+11, 2), ents(n+11, n+11, 2)},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- s.SaveRaft(raftpb.HardState{}, tc.ents, tc.snap) }()
+		select {
+		case err := <-done:
+			must(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: SaveRaft did not return within 10s", tc.name)
+		}
+		got, err := s.LoadRaft()
+		must(t, err)
+		if diff := cmp.Diff(tc.want, got.Entries, cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("%s: entries (-want +got):\n%s", tc.name, diff)
+		}
+	}
+	closeT(t, s)
 }
