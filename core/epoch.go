@@ -119,7 +119,7 @@ func (n *Node) clusterChanged() {
 	old := n.epoch
 	n.epoch = n.cs.Epoch
 	n.serving = serving
-	n.ring = NewRing(n.cs.Nodes)
+	n.ring = n.cfg.Rings.ring(n.ring, n.cs.Epoch, n.cs.Nodes)
 	n.oldWrites = n.writesInFlight
 	n.note(fmt.Sprintf("node %d: epoch %d → %d, %d nodes, serving=%v", n.id, old, n.epoch, len(n.cs.Nodes), serving))
 

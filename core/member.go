@@ -59,11 +59,7 @@ func (n *Node) handleJoin(m *Message) {
 	// Tell the joiner where everyone is: it needs the leader's address to
 	// answer raft before it has the cluster state.
 	if info.ID != n.id {
-		nodes := append([]NodeInfo(nil), n.cs.Nodes...)
-		if _, ok := n.cs.Member(n.id); !ok {
-			nodes = append(nodes, n.self)
-		}
-		n.send(&Message{Type: MsgJoinAck, To: info.ID, ToAddr: info.Addr, Nodes: nodes})
+		n.send(&Message{Type: MsgJoinAck, To: info.ID, ToAddr: info.Addr, Nodes: n.joinAckNodes()})
 	}
 	if n.isLeader {
 		n.pendingJoins[info.ID] = joinRequest{info: info, auto: m.Flags&1 != 0, at: n.now}
@@ -72,6 +68,21 @@ func (n *Node) handleJoin(m *Message) {
 	if n.lead != 0 && n.lead != m.From && n.lead != n.id {
 		n.send(&Message{Type: MsgJoin, To: n.lead, Node: &info, Flags: m.Flags})
 	}
+}
+
+// joinAckNodes is the node list a join is answered with: the members, and
+// this node if it is not one. Every answer of an epoch shares one copy
+// (messages are never modified): a restarted cluster's nodes each ask
+// every member, and a copy per answer was a fifth of its restart.
+func (n *Node) joinAckNodes() []NodeInfo {
+	if n.ackNodes == nil || n.ackEpoch != n.cs.Epoch || n.ackCS != n.cs {
+		nodes := append(make([]NodeInfo, 0, len(n.cs.Nodes)+1), n.cs.Nodes...)
+		if _, ok := n.cs.Member(n.id); !ok {
+			nodes = append(nodes, n.self)
+		}
+		n.ackNodes, n.ackEpoch, n.ackCS = nodes, n.cs.Epoch, n.cs
+	}
+	return n.ackNodes
 }
 
 // reconcile runs on the leader every tick: admit joining nodes, declare
@@ -177,7 +188,10 @@ func (n *Node) detectFailures() {
 			continue
 		}
 		last := max(n.lastAck[m.ID], n.leaderSince)
-		replaced := n.replacedBy(m)
+		var replaced NodeID
+		if n.addrShared(m) {
+			replaced = n.replacedBy(m)
+		}
 		if n.now-last <= int64(n.t.FailTicks) && replaced == 0 {
 			continue
 		}
@@ -221,6 +235,28 @@ func (n *Node) replacedBy(m NodeInfo) NodeID {
 		check(j.info)
 	}
 	return by
+}
+
+// addrShared reports whether a member or joining node other than m has
+// m's address, the only case replacedBy looks further: asking it for
+// every member at every tick cost the leader O(members²).
+func (n *Node) addrShared(m NodeInfo) bool {
+	if n.addrCount == nil || n.addrCountEpoch != n.cs.Epoch || n.addrCountCS != n.cs {
+		n.addrCount = make(map[string]int, len(n.cs.Nodes))
+		for _, o := range n.cs.Nodes {
+			n.addrCount[o.Addr]++
+		}
+		n.addrCountEpoch, n.addrCountCS = n.cs.Epoch, n.cs
+	}
+	if n.addrCount[m.Addr] > 1 {
+		return true
+	}
+	for _, j := range n.pendingJoins {
+		if j.info.ID != m.ID && j.info.Addr == m.Addr {
+			return true
+		}
+	}
+	return false
 }
 
 // voterTarget is the size of the raft voter set for a cluster of members

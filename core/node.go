@@ -86,6 +86,7 @@ type Config struct {
 	NoDirect   bool         // the attacher always writes through each object's primary (no direct writes)
 	Raft       RaftState    // restored cluster log
 	Objects    []ObjectInfo // restored local objects
+	Rings      *RingCache   // rings shared with the other nodes of this goroutine (the simulator's); nil: the node builds its own
 }
 
 // Ready is what the driver must do now, in this order: persist the raft
@@ -218,6 +219,12 @@ type Node struct {
 	stableProposed    uint32
 	stableAt          int64
 	lastJoinSent      int64
+	ackNodes          []NodeInfo // joinAckNodes of epoch ackEpoch of ackCS
+	ackEpoch          uint32
+	ackCS             *ClusterState
+	addrCount         map[string]int // members per address, of epoch addrCountEpoch of addrCountCS (addrShared)
+	addrCountEpoch    uint32
+	addrCountCS       *ClusterState
 
 	// cluster state and the current epoch
 	cs       *ClusterState

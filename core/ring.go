@@ -37,11 +37,21 @@ func nidHash(addr string) uint64 {
 
 type vnode struct {
 	hash uint64
-	node int // index into Ring.nodes
+	id   NodeID
+	zone uint32
+}
+
+// cmpVnode orders the ring: by hash, ties by node id.
+func cmpVnode(a, b vnode) int {
+	if c := cmpU64(a.hash, b.hash); c != 0 {
+		return c
+	}
+	return cmpU64(uint64(a.id), uint64(b.id))
 }
 
 // Ring is the consistent-hash placement of one epoch's node list. It is a
-// pure function of the list: every node computes the same ring.
+// pure function of the list: every node computes the same ring. A ring is
+// never modified once built, so nodes may share one (RingCache).
 type Ring struct {
 	nodes  []NodeInfo
 	vnodes []vnode
@@ -49,33 +59,158 @@ type Ring struct {
 }
 
 // NewRing builds the ring for nodes (any order; it is sorted by id).
-func NewRing(nodes []NodeInfo) *Ring {
+func NewRing(nodes []NodeInfo) *Ring { return nextRing(nil, nodes) }
+
+// nextRing builds the ring for nodes from prev, the ring of an earlier
+// list: the vnodes of the members both lists place alike are taken over
+// in order, and only those of the members that came, left or changed are
+// hashed and sorted, so an epoch change costs a merge, not a sort of
+// every vnode. The result is the same as NewRing's.
+func nextRing(prev *Ring, nodes []NodeInfo) *Ring {
 	r := &Ring{nodes: slices.Clone(nodes)}
-	slices.SortFunc(r.nodes, func(a, b NodeInfo) int { return cmpU64(uint64(a.ID), uint64(b.ID)) })
+	byID := func(a, b NodeInfo) int { return cmpU64(uint64(a.ID), uint64(b.ID)) }
+	if !slices.IsSortedFunc(r.nodes, byID) {
+		slices.SortFunc(r.nodes, byID)
+	}
 	total := 0
+	zones := map[uint32]struct{}{}
 	for _, n := range r.nodes {
 		total += int(n.VNodes)
+		if n.VNodes > 0 {
+			zones[n.Zone] = struct{}{}
+		}
 	}
-	r.vnodes = make([]vnode, 0, total)
-	zones := map[uint32]struct{}{}
-	for i, n := range r.nodes {
+	r.zones = len(zones)
+	if total == 0 {
+		return r
+	}
+	// The members of prev that are gone or placed differently now, and
+	// the nodes whose vnodes are new (both lists are sorted by id).
+	var gone []NodeID
+	var added []NodeInfo
+	if prev == nil || len(prev.vnodes) == 0 {
+		added = r.nodes
+	} else {
+		i, j := 0, 0
+		for i < len(prev.nodes) || j < len(r.nodes) {
+			switch {
+			case j == len(r.nodes) || i < len(prev.nodes) && prev.nodes[i].ID < r.nodes[j].ID:
+				gone = append(gone, prev.nodes[i].ID)
+				i++
+			case i == len(prev.nodes) || r.nodes[j].ID < prev.nodes[i].ID:
+				added = append(added, r.nodes[j])
+				j++
+			default:
+				a, b := prev.nodes[i], r.nodes[j]
+				if a.Addr != b.Addr || a.VNodes != b.VNodes || a.Zone != b.Zone {
+					gone = append(gone, a.ID)
+					added = append(added, b)
+				}
+				i++
+				j++
+			}
+		}
+		if len(added) > len(r.nodes)/2 {
+			gone, added = nil, r.nodes // mostly new: build from scratch
+			prev = nil
+		}
+	}
+	fresh := make([]vnode, 0, total)
+	for _, n := range added {
 		if n.VNodes == 0 {
 			continue
 		}
-		zones[n.Zone] = struct{}{}
 		h := nidHash(n.Addr)
 		for v := 0; v < int(n.VNodes); v++ {
 			h = sdHashNext(h)
-			r.vnodes = append(r.vnodes, vnode{hash: h, node: i})
+			fresh = append(fresh, vnode{hash: h, id: n.ID, zone: n.Zone})
 		}
 	}
-	slices.SortFunc(r.vnodes, func(a, b vnode) int {
-		if c := cmpU64(a.hash, b.hash); c != 0 {
-			return c
+	slices.SortFunc(fresh, cmpVnode)
+	if prev == nil {
+		r.vnodes = fresh
+		return r
+	}
+	var goneSet map[NodeID]struct{}
+	if len(gone) > 4 {
+		goneSet = make(map[NodeID]struct{}, len(gone))
+		for _, id := range gone {
+			goneSet[id] = struct{}{}
 		}
-		return cmpU64(uint64(r.nodes[a.node].ID), uint64(r.nodes[b.node].ID))
-	})
-	r.zones = len(zones)
+	}
+	out := make([]vnode, 0, total)
+	k := 0
+	for _, v := range prev.vnodes {
+		if len(gone) > 0 {
+			if goneSet != nil {
+				if _, ok := goneSet[v.id]; ok {
+					continue
+				}
+			} else if slices.Contains(gone, v.id) {
+				continue
+			}
+		}
+		for k < len(fresh) && cmpVnode(fresh[k], v) < 0 {
+			out = append(out, fresh[k])
+			k++
+		}
+		out = append(out, v)
+	}
+	r.vnodes = append(out, fresh[k:]...)
+	return r
+}
+
+// RingCache lets the nodes of one process share their rings: every node
+// of a cluster builds the same ring for the same epoch, and the simulator
+// runs hundreds of nodes, which go through the same epochs one after
+// another (a follower applies a batch of joins some ticks after the
+// leader). It keeps the rings of recent epochs, up to ringCacheVNodes
+// vnodes in all; a ring is taken from it only for a node list equal to
+// the one it was built for, so a node sees exactly the ring it would
+// have built itself. Not safe for concurrent use: give each goroutine
+// (each simulated cluster) its own.
+type RingCache struct {
+	byEpoch map[uint32][]*Ring
+	order   []uint32 // epochs in the order their rings were added (one entry per ring)
+	vnodes  int      // in all cached rings
+	last    *Ring    // the ring built last
+}
+
+const ringCacheVNodes = 4 << 20
+
+// NewRingCache returns an empty cache.
+func NewRingCache() *RingCache { return &RingCache{byEpoch: map[uint32][]*Ring{}} }
+
+// ring returns the ring for nodes (sorted by id, as a ClusterState's) of
+// epoch, built from prev (this node's current ring) when none is cached.
+func (c *RingCache) ring(prev *Ring, epoch uint32, nodes []NodeInfo) *Ring {
+	if c == nil {
+		return nextRing(prev, nodes)
+	}
+	for _, r := range c.byEpoch[epoch] {
+		if slices.Equal(r.nodes, nodes) {
+			return r
+		}
+	}
+	if c.last != nil {
+		prev = c.last // the ring of the epoch most likely just before this one
+	}
+	r := nextRing(prev, nodes)
+	c.last = r
+	c.byEpoch[epoch] = append(c.byEpoch[epoch], r)
+	c.order = append(c.order, epoch)
+	c.vnodes += len(r.vnodes)
+	for c.vnodes > ringCacheVNodes && len(c.order) > 1 {
+		e := c.order[0]
+		c.order = c.order[1:]
+		rs := c.byEpoch[e]
+		c.vnodes -= len(rs[0].vnodes)
+		if len(rs) == 1 {
+			delete(c.byEpoch, e)
+		} else {
+			c.byEpoch[e] = rs[1:]
+		}
+	}
 	return r
 }
 
@@ -124,12 +259,11 @@ func (r *Ring) placeFrom(dst []NodeID, pos int, copies int) []NodeID {
 	zones := zoneBuf[:0]
 	for i := 0; i < len(r.vnodes) && len(dst)-start < n; i++ {
 		v := r.vnodes[(pos+i)%len(r.vnodes)]
-		z := r.nodes[v.node].Zone
-		if slices.Contains(zones, z) {
+		if slices.Contains(zones, v.zone) {
 			continue
 		}
-		zones = append(zones, z)
-		dst = append(dst, r.nodes[v.node].ID)
+		zones = append(zones, v.zone)
+		dst = append(dst, v.id)
 	}
 	return dst
 }

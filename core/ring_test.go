@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -172,5 +173,53 @@ func TestRingMatchesSheepdogVnodeHashes(t *testing.T) {
 	slices.Sort(want)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("vnode hashes differ from Sheepdog's (-want +got):\n%s", diff)
+	}
+}
+
+// TestNextRingMatchesNewRing: a ring built from the previous epoch's (and
+// one taken from a RingCache) is the ring NewRing builds from scratch,
+// through joins, leaves, replaced members, gateways and re-weightings.
+func TestNextRingMatchesNewRing(t *testing.T) {
+	pool := testNodes(40, 16)
+	for i := range pool {
+		pool[i].Zone = uint32(i % 7)
+	}
+	pool[5].VNodes = 0 // a gateway
+	rng := rand.New(rand.NewPCG(1, 2))
+	in := map[int]bool{}
+	var prev *Ring
+	cache := NewRingCache()
+	for step := 0; step < 400; step++ {
+		for k := 0; k < 1+rng.IntN(3); k++ {
+			i := rng.IntN(len(pool))
+			switch rng.IntN(4) {
+			case 0:
+				pool[i].VNodes = uint16(rng.IntN(32))
+			case 1:
+				pool[i].Addr = fmt.Sprintf("10.1.%d.%d:7000", step%256, i)
+			default:
+				in[i] = !in[i]
+			}
+		}
+		if step%50 == 0 { // everything changes at once
+			for i := range pool {
+				in[i] = rng.IntN(2) == 0
+			}
+		}
+		var nodes []NodeInfo
+		for i, n := range pool {
+			if in[i] {
+				nodes = append(nodes, n)
+			}
+		}
+		want := NewRing(nodes)
+		got := nextRing(prev, nodes)
+		cached := cache.ring(prev, uint32(step%9), nodes)
+		for name, r := range map[string]*Ring{"nextRing": got, "RingCache": cached} {
+			if diff := cmp.Diff(want, r, cmp.AllowUnexported(Ring{}, vnode{})); diff != "" {
+				t.Fatalf("step %d: %s's ring differs from NewRing's (-want +got):\n%s", step, name, diff)
+			}
+		}
+		prev = got
 	}
 }

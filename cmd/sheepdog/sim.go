@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/sheepdog-go/sheepdog/sim"
@@ -16,6 +17,7 @@ func simCommand() *command {
 		runs, nodes, copies, vdis int
 		clients, ops, parallel    int
 		faults, plant, out        string
+		cpuProfile, memProfile    string
 		traceHash, lifecycle      bool
 	)
 	d := sim.DefaultConfig()
@@ -47,6 +49,8 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			fs.StringVar(&out, "out", "", "directory for the visualisations of failing runs")
 			fs.BoolVar(&traceHash, "trace-hash", false, "print each run's trace hash")
 			fs.IntVar(&parallel, "parallel", 0, "runs at once (0: one per CPU)")
+			fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the runs to this file (go tool pprof)")
+			fs.StringVar(&memProfile, "memprofile", "", "write a heap allocation profile after the runs to this file")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
@@ -69,6 +73,30 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 					return fmt.Errorf("create %s: %w", out, err)
 				}
 				cfg.OutDir = out
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			if memProfile != "" {
+				defer func() {
+					f, err := os.Create(memProfile)
+					if err != nil {
+						fmt.Fprintf(e.stderr, "memprofile: %v\n", err)
+						return
+					}
+					defer f.Close()
+					if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+						fmt.Fprintf(e.stderr, "memprofile: %v\n", err)
+					}
+				}()
 			}
 			b := sim.Batch{Config: cfg, First: seed, Runs: runs, Parallel: parallel}
 			sum := b.Run(ctx, func(r sim.Result) {
