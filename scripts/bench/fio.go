@@ -79,7 +79,11 @@ const busyRetry = 10 * time.Second
 
 // runFio runs j against uri, writing fio's JSON to out, and parses it.
 func runFio(ctx context.Context, cfg *config, uri string, j job, timed bool, out string) (sample, error) {
-	argv := fioArgs(cfg, uri, j, timed, out)
+	uri, wrap, err := libnbdCertificates(uri) // nbds:// with a client certificate
+	if err != nil {
+		return sample{}, err
+	}
+	argv := wrap(fioArgs(cfg, uri, j, timed, out))
 	deadline := time.Now().Add(busyRetry)
 	for {
 		_, errOut, err := command(ctx, argv...)

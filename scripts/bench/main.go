@@ -91,6 +91,8 @@ type config struct {
 	jsonPath   string
 	logLevel   string // sheep --log-level
 	snapOnly   bool   // only the snapshot phase (after the prefill)
+	cliSize    int64  // image of the CLI jobs (cli.go)
+	cliOnly    bool   // only the CLI jobs
 }
 
 // sizeFlag is a byte count given as 512M, 1G, 1073741824 ...
@@ -144,7 +146,7 @@ func formatSize(n int64) string {
 }
 
 func parseFlags(args []string) (*config, error) {
-	c := &config{size: 1 << 30, workingSet: 512 << 20}
+	c := &config{size: 1 << 30, workingSet: 512 << 20, cliSize: 256 << 20}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: go run ./scripts/bench [flags]
@@ -172,6 +174,8 @@ Flags:
 	fs.StringVar(&c.jsonPath, "json", "", "also write all results (every run, medians, ratios, targets) as JSON to this file")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "sheep --log-level (logs go to the work directory)")
 	fs.BoolVar(&c.snapOnly, "snapshots-only", false, "skip the fio jobs: measure only what snapshots cost (on the 3-node cluster)")
+	fs.Var(sizeFlag{&c.cliSize}, "cli-size", "`size` of the image the CLI jobs (vdi write, vdi read, qemu-img convert) move")
+	fs.BoolVar(&c.cliOnly, "cli-only", false, "run only the CLI jobs and the idle check after them (their own fresh cluster; see scripts/bench/cli.go)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -275,6 +279,9 @@ func run(cfg *config) int {
 	b = &bench{cfg: cfg, sup: sup, work: work, start: time.Now()}
 	b.machine = describeMachine(cfg, work)
 	b.printHeader()
+	if cfg.cliOnly {
+		return b.runCLIOnly(fail)
+	}
 
 	if err := b.startTargets(); err != nil {
 		return fail(err)
@@ -298,10 +305,14 @@ func run(cfg *config) int {
 	b.machine.LoadAvgEnd = loadAvg()
 	rep := b.report()
 	rep.Snapshots = snaps
+	if rep.CLI, err = b.cliJobs(); err != nil {
+		return fail(err)
+	}
 	if !cfg.snapOnly {
 		printReport(os.Stdout, rep)
 	}
 	printSnapshots(snaps)
+	printCLI(os.Stdout, rep.CLI)
 	if cfg.jsonPath != "" {
 		if err := writeJSON(cfg.jsonPath, rep); err != nil {
 			return fail(err)

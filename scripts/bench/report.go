@@ -221,6 +221,7 @@ type report struct {
 	SettleMedian   float64         `json:"settle_median_seconds"`
 	SettleTimeouts int             `json:"settle_timeouts"`
 	Snapshots      *snapshotReport `json:"snapshots,omitempty"`
+	CLI            *cliReport      `json:"cli,omitempty"`
 }
 
 // report computes medians, ratios and the issue's targets.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,69 @@ func (t *target) cli(ctx context.Context, args ...string) ([]byte, error) {
 		args = append(args, "--tls-dir", t.tlsDir)
 	}
 	return admin(ctx, t.bin, args...)
+}
+
+// libnbdCertificates returns uri without its tls-certificates query, and
+// a function that wraps a command (fio) so that libnbd finds the
+// certificates of that query anyway. fio's nbd engine calls
+// nbd_connect_uri without nbd_set_uri_allow_local_file, which refuses the
+// query ("local file access (tls-certificates) is not allowed"), so libnbd
+// is left to its default directory: $HOME/.pki/libnbd, or for root
+// /etc/pki/libnbd. A non-root command gets a HOME whose .pki/libnbd is the
+// certificates; root's runs in a private mount namespace (unshare) with an
+// overlay on /etc that adds pki/libnbd, so the host's /etc is untouched.
+// A uri without the query comes back as it is, with an identity wrapper.
+func libnbdCertificates(uri string) (string, func([]string) []string, error) {
+	none := func(argv []string) []string { return argv }
+	base, query, ok := strings.Cut(uri, "?")
+	if !ok {
+		return uri, none, nil
+	}
+	vals, err := url.ParseQuery(query)
+	if err != nil {
+		return "", nil, fmt.Errorf("uri %s: %w", uri, err)
+	}
+	dir := vals.Get("tls-certificates")
+	if dir == "" {
+		return uri, none, nil
+	}
+	vals.Del("tls-certificates")
+	if q := vals.Encode(); q != "" {
+		base += "?" + q
+	}
+	root := filepath.Join(filepath.Dir(dir), "libnbd-default")
+	if os.Geteuid() != 0 {
+		home := filepath.Join(root, "home")
+		link := filepath.Join(home, ".pki", "libnbd")
+		if _, err := os.Lstat(link); err != nil {
+			if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+				return "", nil, err
+			}
+			if err := os.Symlink(dir, link); err != nil {
+				return "", nil, err
+			}
+		}
+		return base, func(argv []string) []string {
+			return append([]string{"env", "HOME=" + home}, argv...)
+		}, nil
+	}
+	upper, work := filepath.Join(root, "etc"), filepath.Join(root, "work")
+	link := filepath.Join(upper, "pki", "libnbd")
+	if _, err := os.Lstat(link); err != nil {
+		for _, d := range []string{filepath.Dir(link), work} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return "", nil, err
+			}
+		}
+		if err := os.Symlink(dir, link); err != nil {
+			return "", nil, err
+		}
+	}
+	return base, func(argv []string) []string {
+		return append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
+			`mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"`,
+			"sh", upper, work}, argv...)
+	}, nil
 }
 
 // makeCerts makes a CA in dir, a node certificate for 127.0.0.1 for each
