@@ -263,6 +263,7 @@ type Node struct {
 	jobs       jobs // the leader's builds and reclaims
 	flattens   map[uint32]*flatten
 	rec        *recovery
+	listsDue   *recovery       // a recovery whose lists are not asked for yet (sendLists)
 	done       map[NodeID]bool // members that announced recovery of the current epoch
 	gced       bool
 	gcLeft     bool // some objects to collect were busy
@@ -362,12 +363,13 @@ func (n *Node) Step(ev Event) {
 // Ready returns what the driver must do now (see Ready).
 func (n *Node) Ready() Ready {
 	n.drainRaft()
+	n.sendLists()
 	return n.out
 }
 
 // HasReady reports whether Ready has anything to do.
 func (n *Node) HasReady() bool {
-	return !n.out.Empty() || n.rn.HasReady()
+	return !n.out.Empty() || n.rn.HasReady() || n.listsDue != nil
 }
 
 // Advance tells the node the last Ready was done.

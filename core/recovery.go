@@ -111,12 +111,30 @@ func (n *Node) startRecovery() {
 		// The planted bug: serve at once, fetch nothing.
 		r.lists = map[NodeID]bool{}
 	}
+	if len(r.lists) > 0 {
+		n.listsDue = r // asked for at the next Ready (sendLists)
+	}
+	n.maybeListsDone(r)
+}
+
+// sendLists asks every member for its list, for the recovery the last
+// epoch change started, unless a newer epoch ended it meanwhile. The
+// requests wait for the end of the batch of events the epoch change came
+// in: a node that applies a burst of epochs at once (the joins of a
+// restarted cluster, a hundred joins committed together) would otherwise
+// ask every member once per epoch, and with n members n³ requests went
+// out, all but the last round's answered "stale epoch" or ignored.
+func (n *Node) sendLists() {
+	r := n.listsDue
+	n.listsDue = nil
+	if r == nil || n.rec != r {
+		return
+	}
 	for _, m := range n.cs.Nodes {
 		if r.lists[m.ID] {
 			n.requestList(r, m.ID)
 		}
 	}
-	n.maybeListsDone(r)
 }
 
 func (n *Node) requestList(r *recovery, from NodeID) {

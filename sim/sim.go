@@ -83,6 +83,7 @@ func simTiming() core.Timing {
 }
 
 const (
+	maxSeeds   = 8      // join addresses a node is given
 	tickPeriod = 10_000 // µs
 	ms         = 1000
 	simEpoch   = 1_767_225_600 // the wall clock simulated runs start at (2026-01-01)
@@ -276,7 +277,7 @@ func newSim(cfg Config) *Sim {
 	// asks every seed, and every seed answers and forwards the request,
 	// so with every node a seed a cluster of n nodes formed with n² join
 	// messages per round (two thirds of the setup of 100 nodes).
-	for _, nd := range s.nodes[:cfg.Nodes] {
+	for _, nd := range s.nodes[:min(cfg.Nodes, maxSeeds)] {
 		s.seeds = append(s.seeds, nd.info.Addr)
 	}
 	return s
