@@ -85,8 +85,10 @@ faults: deps build
 	./$(BIN) faults --runs $(FAULT_RUNS) --seed $(FAULT_SEED) --faults 6 --out faults-out
 
 # Performance against a baseline measured in the same run, as ratios.
+# BENCH_QUICK=1 runs a short test of the harness; BENCH_FLAGS adds flags
+# (go run ./scripts/bench --help lists them).
 bench: deps build
-	$(GO) run ./scripts/bench --bin $(BIN)
+	$(GO) run ./scripts/bench --bin $(BIN) $(BENCH_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

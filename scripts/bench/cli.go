@@ -54,16 +54,18 @@ type nodeUse struct {
 }
 
 type cliReport struct {
-	ImageBytes int64     `json:"image_bytes"`
-	Commands   []string  `json:"commands"`
-	Runs       []cliRun  `json:"runs"`
-	Median     cliRun    `json:"median"`
-	WriteRatio float64   `json:"vdi_write_vs_qemu_img_in"`
-	ReadRatio  float64   `json:"vdi_read_vs_qemu_img_out"`
-	IdleBefore []nodeUse `json:"idle_before"` // the fresh cluster
-	IdleAfter  []nodeUse `json:"idle_after"`  // after the CLI jobs
-	Checks     []check   `json:"checks"`
-	Failed     []string  `json:"failed_attempts,omitempty"` // rounds done again, and why
+	ImageBytes        int64           `json:"image_bytes"`
+	Commands          []string        `json:"commands"`
+	Runs              []cliRun        `json:"runs"`
+	Median            cliRun          `json:"median"`
+	WriteRatio        float64         `json:"vdi_write_vs_qemu_img_in"`
+	ReadRatio         float64         `json:"vdi_read_vs_qemu_img_out"`
+	IdleBefore        []nodeUse       `json:"idle_before"` // the fresh cluster
+	IdleAfter         []nodeUse       `json:"idle_after"`  // after the CLI jobs
+	Recovery          *recoveryReport `json:"recovery,omitempty"`
+	IdleAfterRecovery []nodeUse       `json:"idle_after_recovery,omitempty"`
+	Checks            []check         `json:"checks"`
+	Failed            []string        `json:"failed_attempts,omitempty"` // rounds done again, and why
 }
 
 // cliAttempts bounds the attempts at one round.
@@ -102,7 +104,7 @@ func clusterHealthy(ctx context.Context, bin, addr string, n int) error {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("the cli cluster is not healthy after a minute: %v", last)
+	return fmt.Errorf("the cli cluster is not healthy after a minute: %w", last)
 }
 
 func (b *bench) cliJobs() (*cliReport, error) {
@@ -122,8 +124,8 @@ func (b *bench) cliJobs() (*cliReport, error) {
 		}
 	}()
 	procs := t.procs
-	img := filepath.Join(b.work, "cli", "image.raw")
-	if err := randomImage(img, size); err != nil {
+	img, err := b.image()
+	if err != nil {
 		return nil, err
 	}
 	idle := calibrateIdle(ctx, procs)
@@ -143,7 +145,7 @@ func (b *bench) cliJobs() (*cliReport, error) {
 		_, errOut, err := command(ctx, argv...)
 		el := time.Since(t0)
 		if err != nil {
-			return 0, fmt.Errorf("`%s`: %v: %s", strings.Join(argv, " "), err, bytes.TrimSpace(errOut))
+			return 0, fmt.Errorf("`%s`: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(errOut))
 		}
 		return el, nil
 	}
@@ -243,25 +245,71 @@ func (b *bench) cliJobs() (*cliReport, error) {
 		return nil, err
 	}
 
-	add := func(goal string, value, threshold float64, atMost bool, unit string) {
-		c := check{Goal: goal, Target: "cli", Job: "cli", Metric: unit, AtMost: atMost, Threshold: threshold, Value: value, Ratio: value}
-		c.Pass = value >= threshold
-		if atMost {
-			c.Pass = value <= threshold
+	if !b.cfg.noRecovery {
+		if rep.Recovery, err = b.recovery(t, idle); err != nil {
+			return nil, fmt.Errorf("recovery job: %w", err)
 		}
-		rep.Checks = append(rep.Checks, c)
+		syscall.Sync()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(idleCheckPause):
+		}
+		if rep.IdleAfterRecovery, err = idleUse(ctx, procs, idleCheckWindow); err != nil {
+			return nil, err
+		}
 	}
-	add("vdi write >= 0.80x qemu-img convert into the cluster", rep.WriteRatio, 0.8, false, "ratio")
-	add("vdi read >= 0.80x qemu-img convert out of the cluster", rep.ReadRatio, 0.8, false, "ratio")
+
+	mib := float64(1 << 20)
+	abs := func(job, goal, metric string, value, threshold float64, atMost bool) check {
+		return check{Goal: goal, Issue: "#13", Target: "cli", Job: job, Metric: metric, AtMost: atMost,
+			Threshold: threshold, Value: value, Ratio: value, Absolute: true}
+	}
+	vs := func(job, goal string, value, base float64) check {
+		return check{Goal: goal, Issue: "#13", Target: "cli", Job: job, Metric: "bw", Threshold: 0.8,
+			Value: value * mib, Baseline: base * mib, Ratio: ratio(value, base), Against: "qemu-img convert, same cluster"}
+	}
 	var cpu float64
 	var rss int64
 	for _, u := range rep.IdleAfter {
 		cpu += u.CPUPercent
 		rss = max(rss, u.RSS)
 	}
-	add(fmt.Sprintf("idle cluster after the CLI jobs <= %.0f%% of a core", idleCheckCPU), cpu, idleCheckCPU, true, "cpu_percent")
-	add(fmt.Sprintf("largest node RSS after the CLI jobs <= --memory (%s)", formatSize(memoryBudget)), float64(rss)/(1<<20), memoryBudget/(1<<20), true, "rss_mib")
+	rep.Checks = []check{
+		vs("cli-vdi-write", "cli vdi write --file >= 0.80x qemu-img convert into the same cluster", rep.Median.VDIWrite, rep.Median.QemuIn),
+		vs("cli-vdi-read", "cli vdi read --out >= 0.80x qemu-img convert out of the same cluster", rep.Median.VDIRead, rep.Median.QemuOut),
+		// Twice the original Sheepdog's CLI on the issue's machine.
+		abs("cli-vdi-write", "cli vdi write --file > 95 MiB/s (2x the original's)", "mibs", rep.Median.VDIWrite, 95, false),
+		abs("cli-vdi-read", "cli vdi read --out > 330 MiB/s (2x the original's)", "mibs", rep.Median.VDIRead, 330, false),
+		abs("cli-idle", fmt.Sprintf("cli cluster idle after the CLI jobs <= %.0f%% of a core", idleCheckCPU), "cpu_percent", cpu, idleCheckCPU, true),
+		abs("cli-idle", fmt.Sprintf("cli cluster's largest node RSS after them <= --memory (%s)", formatSize(memoryBudget)), "rss_mib", float64(rss)/mib, memoryBudget/mib, true),
+	}
+	if r := rep.Recovery; r != nil {
+		var cpu float64
+		for _, u := range rep.IdleAfterRecovery {
+			cpu += u.CPUPercent
+		}
+		rep.Checks = append(rep.Checks, r.checks()...)
+		rep.Checks = append(rep.Checks, abs("cli-idle", fmt.Sprintf("cli cluster idle after the recovery <= %.0f%% of a core", idleCheckCPU), "cpu_percent", cpu, idleCheckCPU, true))
+	}
+	for i := range rep.Checks {
+		rep.Checks[i].judge()
+	}
 	return rep, nil
+}
+
+// cliChecks returns cli's checks, the two ratios with their value against
+// qemu-img convert into and out of qemu-nbd as well (from the fresh phase
+// of the same run, same image size).
+func (b *bench) cliChecks(r *report, cli *cliReport) []check {
+	out := append([]check(nil), cli.Checks...)
+	ref := map[string]string{"cli-vdi-write": "import-qemu-img", "cli-vdi-read": "export-qemu-img"}
+	for i, c := range out {
+		if id := ref[c.Job]; id != "" && !c.Absolute {
+			out[i].VsQemuNBD = ratio(c.Value, r.find(id, "baseline").Median.BW)
+		}
+	}
+	return out
 }
 
 // randomImage writes size random bytes to path.
@@ -366,40 +414,33 @@ func printCLI(w io.Writer, r *cliReport) {
 	m := r.Median
 	fmt.Fprintf(tw, "median\t%.1f\t%.1f\t%.2fx\t%.1f\t%.1f\t%.2fx\t\n", m.VDIWrite, m.QemuIn, r.WriteRatio, m.VDIRead, m.QemuOut, r.ReadRatio)
 	tw.Flush()
-	fmt.Fprintln(w, "  (the issue's absolute aim, twice the original Sheepdog's CLI on its machine: write > 95, read > 330 MiB/s)")
 	fmt.Fprintln(w, "  commands:")
 	for _, c := range r.Commands {
 		fmt.Fprintln(w, "    "+c)
 	}
 	fmt.Fprintln(w, "Idle sheep processes (CPU over 5 s, % of one CPU; resident memory):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "node\tCPU fresh\tRSS fresh\tCPU after CLI jobs\tRSS after CLI jobs\t")
+	fmt.Fprintln(tw, "node\tCPU fresh\tRSS fresh\tCPU after CLI jobs\tRSS after CLI jobs\tCPU after recovery\tRSS after recovery\t")
 	for i := range r.IdleAfter {
-		var b nodeUse
+		var b, c nodeUse
 		if i < len(r.IdleBefore) {
 			b = r.IdleBefore[i]
 		}
+		if i < len(r.IdleAfterRecovery) {
+			c = r.IdleAfterRecovery[i]
+		}
 		a := r.IdleAfter[i]
-		fmt.Fprintf(tw, "%s\t%.1f%%\t%.0f MiB\t%.1f%%\t%.0f MiB\t\n", a.Node, b.CPUPercent, float64(b.RSS)/(1<<20), a.CPUPercent, float64(a.RSS)/(1<<20))
+		fmt.Fprintf(tw, "%s\t%.1f%%\t%.0f MiB\t%.1f%%\t%.0f MiB\t%.1f%%\t%.0f MiB\t\n", a.Node, b.CPUPercent, float64(b.RSS)/(1<<20),
+			a.CPUPercent, float64(a.RSS)/(1<<20), c.CPUPercent, float64(c.RSS)/(1<<20))
 	}
 	tw.Flush()
+	if rc := r.Recovery; rc != nil {
+		fmt.Fprintf(w, "Recovery of %s wiped: %s refilled in %.2fs (%s/s; it stored %s before); cp -r of its objects and sync: %s in %.2fs (%s/s)\n",
+			rc.Node, fmtBytes(float64(rc.BytesAfter)), rc.Seconds, fmtBytes(float64(rc.BytesAfter)/rc.Seconds), fmtBytes(float64(rc.BytesBefore)),
+			fmtBytes(float64(rc.CopyBytes)), rc.CopySeconds, fmtBytes(float64(rc.CopyBytes)/rc.CopySeconds))
+	}
 	for _, f := range r.Failed {
 		fmt.Fprintln(w, "  done again: "+f)
-	}
-	fmt.Fprintln(w, "CLI targets:")
-	for _, c := range r.Checks {
-		verdict := "MISS"
-		if c.Pass {
-			verdict = "PASS"
-		}
-		val := fmt.Sprintf("%.2fx", c.Value)
-		switch c.Metric {
-		case "cpu_percent":
-			val = fmt.Sprintf("%.1f%%", c.Value)
-		case "rss_mib":
-			val = fmt.Sprintf("%.0f MiB", c.Value)
-		}
-		fmt.Fprintf(w, "  %s  %s: got %s\n", verdict, c.Goal, val)
 	}
 }
 
@@ -412,9 +453,17 @@ func (b *bench) runCLIOnly(fail func(error) int) int {
 	}
 	b.machine.LoadAvgEnd = loadAvg()
 	printCLI(os.Stdout, cli)
+	rep := &report{Started: b.start.UTC().Format(time.RFC3339), Seconds: time.Since(b.start).Seconds(), Machine: b.machine, CLI: cli, Checks: cli.Checks}
+	rep.Settings.Runs = b.cfg.runs
+	for _, c := range rep.Checks {
+		rep.Goals++
+		if c.Pass {
+			rep.Passed++
+		}
+	}
+	printSummary(os.Stdout, rep)
 	fmt.Printf("load average %s at start, %s at end; total time %s\n", b.machine.LoadAvgStart, b.machine.LoadAvgEnd, time.Since(b.start).Round(time.Second))
 	if b.cfg.jsonPath != "" {
-		rep := &report{Started: b.start.UTC().Format(time.RFC3339), Seconds: time.Since(b.start).Seconds(), Machine: b.machine, CLI: cli}
 		if err := writeJSON(b.cfg.jsonPath, rep); err != nil {
 			return fail(err)
 		}

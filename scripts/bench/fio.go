@@ -20,6 +20,9 @@ type job struct {
 	Read    bool   // results are in fio's "read" section (else "write")
 	Latency bool   // a latency job: the report adds latency ratios
 	ByBW    bool   // compared by bandwidth rather than IOPS (same ratio, clearer unit)
+	Fsync   bool   // fio --fsync=1: every write is followed by an NBD FLUSH
+	Fresh   bool   // measured by the fresh phase (fresh.go), not by measure
+	Tool    bool   // a qemu-img job: only its bandwidth is known
 }
 
 // jobs are measured in this order.
@@ -29,7 +32,18 @@ var jobs = []job{
 	{ID: "randread-4k-qd32", Title: "4K randread QD32", RW: "randread", BS: "4k", QD: 32, Read: true},
 	{ID: "write-1m-qd8", Title: "1M seq write QD8", RW: "write", BS: "1M", QD: 8, ByBW: true},
 	{ID: "read-1m-qd8", Title: "1M seq read QD8", RW: "read", BS: "1M", QD: 8, Read: true, ByBW: true},
+	// What a database in the guest does: its IOPS are write+flush pairs
+	// per second (fio's runtime includes the flushes).
+	{ID: "writeflush-4k-qd1", Title: "4K write+flush QD1", RW: "randwrite", BS: "4k", QD: 1, Fsync: true},
+	// The fresh phase: a user's first writes, into never-written space.
+	freshJob,
+	{ID: "import-qemu-img", Title: "qemu-img convert in", ByBW: true, Fresh: true, Tool: true},
+	{ID: "export-qemu-img", Title: "qemu-img convert out", Read: true, ByBW: true, Fresh: true, Tool: true},
 }
+
+// freshJob writes a never-written device once, sequentially: it is not
+// time-based, since a second pass would overwrite.
+var freshJob = job{ID: "fresh-write-1m-qd8", Title: "1M fresh write QD8", RW: "write", BS: "1M", QD: 8, ByBW: true, Fresh: true}
 
 // prefillJob writes the working set once before anything is measured.
 var prefillJob = job{ID: "prefill", Title: "prefill", RW: "write", BS: "1M", QD: 8}
@@ -65,6 +79,9 @@ func fioArgs(cfg *config, uri string, j job, timed bool, out string) []string {
 		"--output-format=json",
 		"--output=" + out,
 	}
+	if j.Fsync {
+		args = append(args, "--fsync=1")
+	}
 	if timed {
 		args = append(args, "--time_based",
 			fmt.Sprintf("--runtime=%dms", cfg.runtime.Milliseconds()),
@@ -98,7 +115,7 @@ func runFio(ctx context.Context, cfg *config, uri string, j job, timed bool, out
 			time.Sleep(300 * time.Millisecond)
 			continue
 		}
-		return sample{}, fmt.Errorf("`%s`: %v: %s", strings.Join(argv, " "), err, msg)
+		return sample{}, fmt.Errorf("`%s`: %w: %s", strings.Join(argv, " "), err, msg)
 	}
 }
 

@@ -152,6 +152,11 @@ func (b *bench) printHeader() {
 	fmt.Printf("  fio      : ioengine=nbd (libnbd, one connection), %s working set from offset 0 of a %s device,\n", formatSize(c.workingSet), formatSize(c.size))
 	fmt.Printf("             %s ramp + %s measured per run, %d run(s) per job and target, target order rotated each round,\n", c.ramp, c.runtime, c.runs)
 	fmt.Printf("             sync(2) and wait for idle targets before every run; latencies are fio completion latency (clat)\n")
+	fmt.Printf("  fresh    : %s fresh devices (new thin VDIs, an emptied sparse file): fio 1M writes, qemu-img convert in and out\n", formatSize(c.cliSize))
+	fmt.Printf("  CLI      : vdi write --file / vdi read --out of %s on a fresh 3-node copies=3 cluster\n", formatSize(c.cliSize))
+	if c.quick {
+		fmt.Printf("  QUICK    : --quick (BENCH_QUICK=1): sizes and runs are cut to test the harness; the figures mean little\n")
+	}
 }
 
 func orQ(s string) string {
@@ -164,11 +169,12 @@ func orQ(s string) string {
 func (b *bench) printTargets() {
 	fmt.Println("targets (all on 127.0.0.1, data in the work dir):")
 	for _, t := range b.targets {
-		fmt.Printf("  %-8s %s\n           %s\n", t.Name, t.URI, t.Settings)
+		fmt.Printf("  %-10s %s\n             %s\n", t.Name, t.URI, t.Settings)
 	}
 	fmt.Println("  baseline settings: writeback caching acknowledges writes from the host page cache and makes")
-	fmt.Println("  them durable on NBD FLUSH, which is what a sheep does with its journal; fio sends no flushes,")
-	fmt.Println("  so neither side pays for durability the other skips, and both read from the page cache.")
+	fmt.Println("  them durable on NBD FLUSH, which is what a sheep does with its journal; fio sends no flushes")
+	fmt.Println("  but in the write+flush job (one after every write, to every target), so neither side pays for")
+	fmt.Println("  durability the other skips, and both read from the page cache.")
 }
 
 // result is one job on one target: every run, the medians and the ratios
@@ -186,18 +192,39 @@ type result struct {
 	ClatP99Ratio  float64  `json:"clat_p99_ratio"`
 }
 
-// check is one of the issue's targets.
+// check is one of the issues' targets, or (Info) a figure the summary
+// lists without a goal.
 type check struct {
 	Goal      string  `json:"goal"`
+	Issue     string  `json:"issue,omitempty"` // where the goal comes from
 	Target    string  `json:"target"`
 	Job       string  `json:"job"`
-	Metric    string  `json:"metric"` // iops, bw or clat_mean
+	Metric    string  `json:"metric"` // iops, bw, clat_mean, mibs, cpu_percent or rss_mib
 	AtMost    bool    `json:"at_most"`
 	Threshold float64 `json:"threshold"`
-	Ratio     float64 `json:"ratio"`
+	Ratio     float64 `json:"ratio"` // Value/Baseline, or Value itself for an absolute goal
 	Value     float64 `json:"value"`
-	Baseline  float64 `json:"baseline"`
+	Baseline  float64 `json:"baseline"` // the reference's value
+	Against   string  `json:"against"`  // what Baseline is
+	// VsQemuNBD is Value against qemu-nbd's in the same job, when the
+	// reference is something else (0: none, or the reference is qemu-nbd).
+	VsQemuNBD float64 `json:"vs_qemu_nbd,omitempty"`
+	Absolute  bool    `json:"absolute,omitempty"` // Threshold is a value, not a ratio
+	Info      bool    `json:"info,omitempty"`     // no goal: listed, not judged
 	Pass      bool    `json:"pass"`
+}
+
+// judge sets c.Pass from c.Ratio (a ratio, or the value of an absolute
+// goal).
+func (c *check) judge() {
+	switch {
+	case c.Info:
+		c.Pass = false
+	case c.AtMost:
+		c.Pass = c.Ratio > 0 && c.Ratio <= c.Threshold
+	default:
+		c.Pass = c.Ratio >= c.Threshold
+	}
 }
 
 type report struct {
@@ -212,26 +239,30 @@ type report struct {
 		WorkingSetBytes int64    `json:"working_set_bytes"`
 		FioArgs         []string `json:"fio_args_example"`
 	} `json:"settings"`
-	Targets        []*target       `json:"targets"`
-	Prefill        []prefillResult `json:"prefill"`
-	Results        []result        `json:"results"`
-	Checks         []check         `json:"checks"`
-	Passed         int             `json:"passed"`
-	IdleCPUPercent int64           `json:"idle_cpu_percent"` // all target processes at rest
-	SettleMedian   float64         `json:"settle_median_seconds"`
-	SettleTimeouts int             `json:"settle_timeouts"`
-	Snapshots      *snapshotReport `json:"snapshots,omitempty"`
-	CLI            *cliReport      `json:"cli,omitempty"`
+	Targets        []*target         `json:"targets"`
+	Prefill        []prefillResult   `json:"prefill"`
+	Results        []result          `json:"results"`
+	Checks         []check           `json:"checks"` // every target, the CLI's too
+	Passed         int               `json:"passed"`
+	Goals          int               `json:"goals"`            // checks that are not Info
+	IdleCPUPercent int64             `json:"idle_cpu_percent"` // all target processes at rest
+	SettleMedian   float64           `json:"settle_median_seconds"`
+	SettleTimeouts int               `json:"settle_timeouts"`
+	Snapshots      *snapshotReport   `json:"snapshots,omitempty"`
+	CLI            *cliReport        `json:"cli,omitempty"`
+	Commands       map[string]string `json:"commands,omitempty"` // the fresh phase's qemu-img, by job and target
 }
 
 // report computes medians, ratios and the issue's targets.
-func (b *bench) report() *report {
+func (b *bench) report(cli *cliReport) *report {
 	r := &report{
-		Started: b.start.UTC().Format(time.RFC3339),
-		Seconds: time.Since(b.start).Seconds(),
-		Machine: b.machine,
-		Targets: b.targets,
-		Prefill: b.prefills,
+		Started:  b.start.UTC().Format(time.RFC3339),
+		Seconds:  time.Since(b.start).Seconds(),
+		Machine:  b.machine,
+		Targets:  b.targets,
+		Prefill:  b.prefills,
+		CLI:      cli,
+		Commands: b.commands,
 	}
 	r.Settings.Runs = b.cfg.runs
 	r.Settings.RuntimeSeconds = b.cfg.runtime.Seconds()
@@ -261,6 +292,9 @@ func (b *bench) report() *report {
 			var iops []float64
 			for _, s := range runs {
 				iops = append(iops, s.IOPS)
+				if j.Tool {
+					iops[len(iops)-1] = s.BW
+				}
 			}
 			if len(iops) > 1 && m.IOPS > 0 {
 				sort.Float64s(iops)
@@ -270,60 +304,93 @@ func (b *bench) report() *report {
 		}
 	}
 
-	// addVs checks tgt's median against ref's (the baseline, or the
-	// same cluster without TLS).
-	addVs := func(tgt, ref, jobID, metric string, atMost bool, threshold float64) {
+	// metricOf is the metric a job is judged by.
+	metricOf := func(j job) string {
+		if j.ByBW {
+			return "bw"
+		}
+		return "iops"
+	}
+	// addVs checks tgt's median in jobID against ref's median in refJob
+	// (the baseline, the same cluster without TLS, or an overwrite).
+	addVs := func(issue, tgt, ref, jobID, refJob, metric string, atMost bool, threshold float64, info bool) {
 		j := jobByID(jobID)
-		res := r.find(jobID, tgt)
-		base := r.find(jobID, ref)
-		c := check{Target: tgt, Job: jobID, Metric: metric, AtMost: atMost, Threshold: threshold}
+		res, base := r.find(jobID, tgt), r.find(refJob, ref)
+		c := check{Issue: issue, Target: tgt, Job: jobID, Metric: metric, AtMost: atMost, Threshold: threshold, Info: info}
+		value := func(s sample) float64 {
+			switch metric {
+			case "iops":
+				return s.IOPS
+			case "bw":
+				return s.BW
+			}
+			return s.ClatMean
+		}
+		c.Value, c.Baseline = value(res.Median), value(base.Median)
+		c.Ratio = ratio(c.Value, c.Baseline)
+		if ref != "baseline" {
+			c.VsQemuNBD = ratio(c.Value, value(r.find(jobID, "baseline").Median))
+		}
 		name := map[string]string{"iops": "IOPS", "bw": "bandwidth", "clat_mean": "mean latency"}[metric]
 		op := ">="
 		if atMost {
 			op = "<="
 		}
-		copies := map[string]string{"3-node": "copies=3", "1-node": "copies=1", "3-node-tls": "copies=3 TLS"}[tgt]
-		against := map[string]string{"baseline": "baseline", "3-node": "copies=3 without TLS"}[ref]
-		c.Goal = fmt.Sprintf("%s %s %s %s %.2fx %s", copies, j.Title, name, op, threshold, against)
-		switch metric {
-		case "iops":
-			c.Value, c.Baseline = res.Median.IOPS, base.Median.IOPS
-		case "bw":
-			c.Value, c.Baseline = res.Median.BW, base.Median.BW
-		case "clat_mean":
-			c.Value, c.Baseline = res.Median.ClatMean, base.Median.ClatMean
+		c.Against = map[string]string{"baseline": "qemu-nbd", "3-node": "3-node without TLS"}[ref]
+		if refJob != jobID {
+			c.Against = "its " + jobByID(refJob).Title
 		}
-		c.Ratio = ratio(c.Value, c.Baseline)
-		if atMost {
-			c.Pass = c.Ratio > 0 && c.Ratio <= threshold
-		} else {
-			c.Pass = c.Ratio >= threshold
+		c.Goal = fmt.Sprintf("%s %s %s %s %.2fx %s", tgt, j.Title, name, op, threshold, c.Against)
+		if info {
+			c.Goal = fmt.Sprintf("%s %s %s vs %s (no goal set)", tgt, j.Title, name, c.Against)
+		}
+		c.judge()
+		r.Checks = append(r.Checks, c)
+	}
+	add := func(issue, tgt, jobID, metric string, atMost bool, threshold float64) {
+		addVs(issue, tgt, "baseline", jobID, jobID, metric, atMost, threshold, false)
+	}
+	has := map[string]bool{}
+	for _, t := range b.targets {
+		has[t.Name] = true
+	}
+	add("#3", "3-node", "randwrite-4k-qd32", "iops", false, 0.5)
+	add("#3", "3-node", "randread-4k-qd32", "iops", false, 0.8)
+	add("#13", "3-node", "randwrite-4k-qd1", "clat_mean", true, 1.5) // #3 asked for 2x
+	// The copies=3 sequential jobs have no goal in any issue; listed so
+	// that every measured figure is in the summary.
+	addVs("", "3-node", "baseline", "write-1m-qd8", "write-1m-qd8", "bw", false, 0, true)
+	addVs("", "3-node", "baseline", "read-1m-qd8", "read-1m-qd8", "bw", false, 0, true)
+	add("#13", "3-node", "writeflush-4k-qd1", "iops", false, 0.7)
+	for _, j := range jobs {
+		// #3's "copies=1 >= 0.9x everywhere" was said of its five
+		// jobs; the write+flush job has #13's goal on 1-node too.
+		switch {
+		case j.ID == "writeflush-4k-qd1":
+			add("#13", "1-node", j.ID, "iops", false, 0.7)
+		case !j.Fresh:
+			add("#3", "1-node", j.ID, metricOf(j), false, 0.9)
+		}
+	}
+	for _, tgt := range []string{"3-node", "1-node"} {
+		addVs("#13", tgt, tgt, freshJob.ID, "write-1m-qd8", "bw", false, 0.9, false)
+	}
+	add("#13", "3-node", "import-qemu-img", "bw", false, 0.5)
+	add("#13", "3-node", "export-qemu-img", "bw", false, 0.8)
+	if has["3-node-tls"] {
+		for _, j := range jobs {
+			addVs("#14", "3-node-tls", "3-node", j.ID, j.ID, metricOf(j), false, 0.8, false)
+		}
+	}
+	if cli != nil {
+		r.Checks = append(r.Checks, b.cliChecks(r, cli)...)
+	}
+	for _, c := range r.Checks {
+		if !c.Info {
+			r.Goals++
 		}
 		if c.Pass {
 			r.Passed++
-		}
-		r.Checks = append(r.Checks, c)
-	}
-	add := func(tgt, jobID, metric string, atMost bool, threshold float64) {
-		addVs(tgt, "baseline", jobID, metric, atMost, threshold)
-	}
-	add("3-node", "randwrite-4k-qd32", "iops", false, 0.5)
-	add("3-node", "randread-4k-qd32", "iops", false, 0.8)
-	add("3-node", "randwrite-4k-qd1", "clat_mean", true, 2.0)
-	for _, j := range jobs {
-		metric := "iops"
-		if j.ByBW {
-			metric = "bw"
-		}
-		add("1-node", j.ID, metric, false, 0.9)
-	}
-	if b.cfg.tls {
-		for _, j := range jobs {
-			metric := "iops"
-			if j.ByBW {
-				metric = "bw"
-			}
-			addVs("3-node-tls", "3-node", j.ID, metric, false, 0.8)
 		}
 	}
 	return r
@@ -403,31 +470,19 @@ func printReport(w io.Writer, r *report) {
 		if len(res.Runs) > 1 {
 			spread = fmt.Sprintf("%.0f%%", 100*res.IOPSSpread)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t%s/s\t%s\t%s\t%s\t\n", title, res.Target, res.Median.IOPS,
-			fmtLat(res.Median.ClatMean), fmtLat(res.Median.ClatP99), fmtBytes(res.Median.BW), iopsRatio, latRatio, spread)
+		iops, mean, p99 := fmt.Sprintf("%.0f", res.Median.IOPS), fmtLat(res.Median.ClatMean), fmtLat(res.Median.ClatP99)
+		if j.Tool {
+			// qemu-img tells only how long it took: the ratio is of
+			// bandwidth and the spread of bandwidth.
+			iops, mean, p99 = "-", "-", "-"
+			if res.Target != "baseline" {
+				iopsRatio = fmt.Sprintf("%.2fx BW", res.BWRatio)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/s\t%s\t%s\t%s\t\n", title, res.Target, iops,
+			mean, p99, fmtBytes(res.Median.BW), iopsRatio, latRatio, spread)
 	}
 	tw.Flush()
-
-	fmt.Fprintf(w, "\nIssue targets (on the medians above):\n")
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, c := range r.Checks {
-		verdict := "MISS"
-		if c.Pass {
-			verdict = "PASS"
-		}
-		var detail string
-		switch c.Metric {
-		case "iops":
-			detail = fmt.Sprintf("%.0f vs %.0f IOPS", c.Value, c.Baseline)
-		case "bw":
-			detail = fmt.Sprintf("%s/s vs %s/s", fmtBytes(c.Value), fmtBytes(c.Baseline))
-		case "clat_mean":
-			detail = fmt.Sprintf("%s vs %s", fmtLat(c.Value), fmtLat(c.Baseline))
-		}
-		fmt.Fprintf(tw, "  %s\t%s\tgot %.2fx\t(%s)\n", verdict, c.Goal, c.Ratio, detail)
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "%d of %d targets met.\n", r.Passed, len(r.Checks))
 
 	fmt.Fprintf(w, "\nNoise: load average %s at start, %s at end; settling before a run took %.1fs (median)",
 		r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.SettleMedian)
@@ -437,6 +492,55 @@ func printReport(w io.Writer, r *report) {
 	fmt.Fprintln(w, ".")
 	fmt.Fprintln(w, "A ratio closer to its threshold than the spread is not conclusive: rerun with more --runs.")
 	fmt.Fprintf(w, "Total time %s.\n", time.Duration(r.Seconds*float64(time.Second)).Round(time.Second))
+}
+
+// printSummary lists every target of the run, its verdict, what it got
+// against its reference and, where the reference is not qemu-nbd, against
+// qemu-nbd in the same job too.
+func printSummary(w io.Writer, r *report) {
+	fmt.Fprintf(w, "\nSummary: every target, on same-run medians of %d round(s) (issue in brackets; \"vs qemu-nbd\" where the goal's reference is another):\n", r.Settings.Runs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  \tgoal\tgot\tvs qemu-nbd\tvalues\t")
+	for _, c := range r.Checks {
+		verdict := "MISS"
+		switch {
+		case c.Info:
+			verdict = "info"
+		case c.Pass:
+			verdict = "PASS"
+		}
+		got := fmt.Sprintf("%.2fx", c.Ratio)
+		var detail string
+		switch c.Metric {
+		case "iops":
+			detail = fmt.Sprintf("%.0f vs %.0f IOPS", c.Value, c.Baseline)
+		case "bw":
+			detail = fmt.Sprintf("%s/s vs %s/s", fmtBytes(c.Value), fmtBytes(c.Baseline))
+		case "clat_mean":
+			detail = fmt.Sprintf("%s vs %s", fmtLat(c.Value), fmtLat(c.Baseline))
+		case "bytes":
+			detail = fmt.Sprintf("%s vs %s", fmtBytes(c.Value), fmtBytes(c.Baseline))
+		case "mibs":
+			got, detail = fmt.Sprintf("%.1f MiB/s", c.Value), ""
+		case "cpu_percent":
+			got, detail = fmt.Sprintf("%.1f%%", c.Value), ""
+		case "rss_mib":
+			got, detail = fmt.Sprintf("%.0f MiB", c.Value), ""
+		}
+		vsBase := "-"
+		if c.VsQemuNBD > 0 {
+			vsBase = fmt.Sprintf("%.2fx", c.VsQemuNBD)
+		} else if c.Against == "qemu-nbd" {
+			vsBase = got
+		}
+		issue := ""
+		if c.Issue != "" {
+			issue = " [" + c.Issue + "]"
+		}
+		fmt.Fprintf(tw, "  %s\t%s%s\t%s\t%s\t%s\t\n", verdict, c.Goal, issue, got, vsBase, detail)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d of %d targets met (%d more listed without a goal).\n", r.Passed, r.Goals, len(r.Checks)-r.Goals)
 }
 
 func writeJSON(path string, r *report) error {

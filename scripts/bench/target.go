@@ -25,6 +25,10 @@ type target struct {
 	bin      string // sheepdog clusters: the binary and node 1's admin address
 	admin    string
 	tlsDir   string // a cluster under TLS: the client directory of its admin commands and fio
+	nbdAddr  string // the NBD address fio attaches to
+	// The baseline's fresh phase: a second qemu-nbd serving freshFile.
+	freshFile string
+	freshAddr string
 }
 
 // cli runs an admin command of the cluster t (with its client
@@ -70,10 +74,10 @@ func libnbdCertificates(uri string) (string, func([]string) []string, error) {
 		link := filepath.Join(home, ".pki", "libnbd")
 		if _, err := os.Lstat(link); err != nil {
 			if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
-				return "", nil, err
+				return "", nil, fmt.Errorf("libnbd's certificate directory: %w", err)
 			}
 			if err := os.Symlink(dir, link); err != nil {
-				return "", nil, err
+				return "", nil, fmt.Errorf("libnbd's certificate directory: %w", err)
 			}
 		}
 		return base, func(argv []string) []string {
@@ -85,11 +89,11 @@ func libnbdCertificates(uri string) (string, func([]string) []string, error) {
 	if _, err := os.Lstat(link); err != nil {
 		for _, d := range []string{filepath.Dir(link), work} {
 			if err := os.MkdirAll(d, 0o700); err != nil {
-				return "", nil, err
+				return "", nil, fmt.Errorf("libnbd's certificate directory: %w", err)
 			}
 		}
 		if err := os.Symlink(dir, link); err != nil {
-			return "", nil, err
+			return "", nil, fmt.Errorf("libnbd's certificate directory: %w", err)
 		}
 	}
 	return base, func(argv []string) []string {
@@ -129,45 +133,102 @@ var baselineFlags = []string{
 	"--persistent",        // keep serving after each fio run disconnects
 }
 
-// startBaseline serves a sparse raw file of cfg.size with qemu-nbd.
+// startBaseline serves a sparse raw file of cfg.size with qemu-nbd, and
+// for the fresh phase a second one of cfg.cliSize with another qemu-nbd
+// (fresh.go empties it before every use).
 func startBaseline(sup *supervisor, cfg *config, dir, logDir string) (*target, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	file := filepath.Join(dir, "base.raw")
-	f, err := os.Create(file)
+	t := &target{Name: "baseline"}
+	addr, argv, err := serveFile(sup, cfg, t, "base", filepath.Join(dir, "base.raw"), cfg.size, logDir)
 	if err != nil {
-		return nil, err
+		return t, err
 	}
-	err = f.Truncate(cfg.size)
+	t.URI, t.Command, t.nbdAddr = "nbd://"+addr+"/base", argv, addr
+	t.Settings = fmt.Sprintf("qemu-nbd, sparse raw file of %s, %s", formatSize(cfg.size), strings.Join(baselineFlags, " "))
+	t.freshFile = filepath.Join(dir, "fresh.raw")
+	if t.freshAddr, _, err = serveFile(sup, cfg, t, "fresh", t.freshFile, cfg.cliSize, logDir); err != nil {
+		return t, err
+	}
+	t.Settings += fmt.Sprintf("; fresh phase: another qemu-nbd on a sparse file of %s, emptied before each use", formatSize(cfg.cliSize))
+	return t, nil
+}
+
+// serveFile creates a sparse file of size and serves it with qemu-nbd as
+// export name, adding the process to t; it returns the address and the
+// command line.
+func serveFile(sup *supervisor, cfg *config, t *target, name, file string, size int64, logDir string) (string, []string, error) {
+	if err := emptyFile(file, size); err != nil {
+		return "", nil, err
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		return "", nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	argv := append([]string{cfg.qemuNBD, "--bind=127.0.0.1", fmt.Sprintf("--port=%d", ports[0]), "--export-name=" + name}, baselineFlags...)
+	argv = append(argv, file)
+	p, err := sup.start("baseline/qemu-nbd-"+name, filepath.Join(logDir, "baseline-qemu-nbd-"+name+".log"), argv...)
+	if err != nil {
+		return "", nil, err
+	}
+	t.procs = append(t.procs, p)
+	err = poll(sup.ctx, 10*time.Second, t.procs, "qemu-nbd to serve NBD on "+addr, func() error {
+		return nbdProbe(addr)
+	})
+	return addr, argv, err
+}
+
+// emptyFile makes file a hole of size bytes: created, or truncated to 0
+// and back, which frees its blocks and drops its cached pages, so a
+// qemu-nbd serving it meets never-written space again.
+func emptyFile(file string, size int64) error {
+	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(0)
+	if err == nil {
+		err = f.Truncate(size)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("emptying %s: %w", file, err)
 	}
-	ports, err := freePorts(1)
-	if err != nil {
-		return nil, err
+	return nil
+}
+
+// uriOf is the NBD URI of the export name at addr on t: nbds:// with the
+// client certificate when t is under TLS.
+func (t *target) uriOf(addr, name string) string {
+	if t.tlsDir != "" {
+		return "nbds://" + addr + "/" + name + "?tls-certificates=" + t.tlsDir
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	argv := append([]string{cfg.qemuNBD, "--bind=127.0.0.1", fmt.Sprintf("--port=%d", ports[0]), "--export-name=base"}, baselineFlags...)
-	argv = append(argv, file)
-	p, err := sup.start("baseline/qemu-nbd", filepath.Join(logDir, "baseline-qemu-nbd.log"), argv...)
-	if err != nil {
-		return nil, err
+	return "nbd://" + addr + "/" + name
+}
+
+// qemuImg is the qemu-img convert command line that copies file into the
+// export name at addr (in) or the export to file (out), with the
+// client certificate as a tls-creds-x509 object when t is under TLS
+// (qemu-img takes no certificates in an nbds:// URI).
+func (t *target) qemuImg(in bool, addr, name, file string) []string {
+	if t.tlsDir == "" {
+		uri := t.uriOf(addr, name)
+		if in {
+			return []string{"qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", file, uri}
+		}
+		return []string{"qemu-img", "convert", "-f", "raw", "-O", "raw", uri, file}
 	}
-	t := &target{
-		Name:     "baseline",
-		URI:      "nbd://" + addr + "/base",
-		Command:  argv,
-		Settings: fmt.Sprintf("qemu-nbd, sparse raw file of %s, %s", formatSize(cfg.size), strings.Join(baselineFlags, " ")),
-		procs:    []*proc{p},
+	host, port, _ := net.SplitHostPort(addr)
+	obj := "tls-creds-x509,id=tls0,endpoint=client,dir=" + t.tlsDir
+	opts := fmt.Sprintf("driver=nbd,host=%s,port=%s,export=%s,tls-creds=tls0", host, port, name)
+	if in {
+		return []string{"qemu-img", "convert", "-n", "--object", obj, "-f", "raw", file, "--target-image-opts", opts}
 	}
-	err = poll(sup.ctx, 10*time.Second, t.procs, "qemu-nbd to serve NBD on "+addr, func() error {
-		return nbdProbe(addr)
-	})
-	return t, err
+	return []string{"qemu-img", "convert", "--object", obj, "--image-opts", opts, "-O", "raw", file}
 }
 
 // nbdProbe checks that addr greets like an NBD newstyle server, then ends
@@ -236,10 +297,8 @@ func startCluster(sup *supervisor, cfg *config, bin, name string, n, copies int,
 		}
 		t.procs = append(t.procs, p)
 		if i == 0 {
-			t.URI = "nbd://" + nbdAddr + "/bench"
-			if tls {
-				t.URI = "nbds://" + nbdAddr + "/bench?tls-certificates=" + t.tlsDir
-			}
+			t.nbdAddr = nbdAddr
+			t.URI = t.uriOf(nbdAddr, "bench")
 			t.admin = listen[0]
 			t.Command = argv
 			// The others join through node 1: wait until it answers.
@@ -329,7 +388,7 @@ func admin(ctx context.Context, bin string, args ...string) ([]byte, error) {
 	out, errOut, err := command(ctx, argv...)
 	if err != nil {
 		msg := strings.TrimSpace(string(errOut) + " " + string(out))
-		return nil, fmt.Errorf("`%s`: %v: %s", strings.Join(args, " "), err, msg)
+		return nil, fmt.Errorf("`%s`: %w: %s", strings.Join(args, " "), err, msg)
 	}
 	return out, nil
 }
