@@ -69,18 +69,29 @@ type EpochInfo struct {
 // NodeStatus answers `node info` and feeds `node recovery`.
 type NodeStatus struct {
 	NodeRow
-	Epoch     uint32 `json:"epoch"`
-	Serving   bool   `json:"serving"`
-	Leader    bool   `json:"leader"`
-	Objects   int    `json:"objects"`
-	Used      uint64 `json:"used"`
-	Free      uint64 `json:"free"`
-	Listing   bool   `json:"recovery_listing"`
-	Total     int    `json:"recovery_total"`
-	Remaining int    `json:"recovery_remaining"`
-	Finished  bool   `json:"recovery_finished"`
-	AllDone   bool   `json:"recovery_all_done"`
-	Dir       string `json:"dir"`
+	Epoch     uint32  `json:"epoch"`
+	Serving   bool    `json:"serving"`
+	Leader    bool    `json:"leader"`
+	Objects   int     `json:"objects"`
+	Used      uint64  `json:"used"`
+	Free      uint64  `json:"free"`
+	Listing   bool    `json:"recovery_listing"`
+	Total     int     `json:"recovery_total"`
+	Remaining int     `json:"recovery_remaining"`
+	Finished  bool    `json:"recovery_finished"`
+	AllDone   bool    `json:"recovery_all_done"`
+	Dir       string  `json:"dir"`
+	Raft      RaftRow `json:"raft"`
+}
+
+// RaftRow is a node's view of the cluster log's election (`node info`).
+type RaftRow struct {
+	Term        uint64   `json:"term"`
+	Lead        string   `json:"lead,omitempty"`
+	State       string   `json:"state"`
+	Voters      []string `json:"voters"`
+	HeardLeader int64    `json:"heard_leader_ticks"`
+	ElectionIn  int      `json:"election_in_ticks"`
 }
 
 // VDIRow describes a VDI (a working VDI or a snapshot) for `vdi list`
@@ -403,13 +414,24 @@ func nodeRow(i int, m core.NodeInfo) NodeRow {
 		Incarnation: m.Incarnation, Capacity: m.Capacity}
 }
 
+func raftRow(rs core.RaftStatus) RaftRow {
+	r := RaftRow{Term: rs.Term, State: rs.State, HeardLeader: rs.HeardLeader, ElectionIn: rs.ElectionIn}
+	if rs.Lead != 0 {
+		r.Lead = fmt.Sprintf("%x", uint64(rs.Lead))
+	}
+	for _, v := range rs.Voters {
+		r.Voters = append(r.Voters, fmt.Sprintf("%x", uint64(v)))
+	}
+	return r
+}
+
 func (d *Daemon) nodeStatus(ctx context.Context) (NodeStatus, error) {
 	var st NodeStatus
 	err := d.Query(ctx, func(n *core.Node) {
 		r := n.Recovery()
 		st = NodeStatus{NodeRow: nodeRow(-1, d.self), Epoch: n.Epoch(), Serving: n.Serving(), Leader: n.IsLeader(),
 			Objects: len(n.Objects()), Listing: r.Listing, Total: r.Total, Remaining: r.Remaining, Finished: r.Finished, AllDone: r.AllDone,
-			Dir: d.dataPath()}
+			Dir: d.dataPath(), Raft: raftRow(n.RaftStatus())}
 		for i, m := range n.Cluster().Nodes {
 			if m.ID == d.self.ID {
 				st.Index = i

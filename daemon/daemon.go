@@ -117,7 +117,8 @@ type Daemon struct {
 
 	shuttingDown bool // (nodeMu)
 
-	testAfterListen func() // a test's hook, run between Listen and the first batch
+	testAfterListen func()   // a test's hook, run between Listen and the first batch
+	runs            runClock // the run of the node in progress (watchdog)
 
 	openMu sync.Mutex
 	open   map[string]chan struct{} // working VDIs (by name) a local client holds; closed when it lets go
@@ -351,6 +352,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer close(loopDone)
 		d.loop(ctx)
 	}()
+	go d.watchdog(ctx)
 	<-ctx.Done()
 	// Front ends first (their in-flight requests still need the node),
 	// then the loop, the transport and the disk.
@@ -453,9 +455,11 @@ func (d *Daemon) drive() {
 // runLocked handles queued events in batches and processes the Ready of
 // each batch; called with nodeMu held.
 func (d *Daemon) runLocked() {
-	if d.halted {
+	if d.halted || d.out == nil { // nil: not started; the loop takes the events once it is
 		return
 	}
+	d.runs.start()
+	defer d.runs.stop()
 drain:
 	for i := 0; i < batchMax; i++ {
 		select {

@@ -230,9 +230,16 @@ func (c *cluster) members() []*node {
 }
 
 // shutdown kills every node and unmounts every tmpfs.
-func (c *cluster) shutdown() {
+// shutdown kills every node and unmounts their disks. With dump, nodes
+// get SIGQUIT instead, so that each running one writes its goroutines'
+// stacks into its log: a failed run keeps what a wedged node was doing.
+func (c *cluster) shutdown(dump bool) {
+	sig := syscall.SIGKILL
+	if dump {
+		sig = syscall.SIGQUIT
+	}
 	for _, n := range c.members() {
-		_ = c.stop(n, syscall.SIGKILL)
+		_ = c.stop(n, sig)
 	}
 	c.mu.Lock()
 	dirs := c.mountedDir

@@ -208,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	}
 	defer os.RemoveAll(mounts)
 	c := newCluster(ns, cfg.Bin, dir, mounts, cfg.Tick, cfg.Plant, log)
-	defer c.shutdown()
+	defer func() { c.shutdown(len(rep.Problems) > 0) }()
 
 	problem := func(format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)

@@ -285,7 +285,11 @@ func nodeCommand() *command {
 						state += ", leader"
 					}
 					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f%%\t%d\t%d\t%s\n", st.Index, sizeStr(total), sizeStr(st.Used), sizeStr(st.Free), pct, st.Objects, st.Epoch, state)
-					return tw.Flush()
+					if err := tw.Flush(); err != nil {
+						return err
+					}
+					fmt.Fprintln(e.stdout, raftLine(st.Raft))
+					return nil
 				},
 			},
 			{
@@ -439,4 +443,17 @@ func rangeArgs(cmd string, args []string) (string, uint64, *uint64, error) {
 		length = &v
 	}
 	return args[0], off, length, nil
+}
+
+// raftLine says in one line where the node stands in the cluster log's
+// elections: what to look at first when a cluster has no leader.
+func raftLine(r daemon.RaftRow) string {
+	lead := "no leader known"
+	if r.Lead != "" {
+		lead = "leader " + r.Lead
+		if r.HeardLeader >= 0 {
+			lead += fmt.Sprintf(" (heard %d ticks ago)", r.HeardLeader)
+		}
+	}
+	return fmt.Sprintf("Cluster log: term %d, %s, %s, voters %s", r.Term, strings.TrimPrefix(r.State, "State"), lead, strings.Join(r.Voters, " "))
 }
