@@ -27,18 +27,19 @@ import (
 
 // Config configures a sheep.
 type Config struct {
-	Dir      string        // data directory
-	Listen   string        // peer and admin address host:port
-	NBD      string        // NBD front end address ("" for none)
-	Join     []string      // addresses of members to join through (empty: start a new cluster unless the directory has one)
-	Zone     uint32        // 0: one zone per node
-	VNodes   int           // ring weight; 0: weighted by capacity
-	Gateway  bool          // hold no data (0 vnodes)
-	Metrics  string        // Prometheus address ("" for none)
-	Tick     time.Duration // the node's clock tick (0: DefaultTick)
-	Timing   core.Timing   // zero: core.DefaultTiming()
-	Logger   *slog.Logger
-	Capacity uint64 // 0: the filesystem's size
+	Dir       string        // data directory
+	Listen    string        // peer and admin address host:port
+	Advertise string        // the address other nodes reach Listen at, and the node's name in the cluster (NAT, proxy, wildcard Listen); empty: Listen
+	NBD       string        // NBD front end address ("" for none)
+	Join      []string      // addresses of members to join through (empty: start a new cluster unless the directory has one)
+	Zone      uint32        // 0: one zone per node
+	VNodes    int           // ring weight; 0: weighted by capacity
+	Gateway   bool          // hold no data (0 vnodes)
+	Metrics   string        // Prometheus address ("" for none)
+	Tick      time.Duration // the node's clock tick (0: DefaultTick)
+	Timing    core.Timing   // zero: core.DefaultTiming()
+	Logger    *slog.Logger
+	Capacity  uint64 // 0: the filesystem's size
 	// Disk tunes the object store (fault injection in tests).
 	Disk disk.Options
 	// ConnsPerPeer is the number of TCP connections to each peer (0: 1).
@@ -184,6 +185,9 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.Listen == "" {
 		return nil, errors.New("daemon: --listen is required")
 	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = cfg.Listen
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("daemon: create %s: %w", cfg.Dir, err)
 	}
@@ -198,7 +202,7 @@ func New(cfg Config) (*Daemon, error) {
 		store.Close()
 		return nil, err
 	}
-	d.log = cfg.Logger.With("node", fmt.Sprintf("%x", uint64(d.self.ID)), "addr", cfg.Listen)
+	d.log = cfg.Logger.With("node", fmt.Sprintf("%x", uint64(d.self.ID)), "addr", cfg.Advertise)
 	d.metrics = newMetrics(d.Status)
 	d.runsCaller = d.metrics.runs.WithLabelValues("caller")
 	d.runsLoop = d.metrics.runs.WithLabelValues("loop")
@@ -237,7 +241,7 @@ func (d *Daemon) identity() error {
 		if _, err := crand.Read(nonce[:]); err != nil {
 			return fmt.Errorf("daemon: pick a node id: %w", err)
 		}
-		id = uint64(nodeID(d.cfg.Listen, binary.LittleEndian.Uint64(nonce[:])))
+		id = uint64(nodeID(d.cfg.Advertise, binary.LittleEndian.Uint64(nonce[:])))
 		if err := put("node-id", id); err != nil {
 			return err
 		}
@@ -267,7 +271,7 @@ func (d *Daemon) identity() error {
 	} else if vn == 0 {
 		vn = core.DefaultVNodes
 	}
-	d.self = core.NodeInfo{ID: core.NodeID(id), Addr: d.cfg.Listen, NBDAddr: d.cfg.NBD, Zone: zone, VNodes: uint16(min(vn, 65535)),
+	d.self = core.NodeInfo{ID: core.NodeID(id), Addr: d.cfg.Advertise, NBDAddr: d.cfg.NBD, Zone: zone, VNodes: uint16(min(vn, 65535)),
 		Incarnation: inc, Capacity: capacity}
 	return nil
 }
@@ -616,7 +620,7 @@ func (d *Daemon) failPending() {
 
 // sendMsg delivers one outgoing message.
 func (d *Daemon) sendMsg(m *core.Message) {
-	if m.To == d.self.ID || (m.To == 0 && m.ToAddr == d.cfg.Listen) {
+	if m.To == d.self.ID || (m.To == 0 && m.ToAddr == d.self.Addr) {
 		d.local = append(d.local, m)
 		return
 	}

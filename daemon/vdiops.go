@@ -192,7 +192,7 @@ func (d *Daemon) vdiFlatten(ctx context.Context, r *AdminRequest) (any, error) {
 		return nil, err
 	}
 	if !v.Table {
-		return FlattenInfo{Name: v.Name, VID: v.ID, Node: d.cfg.Listen, Scanned: v.Objects(), Total: v.Objects(), Done: true}, nil
+		return FlattenInfo{Name: v.Name, VID: v.ID, Node: d.self.Addr, Scanned: v.Objects(), Total: v.Objects(), Done: true}, nil
 	}
 	if v.Owner != 0 && v.Owner != d.self.ID {
 		ms, err := d.members(ctx)
@@ -306,7 +306,7 @@ func (d *Daemon) flattenStatus(ctx context.Context, vid uint32) (FlattenInfo, er
 	j := d.flattens.jobs[vid]
 	d.flattens.mu.Unlock()
 	if j == nil {
-		return FlattenInfo{}, fmt.Errorf("no flatten of VDI %06x at this node (%s)", vid, d.cfg.Listen)
+		return FlattenInfo{}, fmt.Errorf("no flatten of VDI %06x at this node (%s)", vid, d.self.Addr)
 	}
 	var st core.FlattenStatus
 	running := false
@@ -321,7 +321,7 @@ func (d *Daemon) flattenStatus(ctx context.Context, vid uint32) (FlattenInfo, er
 	}
 	d.flattens.mu.Lock()
 	defer d.flattens.mu.Unlock()
-	info := FlattenInfo{Name: j.name, VID: vid, Node: d.cfg.Listen, Total: j.total}
+	info := FlattenInfo{Name: j.name, VID: vid, Node: d.self.Addr, Total: j.total}
 	if running {
 		j.copied = max(j.copied, st.Copied)
 		info.Scanned, info.Total = st.Scanned, st.Total

@@ -43,8 +43,13 @@ type node struct {
 	starts   int
 }
 
+// listen and nbd are the node's addresses as the others reach them.
 func (n *node) listen() string { return fmt.Sprintf("%s:%d", n.ip, peerPort) }
 func (n *node) nbd() string    { return fmt.Sprintf("%s:%d", n.ip, nbdPort) }
+
+// hidden is where a node behind the proxy really listens: 127.0.2.x for
+// its public 127.0.0.x.
+func (n *node) hidden() string { return "127.0.2." + n.ip[strings.LastIndexByte(n.ip, '.')+1:] }
 
 // running reports whether the process is up (paused counts as running).
 func (n *node) running() bool {
@@ -63,6 +68,7 @@ type cluster struct {
 	plant  string
 	log    *slog.Logger
 	nextIP int
+	proxy  *Proxy // nil: faults are nftables rules
 
 	mu         sync.Mutex
 	nodes      []*node
@@ -81,6 +87,14 @@ func (c *cluster) addNode(ctx context.Context, idx int) (*node, error) {
 	n := &node{idx: idx, ip: ip, dir: filepath.Join(c.mounts, strings.ReplaceAll(ip, ".", "_")), logs: c.base}
 	if err := c.mountTmpfs(n.dir); err != nil {
 		return nil, err
+	}
+	if c.proxy != nil {
+		c.proxy.Alias(n.hidden(), n.ip)
+		for _, port := range []int{peerPort, nbdPort} {
+			if err := c.proxy.Forward(ctx, fmt.Sprintf("%s:%d", n.ip, port), fmt.Sprintf("%s:%d", n.hidden(), port)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return n, nil
 }
@@ -103,6 +117,10 @@ func (c *cluster) mountTmpfs(dir string) error {
 func (c *cluster) start(n *node, bootstrap bool) error {
 	args := []string{"sheep", "--dir", n.dir, "--listen", n.listen(), "--nbd", n.nbd(),
 		"--tick", c.tick.String(), "--log-level", "info"}
+	if c.proxy != nil {
+		args = []string{"sheep", "--dir", n.dir, "--listen", fmt.Sprintf("%s:%d", n.hidden(), peerPort), "--advertise", n.listen(),
+			"--nbd", fmt.Sprintf("%s:%d", n.hidden(), nbdPort), "--tick", c.tick.String(), "--log-level", "info"}
+	}
 	if !bootstrap {
 		for _, o := range c.members() {
 			if o != n {

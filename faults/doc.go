@@ -36,10 +36,12 @@
 // two-way and one-way cuts between two nodes, the raft leader isolated
 // (found with `node recovery --json`), the node a client is attached
 // through isolated from every node and client, a minority split from the
-// majority. The fallback the design allows for kernels without nftables,
-// a fault-injecting TCP proxy on every peer link, is not implemented:
-// NewFirewall detects that nftables does not work and fails with an error
-// saying so (ErrNoFirewall). Every report names the mechanism that ran.
+// majority. Where nftables does not work (or with --net proxy), the same
+// links are cut by a fault-injecting TCP proxy (Proxy) in front of every
+// node's peer and NBD ports: each node listens on a hidden 127.0.2.x and
+// advertises (sheep --advertise) the public 127.0.0.x the proxy listens
+// on, and a dropped direction holds its bytes until the heal. Every report
+// names the mechanism that ran (nftables or tcp-proxy).
 //
 // Process faults: kill -9 and restart, SIGSTOP for longer than the failure
 // timeout and SIGCONT, SIGTERM and restart. Disk faults: the node's tmpfs

@@ -95,11 +95,14 @@ func TestShortRun(t *testing.T) {
 	runs := []struct {
 		seed  uint64
 		kinds []string
+		net   string // "": nftables
 	}{
-		{101, []string{KindPartition, KindOneWay, KindIsolateLeader, KindKill}},
-		{102, []string{KindIsolateAttacher, KindSplit, KindPause, KindRestart}},
-		{103, []string{KindENOSPC, KindBitFlip, KindDeleteObject, KindTruncateJournal}},
-		{104, []string{KindReplaceDisk, KindReplaceDiskNewAddr, KindPause}},
+		{101, []string{KindPartition, KindOneWay, KindIsolateLeader, KindKill}, ""},
+		{102, []string{KindIsolateAttacher, KindSplit, KindPause, KindRestart}, ""},
+		{103, []string{KindENOSPC, KindBitFlip, KindDeleteObject, KindTruncateJournal}, ""},
+		{104, []string{KindReplaceDisk, KindReplaceDiskNewAddr, KindPause}, ""},
+		// The fallback for kernels without nftables, on every network kind.
+		{105, []string{KindPartition, KindOneWay, KindIsolateLeader, KindIsolateAttacher, KindSplit}, NetProxy},
 	}
 	var covered []string
 	for _, r := range runs {
@@ -114,21 +117,25 @@ func TestShortRun(t *testing.T) {
 	for _, r := range runs {
 		t.Run(fmt.Sprint(r.seed), func(t *testing.T) {
 			rep, err := Run(context.Background(), Config{
-				Seed: r.seed, Bin: bin, Out: out, Faults: len(r.kinds), Kinds: r.kinds, Log: testLogger(t),
+				Seed: r.seed, Bin: bin, Out: out, Faults: len(r.kinds), Kinds: r.kinds, Net: r.net, Log: testLogger(t),
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Log(rep.Line())
-			if rep.Mechanism != "nftables" {
-				t.Errorf("network faults made by %q, want nftables", rep.Mechanism)
+			want := "nftables"
+			if r.net == NetProxy {
+				want = "tcp-proxy"
+			}
+			if rep.Mechanism != want {
+				t.Errorf("network faults made by %q, want %s", rep.Mechanism, want)
 			}
 			if got := len(rep.Heals); got != len(r.kinds) {
 				t.Errorf("%d faults ran, want %d", got, len(r.kinds))
 			}
 			if !rep.OK() {
-				t.Errorf("seed %d failed; its directory is %s (replay: bin/sheepdog faults --seed %d --faults %d --kinds %s):\n%s",
-					r.seed, rep.Dir, r.seed, len(r.kinds), strings.Join(r.kinds, ","), strings.Join(rep.Problems, "\n"))
+				t.Errorf("seed %d failed; its directory is %s (replay: bin/sheepdog faults --seed %d --faults %d --kinds %s --net %s):\n%s",
+					r.seed, rep.Dir, r.seed, len(r.kinds), strings.Join(r.kinds, ","), netFlag(r.net), strings.Join(rep.Problems, "\n"))
 			}
 		})
 	}
@@ -159,4 +166,11 @@ func TestPlantedBugIsCaught(t *testing.T) {
 		}
 	}
 	t.Fatal("the harness passed every seed with the planted bug read-any switched on")
+}
+
+func netFlag(mode string) string {
+	if mode == "" {
+		return NetAuto
+	}
+	return mode
 }

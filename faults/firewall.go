@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"slices"
 	"strings"
@@ -20,7 +21,7 @@ type Firewall interface {
 	Apply(ctx context.Context, drops []Link) error
 }
 
-// ErrNoFirewall means no fault mechanism works on this machine.
+// ErrNoFirewall means nftables does not work on this machine.
 var ErrNoFirewall = errors.New("no network fault mechanism available")
 
 // nftFirewall drops packets in the namespace's input hook: a dropped
@@ -30,17 +31,42 @@ type nftFirewall struct{ ns *Namespace }
 
 const nftTable = "sdfaults"
 
-// NewFirewall returns the nftables firewall of ns, or an error wrapping
-// ErrNoFirewall that says what failed. A fault-injecting TCP proxy on
-// every peer link is the fallback the design allows for kernels without
-// nftables; it is not built yet, so such machines get this error.
-func NewFirewall(ctx context.Context, ns *Namespace) (Firewall, error) {
+// Network mechanisms a run can use (Config.Net).
+const (
+	NetAuto  = "auto"     // nftables where it works, else the TCP proxy
+	NetNFT   = "nftables" // drop rules in the namespace's input hook
+	NetProxy = "proxy"    // a fault-injecting TCP proxy on every port (Proxy)
+)
+
+// NewFirewall returns the fault mechanism of ns that mode asks for. With
+// NetAuto it is nftables when nft is installed and works in the
+// namespace, else the TCP proxy (the log says why).
+func NewFirewall(ctx context.Context, ns *Namespace, mode string, log *slog.Logger) (Firewall, error) {
+	switch mode {
+	case NetProxy:
+		return NewProxy(ns, log), nil
+	case NetNFT, NetAuto, "":
+	default:
+		return nil, fmt.Errorf("unknown network fault mechanism %q (want %s, %s or %s)", mode, NetAuto, NetNFT, NetProxy)
+	}
+	fw, err := newNFT(ctx, ns)
+	if err == nil {
+		return fw, nil
+	}
+	if mode == NetNFT {
+		return nil, err
+	}
+	log.Warn("nftables does not work here: network faults go through a TCP proxy", "err", err)
+	return NewProxy(ns, log), nil
+}
+
+func newNFT(ctx context.Context, ns *Namespace) (Firewall, error) {
 	if _, err := exec.LookPath("nft"); err != nil {
-		return nil, fmt.Errorf("%w: nft is not installed (%v) and the TCP proxy fallback is not implemented", ErrNoFirewall, err)
+		return nil, fmt.Errorf("%w: nft is not installed (%v)", ErrNoFirewall, err)
 	}
 	fw := &nftFirewall{ns: ns}
 	if err := fw.Apply(ctx, nil); err != nil {
-		return nil, fmt.Errorf("%w: nftables does not work in namespace %s (%v) and the TCP proxy fallback is not implemented", ErrNoFirewall, ns.Name, err)
+		return nil, fmt.Errorf("%w: nftables does not work in namespace %s (%v)", ErrNoFirewall, ns.Name, err)
 	}
 	return fw, nil
 }

@@ -88,15 +88,8 @@ func (ns *Namespace) Dial(ctx context.Context, local, addr string) (net.Conn, er
 		runtime.LockOSThread()
 		// No UnlockOSThread: the thread is in another namespace and must
 		// not run other goroutines; it ends with this goroutine.
-		f, err := os.Open(filepath.Join("/var/run/netns", ns.Name))
-		if err != nil {
-			ch <- result{err: fmt.Errorf("open namespace %s: %w", ns.Name, err)}
-			return
-		}
-		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		if err != nil {
-			ch <- result{err: fmt.Errorf("setns %s: %w", ns.Name, err)}
+		if err := ns.enter(); err != nil {
+			ch <- result{err: err}
 			return
 		}
 		d := net.Dialer{Timeout: 3 * time.Second}
@@ -108,6 +101,42 @@ func (ns *Namespace) Dial(ctx context.Context, local, addr string) (net.Conn, er
 	}()
 	r := <-ch
 	return r.c, r.err
+}
+
+// Listen opens a TCP listener on addr inside the namespace, made on a
+// thread that joined it as Dial's sockets are.
+func (ns *Namespace) Listen(ctx context.Context, addr string) (net.Listener, error) {
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread, as in Dial.
+		if err := ns.enter(); err != nil {
+			ch <- result{err: err}
+			return
+		}
+		var lc net.ListenConfig
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		ch <- result{ln, err}
+	}()
+	r := <-ch
+	return r.ln, r.err
+}
+
+// enter moves the calling OS thread into the namespace.
+func (ns *Namespace) enter() error {
+	f, err := os.Open(filepath.Join("/var/run/netns", ns.Name))
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", ns.Name, err)
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("setns %s: %w", ns.Name, err)
+	}
+	return nil
 }
 
 // Close kills whatever still runs in the namespace and deletes it.

@@ -39,6 +39,7 @@ type Config struct {
 	// healed, to be back to full redundancy: every node a serving member
 	// of one epoch, recovery finished everywhere.
 	HealBound time.Duration
+	Net       string       // network fault mechanism: NetAuto (default), NetNFT or NetProxy
 	Keep      bool         // keep the run directory even when the run passed
 	Log       *slog.Logger // progress (default: discard)
 }
@@ -183,9 +184,13 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	fw, err := NewFirewall(ctx, ns)
+	fw, err := NewFirewall(ctx, ns, cfg.Net, log)
 	if err != nil {
 		return rep, err
+	}
+	proxy, _ := fw.(*Proxy)
+	if proxy != nil {
+		defer proxy.Close()
 	}
 	rep.Mechanism = fw.Mechanism()
 	log.Info("network faults", "mechanism", rep.Mechanism, "ns", ns.Name)
@@ -208,6 +213,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	}
 	defer os.RemoveAll(mounts)
 	c := newCluster(ns, cfg.Bin, dir, mounts, cfg.Tick, cfg.Plant, log)
+	c.proxy = proxy
 	defer func() { c.shutdown(len(rep.Problems) > 0) }()
 
 	problem := func(format string, args ...any) {

@@ -18,6 +18,7 @@ func faultsCommand() *command {
 	var (
 		seed, runs, nodes, count, workers int
 		kinds, plant, out, bin, logLevel  string
+		netMode                           string
 		tick                              time.Duration
 		keep                              bool
 	)
@@ -43,6 +44,7 @@ of every heal. A failed run keeps its directory under --out.`,
 			fs.DurationVar(&tick, "tick", 10*time.Millisecond, "the nodes' --tick")
 			fs.IntVar(&workers, "workers", 3, "requests each client keeps in flight")
 			fs.BoolVar(&keep, "keep", false, "keep the directories of passing runs too")
+			fs.StringVar(&netMode, "net", faults.NetAuto, "network faults: auto (nftables where it works, else a TCP proxy), nftables, or proxy")
 			fs.StringVar(&logLevel, "log-level", "warn", "harness progress on stderr: debug, info, warn or error")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
@@ -73,7 +75,7 @@ of every heal. A failed run keeps its directory under --out.`,
 			for i := 0; i < runs; i++ {
 				rep, err := faults.Run(ctx, faults.Config{
 					Seed: uint64(seed + i), Bin: bin, Out: out, Nodes: nodes, Faults: count, Kinds: ks,
-					Plant: plant, Tick: tick, Workers: workers, Keep: keep, Log: log,
+					Plant: plant, Tick: tick, Workers: workers, Keep: keep, Log: log, Net: netMode,
 				})
 				if err != nil {
 					return fmt.Errorf("faults: seed %d: %w", seed+i, err)

@@ -60,6 +60,7 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Dir, "dir", "", "data directory (required)")
 			fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7000", "peer and admin address")
+			fs.StringVar(&cfg.Advertise, "advertise", "", "address the other nodes reach --listen at, when that is another (NAT, proxy, wildcard --listen; default: --listen)")
 			fs.StringVar(&cfg.NBD, "nbd", "", "NBD address for QEMU and other NBD clients (none if empty)")
 			fs.Var(&join, "join", "address of a member to join through (repeatable)")
 			fs.UintVar(&zone, "zone", 0, "failure zone; replicas go to distinct zones (default: one zone per node)")
