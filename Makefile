@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests drive as real clients.
 TEST_PKGS := qemu-utils libnbd-bin fio nftables iproute2
 # Packages that start goroutines run again under the race detector.
-RACE_PKGS := ./internal/... ./net/... ./nbd/... ./disk/... ./daemon/... ./linearizability/... ./cmd/...
+RACE_PKGS := ./internal/... ./net/... ./nbd/... ./disk/... ./daemon/... ./linearizability/... ./faults/... ./cmd/...
 
 .PHONY: all build run test deps sim faults bench lint clean
 
