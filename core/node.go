@@ -237,6 +237,8 @@ type Node struct {
 
 	// local objects
 	objs           map[OID]*object
+	objGen         uint64  // bumped whenever an object becomes present or absent
+	listIdx        listIdx // handleList's index of local objects
 	diskCB         map[uint64]func(DiskDone)
 	writesInFlight int // local data writes in flight
 	oldWrites      int // of which issued in an older epoch

@@ -143,6 +143,9 @@ func (n *Node) writeLocal(op DiskOp, cb func(Code)) {
 		if d.Err == OK {
 			switch op.Kind {
 			case DiskWrite, DiskPut:
+				if !o.present {
+					n.objGen++
+				}
 				o.meta, o.present = op.Meta, true
 				// A write that landed after this epoch's garbage
 				// collection on an object no longer placed here
@@ -151,6 +154,9 @@ func (n *Node) writeLocal(op DiskOp, cb func(Code)) {
 					n.gcLeft = true
 				}
 			case DiskDelete:
+				if o.present {
+					n.objGen++
+				}
 				o.meta, o.present = ObjMeta{}, false
 			}
 		}

@@ -443,17 +443,46 @@ func (n *Node) handleList(m *Message) {
 		return
 	}
 	var objs []ObjVersion
+	for _, oid := range n.listIndex()[m.From] {
+		if o := n.objs[oid]; n.validCopy(oid, o.meta) {
+			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
+		}
+	}
+	r := n.respond(m, MsgListResp, OK)
+	r.Objects = objs
+}
+
+// listIdx is the local objects that have copies, sorted, by each node the
+// ring places them on, as of the ring, cluster state, applied entry and
+// set of present objects it was built for (copies come from the cluster
+// state; versions, which change without that, are read when answering).
+type listIdx struct {
+	ring    *Ring
+	cs      *ClusterState
+	applied uint64
+	objGen  uint64
+	byNode  map[NodeID][]OID
+}
+
+// listIndex returns the local objects placed on each node. Every member
+// asks every other for its list at each epoch change: placing every local
+// object again for each request cost a node O(members × objects) per
+// epoch, where one pass serves them all.
+func (n *Node) listIndex() map[NodeID][]OID {
+	x := &n.listIdx
+	if x.byNode != nil && x.ring == n.ring && x.cs == n.cs && x.applied == n.applied && x.objGen == n.objGen {
+		return x.byNode
+	}
+	*x = listIdx{ring: n.ring, cs: n.cs, applied: n.applied, objGen: n.objGen, byNode: map[NodeID][]OID{}}
 	var buf []NodeID
 	for _, oid := range n.localObjects() {
 		c := n.copiesOf(oid)
 		if c == 0 {
 			continue
 		}
-		buf = n.ring.Place(buf[:0], oid, c)
-		if o := n.objs[oid]; slices.Contains(buf, m.From) && n.validCopy(oid, o.meta) {
-			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
+		for _, id := range n.ring.Place(buf[:0], oid, c) {
+			x.byNode[id] = append(x.byNode[id], oid)
 		}
 	}
-	r := n.respond(m, MsgListResp, OK)
-	r.Objects = objs
+	return x.byNode
 }
