@@ -483,13 +483,13 @@ func (s *Store) recover() error {
 	if err := s.removeJournals(paths); err != nil {
 		return err
 	}
-	f, path, alloc, err := s.createJournal(maxSeq + 1)
+	f, path, alloc, nonce, err := s.createJournal(maxSeq+1, last+1)
 	if err != nil {
 		return err
 	}
-	s.jf, s.jpath, s.jseq, s.jalloc = f, path, maxSeq+1, alloc
-	s.jend, s.jflushed, s.jdirect = journalHdrSize, journalHdrSize, s.opt.JournalBuffer < 0 || alloc == 1<<62
-	s.lastLSN, s.durable, s.durOff, s.jbase = last, last, journalHdrSize, last+1
+	s.jf, s.jpath, s.jseq, s.jalloc, s.jseed = f, path, maxSeq+1, alloc, nonceSeed(nonce)
+	s.jend, s.jflushed, s.jdirect = journalHdr2Size, journalHdr2Size, s.opt.JournalBuffer < 0 || alloc == 1<<62
+	s.lastLSN, s.durable, s.durOff, s.jbase = last, last, journalHdr2Size, last+1
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -42,10 +43,18 @@ func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
 		seeds = 9
 	}
+	recycledRounds.Store(0)
 	for seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) { crashRound(t, uint64(seed)) })
 	}
+	if recycledRounds.Load() == 0 {
+		t.Fatal("no round crashed with a recycled journal file")
+	}
 }
+
+// recycledRounds counts the rounds whose journal file at the crash was a
+// recycled one (its bytes past the end are records of its former life).
+var recycledRounds atomic.Int64
 
 func crashRound(t *testing.T, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 99))
@@ -80,6 +89,20 @@ func crashRound(t *testing.T, seed uint64) {
 	}
 	sopt := opt
 	sopt.hooks = dm.hooks()
+	// Journal files are recycled: what a file held before is what a
+	// write to it that was lost leaves there.
+	var pmu sync.Mutex
+	preimages := make(map[string][]byte) // journal file name: its content when recycled
+	sopt.hooks.recycled = func(spare, path string) {
+		b, err := os.ReadFile(spare)
+		if err != nil {
+			t.Errorf("reading a recycled journal file: %v", err)
+			return
+		}
+		pmu.Lock()
+		preimages[filepath.Base(path)] = b
+		pmu.Unlock()
+	}
 	s = openT(t, dir, sopt)
 	dm.armed.Store(true)
 	lsn0 := s.lastLSN // record i of this session has LSN lsn0+i
@@ -164,7 +187,7 @@ func crashRound(t *testing.T, seed uint64) {
 	// files or checkpointed. ends[j]: offset in the current file after the
 	// first k0+j records.
 	k0 := int(info.base - lsn0 - 1)
-	ends := []int64{journalHdrSize}
+	ends := []int64{journalHdr2Size}
 	for _, sz := range sizes[k0+1:] {
 		ends = append(ends, ends[len(ends)-1]+sz)
 	}
@@ -180,12 +203,18 @@ func crashRound(t *testing.T, seed uint64) {
 		t.Logf("journal never rotated")
 	}
 	durable := dm.snapshot()
+	pmu.Lock()
+	pre, recycled := preimages[filepath.Base(info.journal)]
+	pmu.Unlock()
+	if recycled {
+		recycledRounds.Add(1)
+	}
 	if testing.Verbose() {
 		t.Logf("rotate %v: checkpoint steps %d (abandoned: %v), durable files %d",
 			rotate, dm.steps.Load(), dm.stopAt > 0 && dm.steps.Load() >= dm.stopAt, len(durable))
 	}
 
-	for _, damage := range []string{"none", "truncate", "truncate", "flip", "garbage"} {
+	for _, damage := range []string{"none", "truncate", "truncate", "flip", "garbage", "revert", "revert-page", "header"} {
 		vdir := t.TempDir()
 		copyTree(t, dir, vdir)
 		jpath := filepath.Join(vdir, "journal", filepath.Base(info.journal))
@@ -207,6 +236,53 @@ func crashRound(t *testing.T, seed uint64) {
 			_, err = f.Write(pattern(r.Uint64(), 1+r.IntN(300)))
 			must(t, err)
 			must(t, f.Close())
+		case "revert", "revert-page":
+			// The unsynced writes from c on (or those of one page) never
+			// reached the disk: the recycled file's old bytes are there
+			// (zeros, or a shorter file, where it had none).
+			if !recycled || info.end == info.durable {
+				continue
+			}
+			b, err := os.ReadFile(jpath)
+			must(t, err)
+			c := info.durable + r.Int64N(info.end-info.durable)
+			to := int64(len(b))
+			if damage == "revert-page" {
+				to = min((c/ChunkSize+1)*ChunkSize, info.end)
+			}
+			first := info.end // the first byte the revert changes
+			for i := c; i < to; i++ {
+				v := byte(0)
+				if i < int64(len(pre)) {
+					v = pre[i]
+				}
+				if v != b[i] && first == info.end {
+					first = i
+				}
+				b[i] = v
+			}
+			if damage == "revert" && int64(len(pre)) < int64(len(b)) {
+				b = b[:max(c, int64(len(pre)))]
+				first = min(first, int64(len(b)))
+			}
+			must(t, os.WriteFile(jpath, b, 0o644))
+			// Where the old bytes equal the new ones (zeros in both,
+			// say) nothing was lost: the damage starts at the first
+			// byte that differs.
+			k = k0 + survivors(ends, first)
+		case "header":
+			// Rotated to and never committed since: the header that
+			// names the file's first record may not have reached the
+			// disk, and the file then holds nothing durable.
+			if k0 == 0 || info.durable != journalHdr2Size {
+				continue
+			}
+			b, err := os.ReadFile(jpath)
+			must(t, err)
+			le := binary.LittleEndian
+			copy(b, journalHeader2(le.Uint64(b[8:]), 0, le.Uint64(b[24:])))
+			must(t, os.WriteFile(jpath, b, 0o644))
+			k = k0
 		}
 		if k < synced {
 			t.Fatalf("test bug: damage %s cut into the synced prefix", damage)

@@ -65,9 +65,22 @@
 //	crc32c | len | lsn | oid | version | reqid | off | kind | flags | data
 //
 // where the CRC32C covers everything after itself and LSNs are consecutive.
-// A journal file starts with a 32-byte header (magic, sequence number,
-// CRC32C). Journal space is preallocated in steps that start at 8 MiB and
-// double with the file up to 64 MiB (a step that does not fit shrinks to
+// A journal file starts with a 64-byte header (magic, sequence number,
+// the LSN of its first record or 0 while none is durable, a random nonce,
+// CRC32C), and each record's CRC32C also covers the file's nonce. Journal
+// files are recycled: a checkpointed file is kept as a spare (journal/
+// spare-*, at most one, dropped when the filesystem fills up) and becomes
+// the next journal file, its new header fdatasynced before it is renamed
+// into place. Its blocks are then written and within its size, so a group
+// commit's fdatasync writes data alone: no extent conversion or size
+// change for the filesystem to commit, which would otherwise wait for the
+// metadata of everything else in flight (new object files above all). The
+// records of a file's former life that lie past its end fail their
+// checksums under the new nonce, and replay goes on from a file into the
+// next only if the next one's header names the next LSN.
+//
+// Journal space is preallocated in steps that start at 8 MiB and double
+// with the file up to 64 MiB (a step that does not fit shrinks to
 // what the record needs, so a full filesystem is reported only when that
 // does not fit), keeping 1 MiB in reserve that only data-less records
 // (Delete, tombstones) may use, so space can be freed on a full filesystem.
@@ -110,8 +123,8 @@
 //     table (under the object's lock, in OID order);
 //  2. fdatasyncs their data files and sidecars, then fsyncs the object
 //     directory;
-//  3. only then removes the sealed journal file (and fsyncs the journal
-//     directory).
+//  3. only then removes the sealed journal file, or keeps it as a spare
+//     (and fsyncs the journal directory).
 //
 // If a step fails the journal is kept and the objects are carried over to
 // the next checkpoint (and to Close), so a journal is removed only once

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,17 +17,28 @@ import (
 	"sync"
 )
 
-// Journal file layout: a 32-byte header followed by records.
+// Journal file layout: a 64-byte header followed by records.
 //
-//	header: magic "SDJRNL01" | seq u64 | 12 zero bytes | crc32c(header[0:28]) u32
-//	record: crc32c(record[4:]) u32 | len u32 | lsn u64 | oid u64 | version u64 |
-//	        reqid u64 | off i64 | kind u8 | flags u8 | 6 zero bytes | len bytes of data
+//	header: magic "SDJRNL02" | seq u64 | base u64 | nonce u64 | 28 zero bytes |
+//	        crc32c(header[0:60]) u32
+//	record: crc32c(nonce | record[4:]) u32 | len u32 | lsn u64 | oid u64 |
+//	        version u64 | reqid u64 | off i64 | kind u8 | flags u8 | 6 zero bytes |
+//	        len bytes of data
+//
+// base is the LSN of the file's first record (0: none is durable yet) and
+// nonce is drawn at random whenever the file is (re)initialized: journal
+// files are recycled, and the records of a file's earlier lives that lie
+// beyond its current end fail their checksums. Files of the first format
+// ("SDJRNL01": a 32-byte header of magic, seq and crc32c(header[0:28]) at
+// 28, records summed without a nonce) are still replayed.
 //
 // All integers are little endian.
 const (
-	journalMagic   = "SDJRNL01"
-	journalHdrSize = 32
-	recHdrSize     = 56
+	journalMagic    = "SDJRNL01" // the first format, read only
+	journalHdrSize  = 32
+	journalMagic2   = "SDJRNL02"
+	journalHdr2Size = 64
+	recHdrSize      = 56
 	// maxRecordData bounds a record's payload (and so the object size).
 	maxRecordData = 1<<31 - recHdrSize
 	// journalPrealloc is how much journal space is preallocated at a time
@@ -38,7 +50,13 @@ const (
 	journalPrealloc    = 8 << 20
 	journalPreallocMax = 64 << 20
 	journalReserve     = 1 << 20
+	// maxSpares is how many checkpointed journal files are kept for
+	// reuse (see recycleJournals).
+	maxSpares = 1
 )
+
+// spareName is the name of a journal file kept for reuse.
+const sparePrefix = "spare-"
 
 type opKind uint8
 
@@ -148,11 +166,12 @@ func (o *op) recycle() {
 	o.data, o.sums, o.pooled = nil, nil, false
 }
 
-// seal sets the record's LSN and checksum.
-func (o *op) seal(lsn uint64) {
+// seal sets the record's LSN and checksum; seed is the checksum of the
+// journal file's nonce (0 for the first format, which has none).
+func (o *op) seal(lsn uint64, seed uint32) {
 	o.lsn = lsn
 	binary.LittleEndian.PutUint64(o.hdr[8:], lsn)
-	sum := crc32.Checksum(o.hdr[4:], castagnoli)
+	sum := crc32.Update(seed, castagnoli, o.hdr[4:])
 	if o.sums != nil {
 		for _, c := range o.sums {
 			sum = crcAppendChunk(sum, c)
@@ -185,7 +204,7 @@ func (s *Store) append(op *op) (uint64, error) {
 			return 0, ioErr("journal", err)
 		}
 	}
-	op.seal(s.lastLSN + 1)
+	op.seal(s.lastLSN+1, s.jseed)
 	n := op.cost()
 	need := s.jend + n
 	if len(op.data) > 0 {
@@ -334,9 +353,10 @@ func (s *Store) commit() (uint64, int64, error) {
 	var nj *os.File
 	var npath string
 	var nalloc int64
+	var nonce uint64
 	if rotate {
 		var err error
-		nj, npath, nalloc, err = s.createJournal(seq)
+		nj, npath, nalloc, nonce, err = s.createJournal(seq, 0)
 		if err != nil {
 			s.log.Warn("journal rotation failed; continuing with the current journal", "err", err)
 		}
@@ -356,10 +376,28 @@ func (s *Store) commit() (uint64, int64, error) {
 	s.unsynced = 0
 	var sealed string
 	if nj != nil {
+		// The new file's first record will be end+1: its header says so
+		// (durable with the file's first commit, which the records it
+		// covers need anyway; until then replay takes the file for one
+		// without durable records).
+		hdr := journalHeader2(seq, end+1, nonce)
+		err := s.fault(FaultJournalWrite)
+		if err == nil {
+			err = writeCachedAt(nj, hdr, 0)
+		}
+		if err != nil {
+			s.log.Warn("journal rotation failed; continuing with the current journal", "err", err)
+			_ = nj.Close()
+			_ = os.Remove(npath)
+			nj = nil
+		}
+	}
+	if nj != nil {
 		sealed = s.jpath
 		s.segDirty.Store(0)
 		s.jf, s.jpath, s.jseq, s.jbase = nj, npath, seq, end+1
-		s.jend, s.jflushed, s.jalloc = journalHdrSize, journalHdrSize, nalloc
+		s.jend, s.jflushed, s.jalloc = journalHdr2Size, journalHdr2Size, nalloc
+		s.jseed = nonceSeed(nonce)
 	}
 	s.jmu.Unlock()
 
@@ -381,7 +419,7 @@ func (s *Store) commit() (uint64, int64, error) {
 	durOff := endOff
 	if nj != nil {
 		_ = f.Close()
-		durOff = journalHdrSize
+		durOff = journalHdr2Size
 		batch = append(batch, &op{kind: opMarker, sealed: sealed})
 	}
 	if len(batch) > 0 {
@@ -395,29 +433,60 @@ func (s *Store) commit() (uint64, int64, error) {
 
 func journalName(seq uint64) string { return fmt.Sprintf("%016x", seq) }
 
-// createJournal creates journal file seq: written as a temporary file,
-// fsynced, renamed into place and the directory fsynced.
-func (s *Store) createJournal(seq uint64) (*os.File, string, int64, error) {
+// journalHeader2 encodes the header of journal file seq whose first
+// record is base (0: not known yet), with the given nonce.
+func journalHeader2(seq, base, nonce uint64) []byte {
+	hdr := make([]byte, journalHdr2Size)
+	copy(hdr, journalMagic2)
+	le := binary.LittleEndian
+	le.PutUint64(hdr[8:], seq)
+	le.PutUint64(hdr[16:], base)
+	le.PutUint64(hdr[24:], nonce)
+	le.PutUint32(hdr[60:], crc32.Checksum(hdr[:60], castagnoli))
+	return hdr
+}
+
+// nonceSeed is what a file's records' checksums start from.
+func nonceSeed(nonce uint64) uint32 {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], nonce)
+	return crc32.Checksum(b[:], castagnoli)
+}
+
+// newNonce draws a file's nonce (never 0).
+func newNonce() uint64 { return rand.Uint64() | 1 }
+
+// createJournal makes journal file seq, with base as its first record's
+// LSN (0: the caller writes the header again once it knows it). It reuses
+// a spare file when there is one (see recycleJournals): its new header is
+// written and fdatasynced before it is renamed into place and the
+// directory fsynced, so the records of its former life, which its new
+// nonce makes invalid, are never read under its old one. Otherwise the
+// file is written as a temporary file with space preallocated, fsynced,
+// renamed into place and the directory fsynced. It returns the file, its
+// path, the bytes it can hold without growing, and its nonce.
+func (s *Store) createJournal(seq, base uint64) (*os.File, string, int64, uint64, error) {
 	path := filepath.Join(s.jDir, journalName(seq))
+	nonce := newNonce()
+	hdr := journalHeader2(seq, base, nonce)
+	if f, alloc, ok := s.reuseSpare(path, hdr); ok {
+		return f, path, alloc, nonce, nil
+	}
 	tmp := path + ".tmp"
 	_ = os.Remove(tmp)
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return nil, "", 0, ioErr("create journal", err)
+		return nil, "", 0, 0, ioErr("create journal", err)
 	}
-	fail := func(err error) (*os.File, string, int64, error) {
+	fail := func(err error) (*os.File, string, int64, uint64, error) {
 		_ = f.Close()
 		_ = os.Remove(tmp)
-		return nil, "", 0, ioErr("create journal", err)
+		return nil, "", 0, 0, ioErr("create journal", err)
 	}
-	var hdr [journalHdrSize]byte
-	copy(hdr[:], journalMagic)
-	binary.LittleEndian.PutUint64(hdr[8:], seq)
-	binary.LittleEndian.PutUint32(hdr[28:], crc32.Checksum(hdr[:28], castagnoli))
-	if _, err := f.WriteAt(hdr[:], 0); err != nil {
+	if _, err := f.WriteAt(hdr, 0); err != nil {
 		return fail(err)
 	}
-	alloc := int64(journalHdrSize)
+	alloc := int64(journalHdr2Size)
 	switch err := preallocate(f, alloc, journalPrealloc); {
 	case err == nil:
 		alloc += journalPrealloc
@@ -432,13 +501,68 @@ func (s *Store) createJournal(seq uint64) (*os.File, string, int64, error) {
 	}
 	if err := syncDir(s.jDir); err != nil {
 		_ = f.Close()
-		return nil, "", 0, ioErr("create journal", err)
+		return nil, "", 0, 0, ioErr("create journal", err)
 	}
-	return f, path, alloc, nil
+	return f, path, alloc, nonce, nil
 }
 
-// listJournals returns the journal files in sequence order and removes
-// leftover temporary files.
+// reuseSpare turns a spare file into journal file path with header hdr
+// and reports the bytes it holds. A spare that cannot be reused is
+// removed.
+func (s *Store) reuseSpare(path string, hdr []byte) (*os.File, int64, bool) {
+	for {
+		s.spmu.Lock()
+		if len(s.spares) == 0 {
+			s.spmu.Unlock()
+			return nil, 0, false
+		}
+		spare := s.spares[len(s.spares)-1]
+		s.spares = s.spares[:len(s.spares)-1]
+		s.spmu.Unlock()
+		f, alloc, err := s.reinit(spare, path, hdr)
+		if err == nil {
+			return f, alloc, true
+		}
+		s.log.Warn("journal spare not reused", "path", spare, "err", err)
+		_ = os.Remove(spare)
+	}
+}
+
+func (s *Store) reinit(spare, path string, hdr []byte) (*os.File, int64, error) {
+	if h := s.opt.hooks; h != nil && h.recycled != nil {
+		h.recycled(spare, path)
+	}
+	f, err := os.OpenFile(spare, os.O_RDWR, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() < journalHdr2Size {
+		err = errors.New("too short")
+	}
+	if err == nil {
+		_, err = f.WriteAt(hdr, 0)
+	}
+	if err == nil {
+		err = fdatasync(f)
+	}
+	if err == nil {
+		err = os.Rename(spare, path)
+	}
+	if err == nil {
+		err = syncDir(s.jDir)
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, 0, err
+	}
+	// Appending past the old size preallocates again (growJournal),
+	// which also finds out if the filesystem cannot.
+	return f, fi.Size(), nil
+}
+
+// listJournals returns the journal files in sequence order, removes
+// leftover temporary files and takes note of spare files.
 func (s *Store) listJournals() ([]string, uint64, error) {
 	ents, err := os.ReadDir(s.jDir)
 	if err != nil {
@@ -454,6 +578,10 @@ func (s *Store) listJournals() ([]string, uint64, error) {
 		name := e.Name()
 		if strings.HasSuffix(name, ".tmp") {
 			_ = os.Remove(filepath.Join(s.jDir, name))
+			continue
+		}
+		if strings.HasPrefix(name, sparePrefix) {
+			s.addSpare(filepath.Join(s.jDir, name))
 			continue
 		}
 		seq, err := strconv.ParseUint(name, 16, 64)
@@ -482,14 +610,19 @@ func (s *Store) listJournals() ([]string, uint64, error) {
 
 // replay applies the valid prefix of the journal files: records must have
 // valid checksums and consecutive LSNs across files. Everything from the
-// first invalid record on (a torn tail) is discarded. It returns the last
-// replayed LSN (0 if none) and the number of records replayed.
+// first invalid record on (a torn tail) is discarded. In a file of the
+// current format an invalid record may also be the end of a file that was
+// recycled (the records of its former life follow, summed under another
+// nonce): then the next file goes on only if its header's base is the next
+// LSN, so a file that lost records also ends the replay. A file whose
+// base is 0 has no durable records, and nothing after it has. It returns
+// the last replayed LSN (0 if none) and the number of records replayed.
 func (s *Store) replay(paths []string) (uint64, int, error) {
 	var expect uint64 // 0: the first record may have any LSN
 	var last uint64
 	count := 0
 	var buf []byte
-	for _, path := range paths {
+	for i, path := range paths {
 		f, err := os.Open(path)
 		if err != nil {
 			return 0, 0, ioErr("open journal", err)
@@ -501,14 +634,41 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 		}
 		r := bufio.NewReaderSize(f, 1<<20)
 		stop := false
-		var hdr [journalHdrSize]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil ||
-			string(hdr[:8]) != journalMagic ||
-			binary.LittleEndian.Uint32(hdr[28:]) != crc32.Checksum(hdr[:28], castagnoli) {
+		v2 := false
+		var seed uint32
+		pos := int64(journalHdrSize)
+		var hdr [journalHdr2Size]byte
+		_, err = io.ReadFull(r, hdr[:journalHdrSize])
+		switch {
+		case err == nil && string(hdr[:8]) == journalMagic &&
+			binary.LittleEndian.Uint32(hdr[28:]) == crc32.Checksum(hdr[:28], castagnoli):
+		case err == nil && string(hdr[:8]) == journalMagic2:
+			if _, err := io.ReadFull(r, hdr[journalHdrSize:]); err != nil ||
+				binary.LittleEndian.Uint32(hdr[60:]) != crc32.Checksum(hdr[:60], castagnoli) {
+				s.log.Warn("journal file has no valid header; discarding it and later files", "path", path)
+				stop = true
+				break
+			}
+			v2, pos = true, journalHdr2Size
+			base := binary.LittleEndian.Uint64(hdr[16:])
+			seed = nonceSeed(binary.LittleEndian.Uint64(hdr[24:]))
+			switch {
+			case base == 0:
+				// Rotated to, but no commit covered it: nothing in it or
+				// after it is durable.
+				stop = true
+			case expect == 0:
+				expect = base
+			case base != expect:
+				s.log.Warn("journal file does not continue the records before it; discarding it and later files",
+					"path", path, "base", base, "expect", expect)
+				stop = true
+			}
+		default:
 			s.log.Warn("journal file has no valid header; discarding it and later files", "path", path)
 			stop = true
 		}
-		pos := int64(journalHdrSize)
+		header := !stop
 		for !stop {
 			var rh [recHdrSize]byte
 			n, err := io.ReadFull(r, rh[:])
@@ -550,7 +710,7 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 				stop = true
 				break
 			}
-			sum := crc32.Checksum(rh[4:], castagnoli)
+			sum := crc32.Update(seed, castagnoli, rh[4:])
 			sum = crc32.Update(sum, castagnoli, data)
 			if sum != le.Uint32(rh[0:]) {
 				s.log.Warn("journal record checksum mismatch; discarding the rest of the journal", "path", path, "offset", pos, "lsn", lsn)
@@ -576,6 +736,11 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 			count++
 		}
 		_ = f.Close()
+		if stop && v2 && header && i+1 < len(paths) {
+			// Maybe the end of a recycled file; the next file's header
+			// says whether it goes on from here.
+			continue
+		}
 		if stop {
 			break
 		}
@@ -597,9 +762,24 @@ func (s *Store) replayOp(op *op) error {
 	return nil
 }
 
-// removeJournals deletes the given journal files and fsyncs the directory.
+// removeJournals retires the given journal files, whose records are all
+// checkpointed, and fsyncs the directory. Up to maxSpares of them are
+// kept as spare files for the next journals (createJournal), the others
+// deleted. A reused file's blocks are written and within its size, so
+// appending to it overwrites pages in place: its group commits are
+// fdatasyncs of data alone, with no allocation or size change for the
+// filesystem to commit, and its pages are likely in the page cache still.
 func (s *Store) removeJournals(paths []string) error {
 	for _, p := range paths {
+		if s.keepSpare() {
+			spare := filepath.Join(s.jDir, fmt.Sprintf("%s%016x", sparePrefix, newNonce()))
+			if err := os.Rename(p, spare); err == nil {
+				s.addSpare(spare)
+				continue
+			} else if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return ioErr("remove journal", err)
 		}
@@ -608,4 +788,37 @@ func (s *Store) removeJournals(paths []string) error {
 		return ioErr("sync journal dir", err)
 	}
 	return nil
+}
+
+// keepSpare reports whether a retired journal file should be kept: there
+// is room among the spares and the filesystem is not full.
+func (s *Store) keepSpare() bool {
+	s.spmu.Lock()
+	defer s.spmu.Unlock()
+	return len(s.spares) < maxSpares && !s.res.full.Load()
+}
+
+// addSpare records a spare file, deleting it if there are enough.
+func (s *Store) addSpare(path string) {
+	s.spmu.Lock()
+	keep := len(s.spares) < maxSpares
+	if keep {
+		s.spares = append(s.spares, path)
+	}
+	s.spmu.Unlock()
+	if !keep {
+		_ = os.Remove(path)
+	}
+}
+
+// dropSpares deletes the spare files (a full filesystem wants their
+// space back).
+func (s *Store) dropSpares() {
+	s.spmu.Lock()
+	spares := s.spares
+	s.spares = nil
+	s.spmu.Unlock()
+	for _, p := range spares {
+		_ = os.Remove(p)
+	}
 }

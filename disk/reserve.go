@@ -133,12 +133,14 @@ func (s *Store) spaceForData() error {
 	return nil
 }
 
-// noteFull records that a data write found the filesystem full.
+// noteFull records that a data write found the filesystem full, and
+// gives the space of the spare journal files back.
 func (s *Store) noteFull() {
 	s.res.mu.Lock()
 	s.res.full.Store(true)
 	s.res.checked = time.Now()
 	s.res.mu.Unlock()
+	s.dropSpares()
 }
 
 // update runs a meta.db transaction; when the filesystem is full it gives

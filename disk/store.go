@@ -156,6 +156,9 @@ type testHooks struct {
 	// Open's included. An error abandons the checkpoint, and all later
 	// ones (Open fails), as a crash at that point would.
 	step func() error
+	// recycled is called when the spare file spare is about to become
+	// journal file path, before anything in it changes.
+	recycled func(spare, path string)
 }
 
 func (o *Options) setDefaults() {
@@ -222,8 +225,9 @@ type Store struct {
 	jend     int64  // end of the journal, including buffered records
 	jflushed int64  // bytes written to jf
 	jbuf     []byte
-	jdirect  bool  // write-through: the filesystem cannot preallocate
-	jalloc   int64 // bytes preallocated in jf
+	jdirect  bool   // write-through: the filesystem cannot preallocate
+	jalloc   int64  // bytes preallocated in jf
+	jseed    uint32 // checksum of jf's nonce: its records' checksums start from it
 	lastLSN  uint64
 	unsynced int64
 	jq       []*op                 // appended, not yet handed to the applier (LSN order)
@@ -267,6 +271,10 @@ type Store struct {
 	ckCarry map[uint64]struct{} // checkpoint work left by the checkpointer at exit
 	ckDead  bool                // checkpointer only: a test hook abandoned a checkpoint
 	adone   chan struct{}       // closed when the applier exits
+
+	// Journal files kept for reuse (removeJournals), guarded by spmu.
+	spmu   sync.Mutex
+	spares []string
 
 	// Descriptor cache (CLOCK), guarded by fdmu.
 	fdmu sync.Mutex
