@@ -296,9 +296,13 @@ func (b *bench) report(cli *cliReport) *report {
 					iops[len(iops)-1] = s.BW
 				}
 			}
-			if len(iops) > 1 && m.IOPS > 0 {
+			mid := m.IOPS
+			if j.Tool {
+				mid = m.BW
+			}
+			if len(iops) > 1 && mid > 0 {
 				sort.Float64s(iops)
-				res.IOPSSpread = (iops[len(iops)-1] - iops[0]) / m.IOPS
+				res.IOPSSpread = (iops[len(iops)-1] - iops[0]) / mid
 			}
 			r.Results = append(r.Results, res)
 		}
