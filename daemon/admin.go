@@ -69,19 +69,20 @@ type EpochInfo struct {
 // NodeStatus answers `node info` and feeds `node recovery`.
 type NodeStatus struct {
 	NodeRow
-	Epoch     uint32  `json:"epoch"`
-	Serving   bool    `json:"serving"`
-	Leader    bool    `json:"leader"`
-	Objects   int     `json:"objects"`
-	Used      uint64  `json:"used"`
-	Free      uint64  `json:"free"`
-	Listing   bool    `json:"recovery_listing"`
-	Total     int     `json:"recovery_total"`
-	Remaining int     `json:"recovery_remaining"`
-	Finished  bool    `json:"recovery_finished"`
-	AllDone   bool    `json:"recovery_all_done"`
-	Dir       string  `json:"dir"`
-	Raft      RaftRow `json:"raft"`
+	Epoch     uint32 `json:"epoch"`
+	Serving   bool   `json:"serving"`
+	Leader    bool   `json:"leader"`
+	Objects   int    `json:"objects"`
+	Used      uint64 `json:"used"`
+	Free      uint64 `json:"free"`
+	Listing   bool   `json:"recovery_listing"`
+	Total     int    `json:"recovery_total"`
+	Remaining int    `json:"recovery_remaining"`
+	Finished  bool   `json:"recovery_finished"`
+	AllDone   bool   `json:"recovery_all_done"`
+	Dir       string `json:"dir"`
+	RecoveryProgress
+	Raft RaftRow `json:"raft"`
 }
 
 // RaftRow is a node's view of the cluster log's election (`node info`).
@@ -432,6 +433,7 @@ func (d *Daemon) nodeStatus(ctx context.Context) (NodeStatus, error) {
 		st = NodeStatus{NodeRow: nodeRow(-1, d.self), Epoch: n.Epoch(), Serving: n.Serving(), Leader: n.IsLeader(),
 			Objects: len(n.Objects()), Listing: r.Listing, Total: r.Total, Remaining: r.Remaining, Finished: r.Finished, AllDone: r.AllDone,
 			Dir: d.dataPath(), Raft: raftRow(n.RaftStatus())}
+		st.RecoveryProgress = d.recoveryProgress(n, r)
 		for i, m := range n.Cluster().Nodes {
 			if m.ID == d.self.ID {
 				st.Index = i

@@ -60,6 +60,12 @@ type Config struct {
 	// MaxConnsPerIP caps the peer and admin connections accepted from
 	// one IP address (0: sdnet.DefaultMaxConnsPerIP).
 	MaxConnsPerIP int
+	// RecoveryRate caps the bytes per second recovery copies into this
+	// node (see pace.go); 0: unlimited.
+	RecoveryRate int64
+	// RecoveryBusyRate caps it while clients are busy on the node
+	// (0: DefaultRecoveryBusyRate; negative: recovery never yields).
+	RecoveryBusyRate int64
 }
 
 // DefaultTick is a sheep's clock tick. The core counts time in ticks
@@ -125,6 +131,11 @@ type Daemon struct {
 	open   map[string]chan struct{} // working VDIs (by name) a local client holds; closed when it lets go
 
 	flattens flattenJobs
+
+	pacer  *pacer        // recovery copies' token bucket
+	copies *copyQueue    // copies waiting for tokens (from startDisk)
+	copied atomic.Uint64 // bytes of copies from peers written
+	rates  rateMeter     // copied bytes per second
 
 	seedErrs sync.Map // seed address → the last error text warned about reaching it
 }
@@ -202,8 +213,9 @@ func New(cfg Config) (*Daemon, error) {
 		store.Close()
 		return nil, err
 	}
+	d.pacer = newPacer(cfg.RecoveryRate, cfg.RecoveryBusyRate, func() bool { return d.clients.Load() > 0 })
 	d.log = cfg.Logger.With("node", fmt.Sprintf("%x", uint64(d.self.ID)), "addr", cfg.Advertise)
-	d.metrics = newMetrics(d.Status)
+	d.metrics = newMetrics(d.Status, d.copied.Load, func() float64 { return time.Duration(d.pacer.waited.Load()).Seconds() })
 	d.runsCaller = d.metrics.runs.WithLabelValues("caller")
 	d.runsLoop = d.metrics.runs.WithLabelValues("loop")
 	d.runsTick = d.metrics.runs.WithLabelValues("tick")
@@ -350,7 +362,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.log.Info("sheep started", "incarnation", d.self.Incarnation, "zone", d.self.Zone, "vnodes", d.self.VNodes,
-		"objects", len(infos), "nbd", d.cfg.NBD, "join", d.cfg.Join, "tls", d.cfg.TLS != nil, "nbd_tls", d.cfg.NBDTLS != nil)
+		"objects", len(infos), "recovery_rate", d.cfg.RecoveryRate, "recovery_busy_rate", d.pacer.busyRate, "nbd", d.cfg.NBD, "join", d.cfg.Join, "tls", d.cfg.TLS != nil, "nbd_tls", d.cfg.NBDTLS != nil)
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
@@ -389,6 +401,10 @@ func (d *Daemon) onMessage(from uint64, payload []byte) {
 	if uint64(m.From) != from {
 		d.log.Warn("dropping peer message with a forged sender", "from", fmt.Sprintf("%x", from), "claims", fmt.Sprintf("%x", uint64(m.From)))
 		return
+	}
+	switch m.Type {
+	case core.MsgIO, core.MsgRepl, core.MsgSync:
+		d.pacer.clientSeen() // a gateway's client I/O: recovery yields to it
 	}
 	// Run by OnDrained once the frames that arrived together are queued.
 	d.enqueue(event{msg: m})

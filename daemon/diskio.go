@@ -45,9 +45,11 @@ func (d *Daemon) startDisk() {
 			}
 		}()
 	}
+	d.startPacing()
 }
 
 func (d *Daemon) stopDisk() {
+	d.stopPacing() // it queues on the workers
 	for _, ch := range d.workers {
 		close(ch)
 	}
@@ -68,6 +70,9 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		d.syncs <- op
 		return
 	}
+	if d.pace(op) {
+		return
+	}
 	if op.Kind == core.DiskWrite && !op.Sync && !d.store.WouldWait(int64(op.Len)) {
 		d.doneHere(op, d.execDisk(op))
 		return
@@ -85,6 +90,11 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 			return
 		}
 	}
+	d.toWorker(op)
+}
+
+// toWorker queues op on its object's worker.
+func (d *Daemon) toWorker(op core.DiskOp) {
 	w := maphash.Comparable(oidSeed, op.OID) % uint64(len(d.workers))
 	d.workers[w] <- op
 }
@@ -107,6 +117,9 @@ func (d *Daemon) doneHere(op core.DiskOp, res core.DiskDone) {
 
 func (d *Daemon) countDisk(op core.DiskOp, res core.DiskDone) {
 	d.metrics.diskOps.WithLabelValues(op.Kind.String()).Inc()
+	if res.Err == core.OK && isCopy(op) {
+		d.copied.Add(uint64(len(op.Data)))
+	}
 	if res.Err != core.OK {
 		d.metrics.diskErrors.WithLabelValues(op.Kind.String(), res.Err.String()).Inc()
 	}

@@ -62,7 +62,7 @@ func (c transportCollector) Collect(ch chan<- prometheus.Metric) {
 
 // newMetrics makes the registry; status gives the node's latest snapshot,
 // which the counters kept by the node are read from.
-func newMetrics(status func() *Status) *metrics {
+func newMetrics(status func() *Status, copied func() uint64, pacedSeconds func() float64) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	// fromStatus registers a counter the node keeps, read from its snapshot.
 	fromStatus := func(name, help string, get func(*Status) uint64) {
@@ -80,6 +80,10 @@ func newMetrics(status func() *Status) *metrics {
 		"Object operations this node ran itself as a VDI's attacher, on objects their primaries handed over to it.",
 		func(s *Status) uint64 { return s.DirectOps })
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sheepdog_recovery_copied_bytes_total",
+		Help: "Bytes of objects copied from peers (recovery, catch-up, repair) and written here."}, func() float64 { return float64(copied()) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sheepdog_recovery_paced_seconds_total",
+		Help: "Seconds copies from peers waited for tokens of --recovery-rate or, while clients were busy, --recovery-busy-rate."}, func() float64 { return pacedSeconds() }))
 	f(transportCollector{
 		tr: &m.transport,
 		refused: prometheus.NewDesc("sheepdog_tls_handshake_refused_total",

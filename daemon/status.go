@@ -44,5 +44,6 @@ func (d *Daemon) publishStatus() {
 		return 0
 	}
 	d.metrics.recDone.Set(b2f(r.Finished))
+	d.rates.observe(s.At, d.copied.Load())
 	d.metrics.leader.Set(b2f(s.Leader))
 }

@@ -306,27 +306,7 @@ func nodeCommand() *command {
 					if asJSON {
 						return printJSON(e.stdout, rows)
 					}
-					tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "Id\tHost:Port\tEpoch\tProgress\tState")
-					for _, r := range rows {
-						state := "done"
-						switch {
-						case strings.HasPrefix(r.Dir, "unreachable"):
-							state = r.Dir
-						case r.Listing:
-							state = "collecting object lists"
-						case !r.Finished:
-							state = "recovering"
-						case !r.AllDone:
-							state = "done, waiting for the others"
-						}
-						prog := "100%"
-						if r.Total > 0 {
-							prog = fmt.Sprintf("%.1f%% (%d/%d)", 100*float64(r.Total-r.Remaining)/float64(r.Total), r.Total-r.Remaining, r.Total)
-						}
-						fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", r.Index, r.Addr, r.Epoch, prog, state)
-					}
-					return tw.Flush()
+					return printRecovery(e.stdout, rows)
 				},
 			},
 		},
@@ -456,4 +436,47 @@ func raftLine(r daemon.RaftRow) string {
 		}
 	}
 	return fmt.Sprintf("Cluster log: term %d, %s, %s, voters %s", r.Term, strings.TrimPrefix(r.State, "State"), lead, strings.Join(r.Voters, " "))
+}
+
+// printRecovery prints `node recovery`: per node the objects and bytes
+// fetched of this epoch's recovery, the rate over the last seconds, the
+// time left at that rate, and how the node paces it.
+func printRecovery(w io.Writer, rows []daemon.NodeStatus) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Id\tHost:Port\tEpoch\tProgress\tObjects\tData\tRate\tETA\tState")
+	for _, r := range rows {
+		state := "done"
+		switch {
+		case strings.HasPrefix(r.Dir, "unreachable"):
+			fmt.Fprintf(tw, "%d\t%s\t-\t-\t-\t-\t-\t-\t%s\n", r.Index, r.Addr, r.Dir)
+			continue
+		case r.Listing:
+			state = "collecting object lists"
+		case !r.Finished:
+			state = "recovering"
+		case !r.AllDone:
+			state = "done, waiting for the others"
+		}
+		if !r.Finished && r.Yielding {
+			state += fmt.Sprintf(" (clients busy: at most %s/s)", sizeStr(uint64(r.Cap)))
+		} else if !r.Finished && r.Cap > 0 {
+			state += fmt.Sprintf(" (at most %s/s)", sizeStr(uint64(r.Cap)))
+		}
+		prog, objs, data := "100%", "-", "-"
+		if r.Total > 0 {
+			done := r.Total - r.Remaining
+			prog = fmt.Sprintf("%.1f%%", 100*float64(done)/float64(r.Total))
+			objs = fmt.Sprintf("%d/%d", done, r.Total)
+			data = fmt.Sprintf("%s/%s", sizeStr(r.BytesTotal-r.BytesRemaining), sizeStr(r.BytesTotal))
+		}
+		rate, eta := "-", "-"
+		if r.Rate > 0 && !r.Finished {
+			rate = fmt.Sprintf("%.1f MiB/s", r.Rate/(1<<20))
+		}
+		if r.ETA > 0 {
+			eta = time.Duration(r.ETA * float64(time.Second)).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Index, r.Addr, r.Epoch, prog, objs, data, rate, eta, state)
+	}
+	return tw.Flush()
 }

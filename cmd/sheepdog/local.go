@@ -26,6 +26,7 @@ func localCommand() *command {
 		useTLS, insecure         bool
 		tlsDir                   string
 		tune                     tuning
+		recov                    recoveryFlags
 	)
 	return &command{
 		name:  "local",
@@ -50,6 +51,7 @@ the same --dir it brings the same cluster back.`,
 			fs.StringVar(&tlsDir, "tls-dir", "", "mutual TLS with this node directory (sheepdog certs node) for every node and the set-up")
 			fs.BoolVar(&insecure, "insecure", false, "allow a --host outside loopback without TLS")
 			tune.flags(fs)
+			recov.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
@@ -59,6 +61,10 @@ the same --dir it brings the same cluster back.`,
 				return usagef("--nodes must be at least 1")
 			}
 			if err := checkTick(tick); err != nil {
+				return err
+			}
+			var paced daemon.Config
+			if err := recov.apply(&paced); err != nil {
 				return err
 			}
 			if useTLS && tlsDir != "" {
@@ -115,6 +121,9 @@ the same --dir it brings the same cluster back.`,
 					Logger: log,
 					TLS:    peerTLS,
 					NBDTLS: nbdServerTLS,
+
+					RecoveryRate:     paced.RecoveryRate,
+					RecoveryBusyRate: paced.RecoveryBusyRate,
 				}
 				if i > 0 {
 					cfg.Join = []string{addr(basePort, 0)}

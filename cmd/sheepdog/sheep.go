@@ -50,6 +50,7 @@ func sheepCommand() *command {
 		tlsDir    string
 		insecure  bool
 		tune      tuning
+		recov     recoveryFlags
 	)
 	return &command{
 		name:  "sheep",
@@ -75,6 +76,7 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 			fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", sdnet.DefaultMaxConnsPerIP, "peer and admin connections accepted from one IP address at a time")
 			fs.StringVar(&plant, "plant", "", "switch on planted bug(s), for proving that fault tests catch them: "+strings.Join(sim.PlantNames(), ", "))
 			tune.flags(fs)
+			recov.flags(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
@@ -84,6 +86,9 @@ same --dir it rejoins its cluster. SIGTERM or SIGINT stop it cleanly.`,
 				return usagef("sheep: --dir is required")
 			}
 			if err := checkTick(cfg.Tick); err != nil {
+				return err
+			}
+			if err := recov.apply(&cfg); err != nil {
 				return err
 			}
 			if err := checkExposure("sheep", tlsDir != "", insecure,
