@@ -33,9 +33,10 @@ import (
 // within a window of a client's first request.
 
 // DefaultRecoveryBusyRate is the recovery rate while clients are busy.
-// On the 2-vCPU guest of the README (see the commit that added it) 16
-// MiB/s of recovery kept 4K random writes at QD1 within a few percent
-// of their IOPS without recovery, where unpaced recovery halved them.
+// On the 2-vCPU guest of the README, refilling a wiped node of 3, 4K
+// random writes at QD1 fell from 584 IOPS to 97 under unpaced recovery
+// (158 MiB/s) and kept 870 at this rate (medians of 3; the machine was
+// shared, hence a baseline below the figure under recovery).
 const DefaultRecoveryBusyRate = 16 << 20
 
 // clientWindow is how long after a client's request the node still counts
