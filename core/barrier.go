@@ -15,19 +15,29 @@ import (
 // VDI has, since a member answers only once it recovered them (the
 // builder resolves a new table with it, reclaim finds what to delete).
 //
+// The listing is a second round, asked once every member has answered
+// the first: a member answers once no write runs at it as the objects'
+// primary (or as an attacher writing directly), but another member may
+// have answered before, while a write that failed was still being rolled
+// back on its copy, and listed that write's version or an object the
+// write created, which no copy keeps once it is rolled back. After the
+// first round nothing runs or can start, so the second round's lists are
+// what the copies stay.
+//
 // Answers must all come from one epoch, so an epoch change starts the
 // barrier over with the new members.
 
 type barrier struct {
-	id    uint64
-	vid   uint32
-	sync  bool // members make their completed writes durable before they answer
-	index uint64
-	epoch uint32
-	left  map[NodeID]bool
-	objs  []ObjVersion
-	held  []ObjVersion // the copies the objects' replicas of the epoch hold
-	done  func(objs, held []ObjVersion)
+	id      uint64
+	vid     uint32
+	sync    bool // members make their completed writes durable before they answer
+	index   uint64
+	epoch   uint32
+	left    map[NodeID]bool
+	listing bool // the second round: every member is past the fence
+	objs    []ObjVersion
+	held    []ObjVersion // the copies the objects' replicas of the epoch hold
+	done    func(objs, held []ObjVersion)
 }
 
 func (b *barrier) String() string {
@@ -54,7 +64,13 @@ func (n *Node) startBarrier(b *barrier) {
 		n.after(int64(n.t.RetryTicks), func() { n.startBarrier(b) })
 		return
 	}
-	b.epoch, b.objs, b.held = n.epoch, nil, nil
+	b.epoch, b.listing = n.epoch, false
+	n.barrierRound(b)
+}
+
+// barrierRound asks every member of b's epoch.
+func (n *Node) barrierRound(b *barrier) {
+	b.objs, b.held = nil, nil
 	b.left = map[NodeID]bool{}
 	for _, m := range n.cs.Nodes {
 		b.left[m.ID] = true
@@ -68,8 +84,8 @@ func (n *Node) askBarrier(b *barrier, to NodeID) {
 	epoch := b.epoch
 	current := func() bool { return n.barriers[b.id] == b && b.epoch == epoch && n.epoch == epoch && b.left[to] }
 	m := &Message{Type: MsgBarrier, To: to, OID: InodeOID(b.vid), Version: b.index}
-	if b.sync {
-		m.Flags |= FlagFUA
+	if b.sync && b.listing {
+		m.Flags |= FlagFUA // once: the second round comes after every write
 	}
 	n.rpc(m, func(resp *Message) {
 		if !current() {
@@ -91,6 +107,11 @@ func (n *Node) askBarrier(b *barrier, to NodeID) {
 			}
 		}
 		if len(b.left) == 0 {
+			if !b.listing {
+				b.listing = true
+				n.barrierRound(b)
+				return
+			}
 			delete(n.barriers, b.id)
 			b.done(newestVersions(b.objs), distinctVersions(b.held))
 		}
@@ -126,7 +147,9 @@ func (n *Node) handleBarrier(m *Message) {
 	}
 	var objs []ObjVersion
 	for _, oid := range n.localObjects() {
-		if o := n.objs[oid]; oid.VID() == vid && (oid.IsData() || oid.IsTable()) && n.validCopy(oid, o.meta) {
+		// A copy this node owes (older than a co-replica's: refill.go)
+		// is not one to seal or to take a version from.
+		if o := n.objs[oid]; oid.VID() == vid && (oid.IsData() || oid.IsTable()) && n.validCopy(oid, o.meta) && !n.owes(oid) {
 			objs = append(objs, ObjVersion{OID: oid, Version: o.meta.Version, Deleted: o.meta.Deleted})
 		}
 	}

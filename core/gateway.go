@@ -578,6 +578,9 @@ func (g *gateway) readHere(n *Node, s *subOp, reps []NodeID) bool {
 	if _, ok := g.failed[s.oid]; ok {
 		return false // a failed write may have reached some replicas only
 	}
+	if n.owes(s.oid) {
+		return false // the replica here missed writes for want of space (refill.go)
+	}
 	if v := n.cs.VDI(s.oid.VID()); v == nil || n.attachment(v) == nil || !n.attachment(v).ready {
 		return false
 	}

@@ -205,6 +205,15 @@ func (n *Node) grayRemoval(pending int) {
 	if n.cs.Formatted && n.cs.Missing()+1 >= n.cs.MinCopies() {
 		return
 	}
+	// Nor while another member is silent: it may be down without being
+	// declared so yet, and with the victim out as well the cluster log
+	// can lose its majority for good (a wiped voter and one gone for good
+	// not yet noticed, a cut-off one taken out: two of four voters left).
+	for _, o := range n.cs.Nodes {
+		if o.ID != victim && o.ID != n.id && n.now-max(n.lastAck[o.ID], n.leaderSince) > int64(n.t.ElectionTicks) {
+			return
+		}
+	}
 	n.leaveProposed[victim] = n.now
 	k := min(n.reach.outs[victim], grayBackoff)
 	n.reach.outs[victim]++

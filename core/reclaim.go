@@ -229,8 +229,11 @@ func (n *Node) handleReclaim(m *Message) {
 		if v != nil && !v.Deleted && !orphan {
 			continue // only ever objects of deleted VDIs, or a sealed snapshot's orphans
 		}
-		if o := n.objs[oid]; o != nil && o.present {
-			n.deleteLocal(oid)
+		delete(n.refill, oid) // garbage: no copy is owed any more
+		if o := n.objs[oid]; o != nil && (o.present || o.catchingUp || o.diskBusy) {
+			// A catch-up or write in flight may store the object after
+			// this: delete it once they are done, not only if present now.
+			n.whenIdle(oid, func() { n.deleteLocal(oid) })
 		}
 	}
 	n.respond(m, MsgReclaimResp, OK)

@@ -132,6 +132,11 @@ func TestRegressionSeeds(t *testing.T) {
 		{95, "all", "a VDI deleted while its attacher's table write was in flight: a replica that had applied the delete answered 'not ready' (a deleted VDI's table has no placement), the primary retried forever and reclaim's barrier waited for it", nil},
 		{37, "all", "a copy-on-write whose table entry a primary refused (it had applied a live snapshot the attacher had not) was resent as the plain write to its orphan copy, whose primary took it for a retry of the copy (same ReqID) and acknowledged it unapplied: a flushed write was lost", nil},
 		{19, "all", "a copy-on-write whose table entry was refused (the table's primary had applied a snapshot the attacher had not) sent the client's write to the unlinked copy, whose primary took it for a retry of the copy's write (same id) and acknowledged it: lost with the copy", nil},
+		{8, "diskfull", "an attacher read its table from its own replica, whose write had failed there for want of space (the node owed that copy): every entry read as the VDI's own, reads and the allocation map disagreed", func(c *Config) { c.Ops = 800 }},
+		{40, "diskfull", "a replica's refill of a sealed snapshot's orphan landed after the orphan's reclaim had passed it by (not present yet): one copy stayed", func(c *Config) { c.Ops = 800 }},
+		{131, "diskfull", "a replica answered a snapshot's barrier before a failed write was rolled back on it; the seal re-stamped that write's version, which no copy kept, so every copy fell below the seal and an acknowledged write read as zeros", func(c *Config) { c.Ops = 800 }},
+		{183, "all", "the leader took a cut-off voter out of the epoch while a wiped voter and one gone for good were still unnoticed: two of four voters were left, and the cluster log stopped for good", nil},
+		{35, "diskfull", "same kind: an object a failed copy-on-write had made on replicas only, rolled back after they answered the barrier, stayed in the new VDI's table, pointing at nothing", nil},
 		{197, "crash,loss,partition,oneway,wipe", "a second builder of a snapshot in the same epoch (a new leader) re-stamped only the copies at the first builder's re-stamp version, the newest: the primary's copy, which the first had not reached, fell below the seal and read as a hole", nil},
 	}
 	for _, tt := range tests {
