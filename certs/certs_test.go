@@ -204,7 +204,7 @@ func TestRefuseOverwrite(t *testing.T) {
 // loopback and returns both sides' errors (the server's first: with TLS
 // 1.3 a client learns that its certificate was refused only when it
 // reads) and the certificate the client saw.
-func handshake(t *testing.T, server, client *tls.Config, host string) (serverErr, clientErr error, seen *x509.Certificate) {
+func handshake(t *testing.T, server, client *tls.Config, host string) (seen *x509.Certificate, serverErr, clientErr error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -248,7 +248,7 @@ func handshake(t *testing.T, server, client *tls.Config, host string) (serverErr
 	if clientErr != nil {
 		c.Close()
 	}
-	return <-done, clientErr, seen
+	return seen, <-done, clientErr
 }
 
 func mustConfig(t *testing.T, f func(string) (*tls.Config, error), dir string) *tls.Config {
@@ -298,7 +298,7 @@ func TestLoadAndHandshake(t *testing.T) {
 		{"client certificate as server", mustConfig(t, ServerConfig, node), mustConfig(t, ClientConfig, admin), "127.0.0.1", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			se, ce, _ := handshake(t, tc.server, tc.client, tc.host)
+			_, se, ce := handshake(t, tc.server, tc.client, tc.host)
 			check := func(side string, err error, want string) {
 				switch {
 				case want == "" && err != nil:
@@ -342,7 +342,7 @@ func TestRotation(t *testing.T) {
 	client := mustConfig(t, ClientConfig, admin)
 	serial := func() string {
 		t.Helper()
-		se, ce, seen := handshake(t, server, client, "127.0.0.1")
+		seen, se, ce := handshake(t, server, client, "127.0.0.1")
 		if se != nil || ce != nil {
 			t.Fatalf("handshake: server %v, client %v", se, ce)
 		}
@@ -380,17 +380,17 @@ func TestRotation(t *testing.T) {
 	}
 	nc := mustConfig(t, ClientConfig, nclient)
 	nc.RootCAs = client.RootCAs // it trusts the node already
-	if se, _, _ := handshake(t, server, nc, "127.0.0.1"); se == nil || !strings.Contains(se.Error(), "unknown authority") {
+	if _, se, _ := handshake(t, server, nc, "127.0.0.1"); se == nil || !strings.Contains(se.Error(), "unknown authority") {
 		t.Fatalf("client of a new CA before the rollover: %v", se)
 	}
 	both := append(mustRead(t, filepath.Join(node, CACertFile)), mustRead(t, filepath.Join(ndir, CACertFile))...)
 	if err := writeAtomic(filepath.Join(node, CACertFile), both, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if se, ce, _ := handshake(t, server, nc, "127.0.0.1"); se != nil || ce != nil {
+	if _, se, ce := handshake(t, server, nc, "127.0.0.1"); se != nil || ce != nil {
 		t.Fatalf("client of a new CA after the rollover: server %v, client %v", se, ce)
 	}
-	if se, ce, _ := handshake(t, server, client, "127.0.0.1"); se != nil || ce != nil {
+	if _, se, ce := handshake(t, server, client, "127.0.0.1"); se != nil || ce != nil {
 		t.Fatalf("client of the old CA after the rollover: server %v, client %v", se, ce)
 	}
 }
@@ -418,7 +418,7 @@ func TestEnsureLocal(t *testing.T) {
 	if n2 != n || c2 != c || !bytes.Equal(before, mustRead(t, filepath.Join(n, ServerCertFile))) {
 		t.Fatal("a second EnsureLocal changed the certificates")
 	}
-	se, ce, _ := handshake(t, mustConfig(t, ServerConfig, n), mustConfig(t, ClientConfig, c), "localhost")
+	_, se, ce := handshake(t, mustConfig(t, ServerConfig, n), mustConfig(t, ClientConfig, c), "localhost")
 	if se != nil || ce != nil {
 		t.Fatalf("handshake: server %v, client %v", se, ce)
 	}

@@ -19,11 +19,6 @@ import (
 // stateOpts compare cluster states, maps and unexported fields included.
 var stateOpts = cmp.Options{cmp.AllowUnexported(ClusterState{}, propResult{}), cmpopts.EquateEmpty()}
 
-// maxExpansion bounds the memory a decoder may take per input byte: a
-// list is only as long as its input can hold at its items' smallest
-// encoding, and no item is more than a few times larger decoded.
-const maxExpansion = 16
-
 func FuzzUnmarshalMessage(f *testing.F) {
 	raft := &raftpb.Message{Type: raftpb.MsgApp, To: 2, From: 1, Term: 3, Index: 9, LogTerm: 2, Commit: 8,
 		Entries: []raftpb.Entry{{Term: 3, Index: 10, Data: []byte("entry")}}}

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -229,5 +228,5 @@ func TestRecoveryRateCap(t *testing.T) {
 		t.Errorf("mid-recovery: %d/%d objects, %d of %d bytes left, %.0f B/s (cap %.0f), ETA %.1fs", mid.Total-mid.Remaining, mid.Total,
 			mid.BytesRemaining, mid.BytesTotal, mid.Rate, mid.Cap, mid.ETA)
 	}
-	t.Log(fmt.Sprintf("copied %d bytes in %v at a cap of %d B/s; mid-recovery %+v", copied, took, rate, mid.RecoveryProgress))
+	t.Logf("copied %d bytes in %v at a cap of %d B/s; mid-recovery %+v", copied, took, rate, mid.RecoveryProgress)
 }

@@ -74,56 +74,47 @@ func (ns *Namespace) RunInput(ctx context.Context, stdin string, name string, ar
 
 // Dial opens a TCP connection from local (an address of the namespace's
 // loopback; empty for the kernel's choice) to addr inside the namespace.
-// The socket is created on an OS thread that joined the namespace and is
-// thrown away afterwards (the goroutine exits still locked to it); a
-// socket stays in the namespace it was created in, whichever thread uses
-// it later.
 func (ns *Namespace) Dial(ctx context.Context, local, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the thread is in another namespace and must
-		// not run other goroutines; it ends with this goroutine.
-		if err := ns.enter(); err != nil {
-			ch <- result{err: err}
-			return
-		}
+	var c net.Conn
+	err := ns.do(func() error {
 		d := net.Dialer{Timeout: 3 * time.Second}
 		if local != "" {
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
 		}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
 }
 
-// Listen opens a TCP listener on addr inside the namespace, made on a
-// thread that joined it as Dial's sockets are.
+// Listen opens a TCP listener on addr inside the namespace.
 func (ns *Namespace) Listen(ctx context.Context, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
+	var ln net.Listener
+	err := ns.do(func() error {
+		var lc net.ListenConfig
+		var err error
+		ln, err = lc.Listen(ctx, "tcp", addr)
+		return err
+	})
+	return ln, err
+}
+
+// do runs fn on an OS thread that joined the namespace and is thrown away
+// afterwards (the goroutine exits still locked to it, so that it runs no
+// other goroutine); a socket fn makes stays in the namespace, whichever
+// thread uses it later.
+func (ns *Namespace) do(fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread, as in Dial.
+		runtime.LockOSThread() // no UnlockOSThread: see above
 		if err := ns.enter(); err != nil {
-			ch <- result{err: err}
+			ch <- err
 			return
 		}
-		var lc net.ListenConfig
-		ln, err := lc.Listen(ctx, "tcp", addr)
-		ch <- result{ln, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.ln, r.err
+	return <-ch
 }
 
 // enter moves the calling OS thread into the namespace.
