@@ -161,6 +161,16 @@ type testHooks struct {
 	recycled func(spare, path string)
 }
 
+// journalLimitFor is the default journal limit on a filesystem of total
+// bytes: DefaultJournalLimit, but at most a sixteenth of a small one. The
+// journal, its next file preallocated and a spare kept for reuse can
+// together hold about three limits' worth of space, which on a 256 MiB
+// disk left too little for the objects (the faults harness's tmpfs filled
+// up at the end of a run, seed 20).
+func journalLimitFor(total uint64) int64 {
+	return max(min(DefaultJournalLimit, int64(total/16)), journalPrealloc)
+}
+
 func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -420,6 +430,11 @@ func (s *Store) enter() error {
 // Open opens the store in dir, creating the layout if missing, and recovers
 // from a crash by replaying the journal's valid prefix.
 func Open(dir string, opt Options) (*Store, error) {
+	if opt.JournalLimit <= 0 {
+		if total, err := fsTotal(dir); err == nil {
+			opt.JournalLimit = journalLimitFor(total)
+		}
+	}
 	opt.setDefaults()
 	s := &Store{
 		dir:      dir,

@@ -1100,3 +1100,20 @@ func TestMetaOnlyWrite(t *testing.T) {
 		t.Fatalf("after reopening (-want +got):\n%s", diff)
 	}
 }
+
+func TestJournalLimitFollowsTheFilesystem(t *testing.T) {
+	for _, tc := range []struct {
+		total uint64
+		want  int64
+	}{
+		{1 << 40, DefaultJournalLimit},
+		{4 << 30, DefaultJournalLimit},
+		{256 << 20, 16 << 20},
+		{64 << 20, journalPrealloc},
+		{0, journalPrealloc},
+	} {
+		if got := journalLimitFor(tc.total); got != tc.want {
+			t.Errorf("journalLimitFor(%d) = %d, want %d", tc.total, got, tc.want)
+		}
+	}
+}
