@@ -11,13 +11,7 @@ import (
 // asking node, are those a fresh pass over the local objects places on
 // it, through writes of new objects, a changed ring and deletions.
 func TestListIndexFollowsObjects(t *testing.T) {
-	d := newSolo(t)
-	id := uint64(100)
-	next := func() uint64 { id++; return id }
-	vid := d.formatAndCreate(t, next)
-	if rep, ok := d.do(&Request{ID: next(), Type: ReqAttach, VID: vid}, 1000); !ok || rep.Code != OK {
-		t.Fatalf("attach: %+v (answered %v)", rep, ok)
-	}
+	d, next, vid := newAttachedSolo(t)
 	write := func(t *testing.T, objs ...uint64) {
 		for _, o := range objs {
 			w := &Request{ID: next(), Type: ReqWrite, VID: vid, Off: o << 22, Data: make([]byte, 4096)}

@@ -13,13 +13,7 @@ import (
 // a payload per object ever written; and the node's output arrays kept
 // the last batch of messages and disk writes.
 func TestCompletedWritesAreNotRetained(t *testing.T) {
-	d := newSolo(t)
-	id := uint64(100)
-	next := func() uint64 { id++; return id }
-	vid := d.formatAndCreate(t, next)
-	if rep, ok := d.do(&Request{ID: next(), Type: ReqAttach, VID: vid}, 1000); !ok || rep.Code != OK {
-		t.Fatalf("attach: %+v (answered %v)", rep, ok)
-	}
+	d, next, vid := newAttachedSolo(t)
 	var payloads []weak.Pointer[[4096]byte]
 	write := func(off uint64) {
 		buf := new([4096]byte)

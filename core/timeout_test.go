@@ -73,6 +73,20 @@ func (d *soloDriver) wait(r *Request, ticks int) (Reply, bool) {
 
 // formatAndCreate formats the solo cluster with one copy, waits until it
 // serves and creates a 64 MiB VDI; next numbers the requests.
+// newAttachedSolo is a solo node with a formatted cluster and a VDI this
+// node has attached, and the request ids to go on with.
+func newAttachedSolo(t *testing.T) (*soloDriver, func() uint64, uint32) {
+	t.Helper()
+	d := newSolo(t)
+	id := uint64(100)
+	next := func() uint64 { id++; return id }
+	vid := d.formatAndCreate(t, next)
+	if rep, ok := d.do(&Request{ID: next(), Type: ReqAttach, VID: vid}, 1000); !ok || rep.Code != OK {
+		t.Fatalf("attach: %+v (answered %v)", rep, ok)
+	}
+	return d, next, vid
+}
+
 func (d *soloDriver) formatAndCreate(t *testing.T, next func() uint64) uint32 {
 	t.Helper()
 	if rep, ok := d.do(&Request{ID: next(), Type: ReqFormat, Copies: 1, BlockShift: 22}, 1000); !ok || rep.Code != OK {
@@ -92,13 +106,7 @@ func (d *soloDriver) formatAndCreate(t *testing.T, next func() uint64) uint32 {
 // ErrTimeout after OpTimeoutTicks, not before; finished operations leave
 // the deadline queue at once.
 func TestClientOpTimeout(t *testing.T) {
-	d := newSolo(t)
-	id := uint64(100)
-	next := func() uint64 { id++; return id }
-	vid := d.formatAndCreate(t, next)
-	if rep, ok := d.do(&Request{ID: next(), Type: ReqAttach, VID: vid}, 1000); !ok || rep.Code != OK {
-		t.Fatalf("attach: %+v (answered %v)", rep, ok)
-	}
+	d, next, vid := newAttachedSolo(t)
 	for i := 0; i < 50; i++ {
 		w := &Request{ID: next(), Type: ReqWrite, VID: vid, Off: uint64(i) << 12, Data: make([]byte, 4096)}
 		if rep, ok := d.do(w, 100); !ok || rep.Code != OK {

@@ -88,6 +88,19 @@ func (c *testCluster) stopAll() {
 	}
 }
 
+// waitServing waits for every node to serve.
+func (c *testCluster) waitServing() {
+	c.t.Helper()
+	c.waitFor("every node to serve", func() bool {
+		for _, d := range c.ds {
+			if s := d.Status(); s == nil || !s.Serving {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func (c *testCluster) waitFor(what string, cond func() bool) {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -132,14 +145,7 @@ func formattedCluster(t *testing.T, n int) *testCluster {
 	if _, err := c.ds[0].do(context.Background(), &core.Request{Type: core.ReqFormat, Copies: uint8(n), BlockShift: 22}); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor("every node to serve", func() bool {
-		for _, d := range c.ds {
-			if s := d.Status(); s == nil || !s.Serving {
-				return false
-			}
-		}
-		return true
-	})
+	c.waitServing()
 	return c
 }
 

@@ -152,14 +152,7 @@ func TestRecoveryRateCap(t *testing.T) {
 	if _, err := c.ds[0].do(ctx, &core.Request{Type: core.ReqFormat, Copies: 3, BlockShift: 20}); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor("every node to serve", func() bool {
-		for _, d := range c.ds {
-			if s := d.Status(); s == nil || !s.Serving {
-				return false
-			}
-		}
-		return true
-	})
+	c.waitServing()
 	_, vol := c.attached(ctx)
 	const objs = 12
 	buf := make([]byte, 1<<20)
