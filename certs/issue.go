@@ -39,18 +39,7 @@ func (ca *CA) IssueNode(dir, name string, hosts []string, opt Options) (string, 
 		}
 	}
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	der, keyDER, err := ca.sign(tmpl)
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, name)
-	return out, writeFiles(out, opt.Force, []pemFile{
-		{name: CACertFile, typ: "CERTIFICATE", der: ca.der},
-		{name: ServerCertFile, typ: "CERTIFICATE", der: der},
-		{name: ServerKeyFile, typ: "PRIVATE KEY", der: keyDER, secret: true},
-		{name: ClientCertFile, typ: "CERTIFICATE", der: der},
-		{name: ClientKeyFile, typ: "PRIVATE KEY", der: keyDER, secret: true},
-	})
+	return ca.issue(filepath.Join(dir, name), opt, tmpl, ServerCertFile, ServerKeyFile, ClientCertFile, ClientKeyFile)
 }
 
 // IssueClient issues a client certificate named name (an admin, a QEMU
@@ -62,16 +51,23 @@ func (ca *CA) IssueClient(dir, name string, opt Options) (string, error) {
 		return "", err
 	}
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	return ca.issue(filepath.Join(dir, name), opt, tmpl, ClientCertFile, ClientKeyFile)
+}
+
+// issue signs tmpl and writes the CA certificate and the new certificate
+// and key to out, under each (certificate, key) pair of names given.
+func (ca *CA) issue(out string, opt Options, tmpl *x509.Certificate, names ...string) (string, error) {
 	der, keyDER, err := ca.sign(tmpl)
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(dir, name)
-	return out, writeFiles(out, opt.Force, []pemFile{
-		{name: CACertFile, typ: "CERTIFICATE", der: ca.der},
-		{name: ClientCertFile, typ: "CERTIFICATE", der: der},
-		{name: ClientKeyFile, typ: "PRIVATE KEY", der: keyDER, secret: true},
-	})
+	files := []pemFile{{name: CACertFile, typ: "CERTIFICATE", der: ca.der}}
+	for i := 0; i+1 < len(names); i += 2 {
+		files = append(files,
+			pemFile{name: names[i], typ: "CERTIFICATE", der: der},
+			pemFile{name: names[i+1], typ: "PRIVATE KEY", der: keyDER, secret: true})
+	}
+	return out, writeFiles(out, opt.Force, files)
 }
 
 // leafTemplate is what node and client certificates share. Key usage

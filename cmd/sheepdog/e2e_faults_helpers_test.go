@@ -77,6 +77,14 @@ func newProcCluster(t *testing.T, n int, prepare func(i int, dir string)) *procC
 	for i := range c.nodes {
 		c.start(i)
 	}
+	c.killAtCleanup(t)
+	c.waitMembers(n)
+	return c
+}
+
+// killAtCleanup kills every node when the test ends, and shows each
+// one's log tail if it failed.
+func (c *procCluster) killAtCleanup(t *testing.T) {
 	t.Cleanup(func() {
 		for i := range c.nodes {
 			c.kill(i, syscall.SIGKILL)
@@ -87,8 +95,6 @@ func newProcCluster(t *testing.T, n int, prepare func(i int, dir string)) *procC
 			}
 		}
 	})
-	c.waitMembers(n)
-	return c
 }
 
 // logPath is node i's log file (kept across restarts: start appends).

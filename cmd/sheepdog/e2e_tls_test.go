@@ -49,16 +49,7 @@ func startTLSCluster(t *testing.T, n int, args func(i int) []string) *procCluste
 	for i := range c.nodes {
 		c.startWith(i, extra[i]...)
 	}
-	t.Cleanup(func() {
-		for i := range c.nodes {
-			c.kill(i, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			for i := range c.nodes {
-				t.Logf("--- node %d log (tail) ---\n%s", i, c.logTail(i, e2eLogLines()))
-			}
-		}
-	})
+	c.killAtCleanup(t)
 	c.waitMembers(n)
 	return c
 }
