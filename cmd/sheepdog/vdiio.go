@@ -17,8 +17,8 @@ import (
 )
 
 // `vdi write` and `vdi read` move their data over NBD, the node's block
-// front end: one connection, up to ioDepth requests of up to ioChunk
-// bytes in flight, replies matched by handle. The NBD server attaches a
+// front end: one connection, up to writeDepth or readDepth requests of
+// up to ioRequest bytes in flight, replies matched by handle. The NBD server attaches a
 // working VDI when the connection opens and detaches it when it closes,
 // so the attach rules are those of any NBD client (one attacher at a
 // time); snapshots are read through their read-only exports NAME@TAG and
@@ -33,8 +33,16 @@ import (
 // output file (--out) gets a hole, stdout zeros.
 
 const (
-	ioChunk = 4 << 20 // the largest request (and the object size by default)
-	ioDepth = 16      // requests in flight
+	// ioChunk is the largest block the streams look at as one: zero
+	// detection and holes work per block (the object size by default).
+	ioChunk = 4 << 20
+	// ioRequest is the largest NBD request: a block goes out as several.
+	// Requests of 1 MiB cost the client and the node a third of the CPU
+	// of 4 MiB ones for the same bytes (see git log).
+	ioRequest = 1 << 20
+	// writeDepth and readDepth are the requests in flight.
+	writeDepth = 16
+	readDepth  = 8
 	// allocWindow is how much of the VDI one block status request asks
 	// about (the server answers up to 1024 objects at a time).
 	allocWindow = 1 << 30
@@ -163,15 +171,35 @@ func (m *allocMap) hole(off, n uint64) (bool, error) {
 	return pos >= off+n, nil
 }
 
-// pending is a request in flight, oldest first.
+// pending is a block in flight, oldest first: its requests, at most
+// ioRequest bytes each.
 type pending struct {
-	call *nbdclient.Call // nil: nothing was sent (a hole)
-	off  uint64
-	buf  []byte // the data (write) or destination (read); nil for a hole
-	n    int
+	calls []*nbdclient.Call // none: nothing was sent (a hole)
+	off   uint64
+	buf   []byte // the data (write) or destination (read); nil for a hole
+	n     int
 }
 
-// bufPool hands out the transfer's chunk buffers, at most ioDepth+1.
+// wait waits for every request of the block and returns the first error.
+func (p *pending) wait() error {
+	var first error
+	for _, c := range p.calls {
+		if err := c.Wait(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// split starts op on each ioRequest-sized piece of p.buf[:p.n].
+func (p *pending) split(op func(b []byte, off uint64) *nbdclient.Call) {
+	for i := 0; i < p.n; i += ioRequest {
+		j := min(i+ioRequest, p.n)
+		p.calls = append(p.calls, op(p.buf[i:j], p.off+uint64(i)))
+	}
+}
+
+// bufPool hands out the transfer's block buffers.
 type bufPool struct {
 	free [][]byte
 	size int
@@ -370,13 +398,12 @@ func writeStream(c *nbdclient.Client, in io.Reader, off, limit uint64, chunk int
 	pool := bufPool{size: chunk}
 	alloc := newAllocMap(c, off)
 	var fifo []pending
+	inflight := 0
 	wait := func() error {
 		p := fifo[0]
 		fifo = fifo[1:]
-		var err error
-		if p.call != nil {
-			err = p.call.Wait()
-		}
+		inflight -= len(p.calls)
+		err := p.wait()
 		pool.put(p.buf)
 		return err
 	}
@@ -410,18 +437,21 @@ func writeStream(c *nbdclient.Client, in io.Reader, off, limit uint64, chunk int
 				if hole {
 					st.skipped += uint64(got)
 				} else {
-					p.call = c.ZeroAsync(pos, uint64(got), false)
+					// One request for the block, so whole objects become
+					// holes again.
+					p.calls = append(p.calls, c.ZeroAsync(pos, uint64(got), false))
 					st.zeroed += uint64(got)
 				}
 			} else {
-				p.call = c.WriteAsync(data, pos, false)
+				p.split(func(b []byte, off uint64) *nbdclient.Call { return c.WriteAsync(b, off, false) })
 				st.written += uint64(got)
 			}
 			fifo = append(fifo, p)
+			inflight += len(p.calls)
 			pos += uint64(got)
 			left -= uint64(got)
 			prog.add(int64(got))
-			if len(fifo) >= ioDepth {
+			for inflight >= writeDepth || len(fifo) > writeDepth {
 				if err := wait(); err != nil {
 					return drain(err)
 				}
@@ -567,7 +597,7 @@ func readTo(ctx context.Context, e *env, addr, name, tag string, id uint32, expo
 	return nil
 }
 
-// readStream reads [off, end) from c to w in order, ioDepth requests in
+// readStream reads [off, end) from c to w in order, readDepth requests in
 // flight; holes are not requested: in a sparse output file they are
 // skipped, elsewhere written as zeros.
 func readStream(c *nbdclient.Client, w io.Writer, f *os.File, sparse bool, off, end uint64, chunk int, prog *progress) error {
@@ -577,20 +607,20 @@ func readStream(c *nbdclient.Client, w io.Writer, f *os.File, sparse bool, off, 
 	pool := bufPool{size: chunk}
 	alloc := newAllocMap(c, off)
 	var fifo []pending
+	inflight := 0
 	emit := func() error {
 		p := fifo[0]
 		fifo = fifo[1:]
+		inflight -= len(p.calls)
 		defer pool.put(p.buf)
-		if p.call != nil {
-			if err := p.call.Wait(); err != nil {
-				return err
-			}
+		if err := p.wait(); err != nil {
+			return err
 		}
 		var err error
 		switch {
-		case p.call == nil && sparse:
+		case p.calls == nil && sparse:
 			// A hole: nothing to write.
-		case p.call == nil:
+		case p.calls == nil:
 			_, err = w.Write(zeroChunk[:p.n])
 		case sparse:
 			_, err = f.WriteAt(p.buf[:p.n], int64(p.off-off))
@@ -605,9 +635,7 @@ func readStream(c *nbdclient.Client, w io.Writer, f *os.File, sparse bool, off, 
 	}
 	fail := func(err error) error {
 		for _, p := range fifo {
-			if p.call != nil {
-				_ = p.call.Wait()
-			}
+			_ = p.wait()
 		}
 		return err
 	}
@@ -620,11 +648,12 @@ func readStream(c *nbdclient.Client, w io.Writer, f *os.File, sparse bool, off, 
 		p := pending{off: pos, n: n}
 		if !hole {
 			p.buf = pool.get()
-			p.call = c.ReadAsync(p.buf[:n], pos)
+			p.split(c.ReadAsync)
 		}
 		fifo = append(fifo, p)
+		inflight += len(p.calls)
 		pos += uint64(n)
-		if len(fifo) >= ioDepth {
+		for inflight >= readDepth || len(fifo) > readDepth {
 			if err := emit(); err != nil {
 				return fail(err)
 			}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,12 +90,69 @@ func TestChunking(t *testing.T) {
 	}
 }
 
+// ioSizes records the largest read, write and zero request a volume got.
+type ioSizes struct {
+	nbd.Backend
+	mu                   sync.Mutex
+	read, write, zero    uint64
+	reads, writes, zero0 int
+}
+
+func (r *ioSizes) Open(ctx context.Context, name string) (nbd.Volume, error) {
+	v, err := r.Backend.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &sizedVolume{Volume: v, r: r}, nil
+}
+
+func (r *ioSizes) note(max *uint64, count *int, n uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	*max = maxOf(*max, n)
+	*count++
+}
+
+func maxOf(a, b uint64) uint64 { return max(a, b) }
+
+type sizedVolume struct {
+	nbd.Volume
+	r *ioSizes
+}
+
+// Extents keeps the volume's block status (holes) visible.
+func (v *sizedVolume) Extents(ctx context.Context, off, length uint64) ([]nbd.Extent, error) {
+	return v.Volume.(nbd.Extenter).Extents(ctx, off, length)
+}
+
+func (v *sizedVolume) ReadAt(ctx context.Context, p []byte, off uint64) error {
+	v.r.note(&v.r.read, &v.r.reads, uint64(len(p)))
+	return v.Volume.ReadAt(ctx, p, off)
+}
+
+func (v *sizedVolume) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
+	v.r.note(&v.r.write, &v.r.writes, uint64(len(p)))
+	return v.Volume.WriteAt(ctx, p, off, fua)
+}
+
+func (v *sizedVolume) Zero(ctx context.Context, off, length uint64, flags nbd.ZeroFlags) error {
+	v.r.note(&v.r.zero, &v.r.zero0, length)
+	return v.Volume.Zero(ctx, off, length, flags)
+}
+
 // memExport serves a MemBackend volume and attaches it with nbdclient.
 func memExport(t *testing.T, size uint64) (*nbd.MemVolume, func() *nbdclient.Client) {
+	vol, open, _ := memExportSizes(t, size)
+	return vol, open
+}
+
+// memExportSizes is memExport that also records the requests' sizes.
+func memExportSizes(t *testing.T, size uint64) (*nbd.MemVolume, func() *nbdclient.Client, *ioSizes) {
 	t.Helper()
 	b := nbd.NewMemBackend()
 	b.AttachWait = 5 * time.Second
 	vol := b.Add("v", size)
+	rec := &ioSizes{Backend: b}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +161,7 @@ func memExport(t *testing.T, size uint64) (*nbd.MemVolume, func() *nbdclient.Cli
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = (&nbd.Server{Backend: b, Logger: slog.New(slog.DiscardHandler)}).Serve(ctx, ln)
+		_ = (&nbd.Server{Backend: rec, Logger: slog.New(slog.DiscardHandler)}).Serve(ctx, ln)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return vol, func() *nbdclient.Client {
@@ -112,7 +170,7 @@ func memExport(t *testing.T, size uint64) (*nbd.MemVolume, func() *nbdclient.Cli
 			t.Fatal(err)
 		}
 		return c
-	}
+	}, rec
 }
 
 func randomBytes(t *testing.T, n int) []byte {
@@ -128,7 +186,7 @@ func randomBytes(t *testing.T, n int) []byte {
 // the input over what it held.
 func TestWriteStreamZeros(t *testing.T) {
 	const m = 1 << 20
-	vol, open := memExport(t, 32*m)
+	vol, open, sizes := memExportSizes(t, 32*m)
 	c := open()
 	old := randomBytes(t, 6*m)
 	if err := c.Write(old, 8*m, false); err != nil { // data in chunks 2 and 3 (partly)
@@ -145,6 +203,17 @@ func TestWriteStreamZeros(t *testing.T) {
 	if diff := cmp.Diff(want, st, cmp.AllowUnexported(writeStats{})); diff != "" {
 		t.Errorf("write stats (-want +got):\n%s", diff)
 	}
+	// Data goes out in requests of at most ioRequest (1 MiB: 8 of them
+	// after the 6 MiB set-up write); zeros over data in one request per
+	// 4 MiB block, so a whole object can become a hole again.
+	sizes.mu.Lock()
+	if sizes.write != 6*m || sizes.writes != 1+8 {
+		t.Errorf("writes: %d, the largest %d bytes; want 9, the largest the 6 MiB set-up (then %d)", sizes.writes, sizes.write, ioRequest)
+	}
+	if sizes.zero != 4*m || sizes.zero0 != 2 {
+		t.Errorf("zero requests: %d, the largest %d bytes; want 2 of 4 MiB", sizes.zero0, sizes.zero)
+	}
+	sizes.mu.Unlock()
 	got := make([]byte, 32*m)
 	if err := c.Read(got, 0); err != nil {
 		t.Fatal(err)
@@ -166,7 +235,7 @@ func TestWriteStreamZeros(t *testing.T) {
 
 func TestReadStreamHoles(t *testing.T) {
 	const m = 1 << 20
-	_, open := memExport(t, 20*m)
+	_, open, sizes := memExportSizes(t, 20*m)
 	c := open()
 	defer c.Close(time.Second)
 	want := make([]byte, 20*m)
@@ -184,6 +253,13 @@ func TestReadStreamHoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameBytes(t, "readStream to a buffer", buf.Bytes(), want[m:])
+	// Only the 4 MiB blocks 1 and 4 hold data: 8 reads of 1 MiB, nothing
+	// asked of the holes.
+	sizes.mu.Lock()
+	if sizes.read != ioRequest || sizes.reads != 8 {
+		t.Errorf("reads: %d, the largest %d bytes; want 8 of %d", sizes.reads, sizes.read, ioRequest)
+	}
+	sizes.mu.Unlock()
 	// To a file: holes stay holes (the caller truncates to the length).
 	path := filepath.Join(t.TempDir(), "out")
 	f, err := os.Create(path)
