@@ -344,7 +344,7 @@ func (s *Store) checkpointObjects(oids map[uint64]struct{}) error {
 			go func() {
 				defer wg.Done()
 				for path := range work {
-					if err := syncPath(path); err != nil {
+					if err := s.syncPath(path); err != nil {
 						mu.Lock()
 						if first == nil {
 							first = err
@@ -369,7 +369,7 @@ func (s *Store) checkpointObjects(oids map[uint64]struct{}) error {
 	if err := s.ckptStep(); err != nil {
 		return err
 	}
-	if err := syncDir(s.objDir); err != nil {
+	if err := s.syncDir(s.objDir); err != nil {
 		return ioErr("sync object dir", err)
 	}
 	s.synced(s.objDir)
@@ -407,7 +407,7 @@ func (s *Store) flushSidecar(oid uint64) error {
 }
 
 // syncPath fdatasyncs the file at path.
-func syncPath(path string) error {
+func (s *Store) syncPath(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // deleted since; the directory sync covers it
@@ -415,7 +415,7 @@ func syncPath(path string) error {
 	if err != nil {
 		return err
 	}
-	err = fdatasync(f)
+	err = s.fdatasync(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -573,6 +573,34 @@ func (s *Store) quarantine(o *object) {
 	o.removed = true
 	s.dirty[o.oid] = struct{}{}
 }
+
+// syncDir fsyncs a directory so entries created, renamed or removed in it are
+// durable.
+func (s *Store) syncDir(dir string) error {
+	if s.light() {
+		return nil
+	}
+	return syncDir(dir)
+}
+
+// fdatasync is fdatasync(f), skipped under testHooks.light.
+func (s *Store) fdatasync(f *os.File) error {
+	if s.light() {
+		return nil
+	}
+	return fdatasync(f)
+}
+
+// fsync is f.Sync(), skipped under testHooks.light.
+func (s *Store) fsync(f *os.File) error {
+	if s.light() {
+		return nil
+	}
+	return f.Sync()
+}
+
+// light reports testHooks.light.
+func (s *Store) light() bool { return s.opt.hooks != nil && s.opt.hooks.light }
 
 // syncDir fsyncs a directory so entries created, renamed or removed in it are
 // durable.

@@ -49,6 +49,7 @@ const (
 	// can be freed on a full filesystem.
 	journalPrealloc    = 8 << 20
 	journalPreallocMax = 64 << 20
+	lightPrealloc      = 64 << 10 // testHooks.light
 	journalReserve     = 1 << 20
 	// maxSpares is how many checkpointed journal files are kept for
 	// reuse (see recycleJournals).
@@ -277,6 +278,14 @@ func (s *Store) flushJournal() error {
 	return nil
 }
 
+// preallocStep is the journal's first preallocation step.
+func (s *Store) preallocStep() int64 {
+	if s.light() {
+		return lightPrealloc
+	}
+	return journalPrealloc
+}
+
 // growJournal preallocates journal space up to at least need. Caller holds jmu.
 func (s *Store) growJournal(need int64) error {
 	if err := s.fault(FaultJournalAlloc); err != nil {
@@ -285,7 +294,7 @@ func (s *Store) growJournal(need int64) error {
 	if err := s.spaceForData(); err != nil {
 		return ioErr("preallocate journal", err)
 	}
-	want := max(need, s.jalloc+min(max(s.jalloc, journalPrealloc), journalPreallocMax))
+	want := max(need, s.jalloc+min(max(s.jalloc, s.preallocStep()), journalPreallocMax))
 	err := preallocate(s.jf, s.jalloc, want-s.jalloc)
 	if err != nil && want > need {
 		want = need
@@ -403,7 +412,7 @@ func (s *Store) commit() (uint64, int64, error) {
 
 	err := s.fault(FaultJournalSync)
 	if err == nil {
-		err = fdatasync(f)
+		err = s.fdatasync(f)
 	}
 	if err != nil {
 		// What reached the disk is unknown: refuse further writes.
@@ -487,19 +496,19 @@ func (s *Store) createJournal(seq, base uint64) (*os.File, string, int64, uint64
 		return fail(err)
 	}
 	alloc := int64(journalHdr2Size)
-	switch err := preallocate(f, alloc, journalPrealloc); {
+	switch err := preallocate(f, alloc, s.preallocStep()); {
 	case err == nil:
-		alloc += journalPrealloc
+		alloc += s.preallocStep()
 	case errors.Is(err, errNoPrealloc):
 		alloc = 1 << 62
 	}
-	if err := f.Sync(); err != nil {
+	if err := s.fsync(f); err != nil {
 		return fail(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(s.jDir); err != nil {
+	if err := s.syncDir(s.jDir); err != nil {
 		_ = f.Close()
 		return nil, "", 0, 0, ioErr("create journal", err)
 	}
@@ -544,13 +553,13 @@ func (s *Store) reinit(spare, path string, hdr []byte) (*os.File, int64, error) 
 		_, err = f.WriteAt(hdr, 0)
 	}
 	if err == nil {
-		err = fdatasync(f)
+		err = s.fdatasync(f)
 	}
 	if err == nil {
 		err = os.Rename(spare, path)
 	}
 	if err == nil {
-		err = syncDir(s.jDir)
+		err = s.syncDir(s.jDir)
 	}
 	if err != nil {
 		_ = f.Close()
@@ -632,7 +641,9 @@ func (s *Store) replay(paths []string) (uint64, int, error) {
 			_ = f.Close()
 			return 0, 0, ioErr("stat journal", err)
 		}
-		r := bufio.NewReaderSize(f, 1<<20)
+		// No bigger than the file: a short journal (a fuzz input, a
+		// store closed cleanly) need not clear a whole MiB.
+		r := bufio.NewReaderSize(f, int(min(max(fi.Size(), 4096), 1<<20)))
 		stop := false
 		v2 := false
 		var seed uint32
@@ -784,7 +795,7 @@ func (s *Store) removeJournals(paths []string) error {
 			return ioErr("remove journal", err)
 		}
 	}
-	if err := syncDir(s.jDir); err != nil {
+	if err := s.syncDir(s.jDir); err != nil {
 		return ioErr("sync journal dir", err)
 	}
 	return nil

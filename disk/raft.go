@@ -18,8 +18,9 @@ var (
 	keySnapshot   = []byte("snapshot")
 )
 
-func openMetaDB(path string) (*bolt.DB, error) {
+func openMetaDB(path string, noSync bool) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o644, &bolt.Options{
+		NoSync: noSync,
 		// Another process (or Store) holding the directory fails Open
 		// instead of blocking forever.
 		Timeout:      5 * time.Second,

@@ -35,6 +35,7 @@ type reserve struct {
 	held    bool
 	full    atomic.Bool // read without mu on every write
 	checked time.Time
+	sync    func(*os.File) error
 }
 
 // openReserve sizes the reserve at a thirty-second of the filesystem (within
@@ -42,9 +43,13 @@ type reserve struct {
 func (s *Store) openReserve() {
 	r := &s.res
 	r.path = filepath.Join(s.dir, reserveName)
+	r.sync = s.fsync
 	r.size = reserveMin
 	if total, err := fsTotal(s.dir); err == nil {
 		r.size = min(max(int64(total/32), reserveMin), reserveMax)
+	}
+	if s.light() {
+		r.size = lightPrealloc
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -75,7 +80,7 @@ func (r *reserve) take() error {
 			_ = f.Truncate(st.Size())
 			return err
 		}
-		if err := f.Sync(); err != nil {
+		if err := r.sync(f); err != nil {
 			return err
 		}
 	}

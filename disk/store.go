@@ -159,6 +159,11 @@ type testHooks struct {
 	// recycled is called when the spare file spare is about to become
 	// journal file path, before anything in it changes.
 	recycled func(spare, path string)
+	// light makes a store for the fuzz targets, which test replay, not
+	// durability, and were bound by the disk: no fsync or fdatasync, and
+	// 64 KiB journal preallocation steps and reserve (unlinking megabytes
+	// of preallocated extents waits for discards).
+	light bool
 }
 
 // journalLimitFor is the default journal limit on a filesystem of total
@@ -459,10 +464,10 @@ func Open(dir string, opt Options) (*Store, error) {
 			return nil, ioErr("create layout", err)
 		}
 	}
-	if err := syncDir(dir); err != nil {
+	if err := s.syncDir(dir); err != nil {
 		return nil, ioErr("sync dir", err)
 	}
-	db, err := openMetaDB(filepath.Join(dir, "meta.db"))
+	db, err := openMetaDB(filepath.Join(dir, "meta.db"), s.light())
 	if err != nil {
 		return nil, err
 	}
