@@ -139,12 +139,19 @@ func (n *Node) stepDown() {
 	}
 }
 
+// admitJoins makes the nodes waiting to join members: first learners of
+// the cluster log, then members, each step for all of them at once. One
+// at a time, a cluster of n nodes forming took n configuration changes
+// and n epochs, and every epoch has every member list its objects to
+// every other: O(n³) messages to bootstrap.
 func (n *Node) admitJoins() {
 	ids := make([]NodeID, 0, len(n.pendingJoins))
 	for id := range n.pendingJoins {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	var learners []NodeInfo // to add to raft
+	var join *Cmd           // to make members
 	for _, id := range ids {
 		j := n.pendingJoins[id]
 		if cur, ok := n.cs.Member(id); (ok && cur.Incarnation >= j.info.Incarnation) || n.now-j.at > int64(10*n.t.JoinTicks) {
@@ -155,21 +162,73 @@ func (n *Node) admitJoins() {
 			continue // taken out for a gray failure: not back yet
 		}
 		if !n.inRaft(id) {
-			if n.confPending == 0 {
-				e := enc{}
-				encodeNode(&e, j.info)
-				if n.rn.ProposeConfChange(raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: uint64(id), Context: e.b}) == nil {
-					n.confPending = n.now
-				}
-			}
+			learners = append(learners, j.info)
 			continue
 		}
 		if at, ok := n.joinProposed[id]; ok && n.now-at < int64(n.t.RetryTicks) {
 			continue
 		}
 		n.joinProposed[id] = n.now
-		n.propose(&Cmd{Type: CmdJoin, Node: j.info, AutoVNodes: j.auto, Term: n.term(), Time: n.wall}, func(Result) {})
+		if join == nil {
+			join = &Cmd{Type: CmdJoin, Node: j.info, AutoVNodes: j.auto, Term: n.term(), Time: n.wall}
+		} else {
+			join.Joins = append(join.Joins, Joiner{Node: j.info, AutoVNodes: j.auto})
+		}
 	}
+	if len(learners) > 0 && n.confPending == 0 && !n.inJoint() {
+		if n.proposeLearners(learners) {
+			n.confPending = n.now
+		}
+	}
+	if join != nil {
+		n.propose(join, func(Result) {})
+	}
+}
+
+// proposeLearners adds nodes to the cluster log as learners, in one
+// configuration change: a single node as a simple change (each carries
+// the node in its context), several as a joint one that raft leaves by
+// itself (raft makes any change of more than one node joint; adding
+// learners changes no quorum).
+func (n *Node) proposeLearners(nodes []NodeInfo) bool {
+	if len(nodes) == 1 {
+		e := enc{}
+		encodeNode(&e, nodes[0])
+		return n.rn.ProposeConfChange(raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: uint64(nodes[0].ID), Context: e.b}) == nil
+	}
+	cc := raftpb.ConfChangeV2{Context: encodeNodes(nodes)}
+	for _, info := range nodes {
+		cc.Changes = append(cc.Changes, raftpb.ConfChangeSingle{Type: raftpb.ConfChangeAddLearnerNode, NodeID: uint64(info.ID)})
+	}
+	return n.rn.ProposeConfChange(cc) == nil
+}
+
+// inJoint reports whether the cluster log is in a joint configuration:
+// raft refuses every other change until it has left it.
+func (n *Node) inJoint() bool { return len(n.conf.VotersOutgoing) > 0 }
+
+// encodeNodes and decodeNodes are the context of a configuration change
+// that adds several nodes.
+func encodeNodes(nodes []NodeInfo) []byte {
+	e := enc{}
+	e.u32(uint32(len(nodes)))
+	for _, info := range nodes {
+		encodeNode(&e, info)
+	}
+	return e.b
+}
+
+func decodeNodes(b []byte) ([]NodeInfo, error) {
+	d := dec{b: b}
+	cnt := d.u32()
+	var nodes []NodeInfo
+	for i := uint32(0); i < cnt && d.err == nil; i++ { // grows with the bytes there are, not with cnt
+		nodes = append(nodes, decodeNode(&d))
+	}
+	if err := d.done(); err != nil {
+		return nil, fmt.Errorf("core: decode the nodes of a configuration change: %w", err)
+	}
+	return nodes, nil
 }
 
 func (n *Node) detectFailures() {
@@ -272,7 +331,7 @@ func voterTarget(members int) int {
 }
 
 func (n *Node) reconcileVoters() {
-	if n.confPending != 0 || len(n.cs.Nodes) == 0 {
+	if n.confPending != 0 || len(n.cs.Nodes) == 0 || n.inJoint() {
 		return
 	}
 	isMember := func(id uint64) bool { _, ok := n.cs.Member(NodeID(id)); return ok }

@@ -277,16 +277,36 @@ func (n *Node) applyEntry(e raftpb.Entry) {
 				n.addrs[info.ID] = info.Addr
 			}
 		}
-		n.conf = *n.rn.ApplyConfChange(cc)
-		n.confPending = 0
-		// A node that is added catches up from a snapshot; raft refuses
-		// one whose configuration does not name it, so the leader, which
-		// sends them, takes a fresh one (and a new leader one at once:
-		// softState). Followers do not: each encoded the whole cluster
-		// state at every membership change, O(members²) per join in all,
-		// a quarter of the time of a 100-node cluster forming.
-		n.snapNow = n.isLeader
+		n.confChanged(cc)
+	case raftpb.EntryConfChangeV2:
+		var cc raftpb.ConfChangeV2
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return
+		}
+		if len(cc.Context) > 0 {
+			if nodes, err := decodeNodes(cc.Context); err == nil {
+				for _, info := range nodes {
+					if slices.ContainsFunc(cc.Changes, func(c raftpb.ConfChangeSingle) bool { return NodeID(c.NodeID) == info.ID }) {
+						n.addrs[info.ID] = info.Addr
+					}
+				}
+			}
+		}
+		n.confChanged(cc)
 	}
+}
+
+// confChanged applies a committed configuration change to raft.
+func (n *Node) confChanged(cc raftpb.ConfChangeI) {
+	n.conf = *n.rn.ApplyConfChange(cc)
+	n.confPending = 0
+	// A node that is added catches up from a snapshot; raft refuses
+	// one whose configuration does not name it, so the leader, which
+	// sends them, takes a fresh one (and a new leader one at once:
+	// softState). Followers do not: each encoded the whole cluster
+	// state at every membership change, O(members²) per join in all,
+	// a quarter of the time of a 100-node cluster forming.
+	n.snapNow = n.isLeader
 }
 
 func (n *Node) applyCmd(c *Cmd) {

@@ -54,7 +54,18 @@ type Cmd struct {
 	Dst        string // CmdClone: the new VDI's name
 	Snap       uint32 // CmdVDIDelete: a snapshot id of Name
 	Gen        uint64 // CmdReclaim, CmdPurge: the family generation
-	stale      bool   // set at apply time: a deposed leader's decision
+	// CmdJoin: more nodes joining in the same epoch change, after Node.
+	// The leader admits every node waiting to join at once: one epoch
+	// (and one round of recovery listings among all members) per batch,
+	// not per node, as the original's join queue did.
+	Joins []Joiner
+	stale bool // set at apply time: a deposed leader's decision
+}
+
+// Joiner is one more node of a CmdJoin.
+type Joiner struct {
+	Node       NodeInfo
+	AutoVNodes bool
 }
 
 func (c *Cmd) marshal() []byte {
@@ -79,6 +90,13 @@ func (c *Cmd) marshal() []byte {
 	e.str(c.Dst)
 	e.u32(c.Snap)
 	e.u64(c.Gen)
+	if len(c.Joins) > 0 { // absent from entries of single joins, and of older logs
+		e.u32(uint32(len(c.Joins)))
+		for _, j := range c.Joins {
+			encodeNode(&e, j.Node)
+			e.bool(j.AutoVNodes)
+		}
+	}
 	return e.b
 }
 
@@ -104,6 +122,15 @@ func unmarshalCmd(b []byte) (*Cmd, error) {
 	}
 	if len(d.b) > 0 { // entries written before the VDI lifecycle end here
 		c.Tag, c.Dst, c.Snap, c.Gen = d.str(), d.str(), d.u32(), d.u64()
+	}
+	if len(d.b) > 0 {
+		cnt := d.u32()
+		if cnt == 0 {
+			return nil, fmt.Errorf("core: decode cluster log entry: an empty join batch")
+		}
+		for i := uint32(0); i < cnt && d.err == nil; i++ { // grows with the bytes there are, not with cnt
+			c.Joins = append(c.Joins, Joiner{Node: decodeNode(&d), AutoVNodes: d.bool()})
+		}
 	}
 	if err := d.done(); err != nil {
 		return nil, fmt.Errorf("core: decode cluster log entry: %w", err)
@@ -243,31 +270,22 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		s.Formatted, s.Copies, s.BlockShift, s.CTime = true, c.Copies, c.BlockShift, c.Time
 		return Result{}
 	case CmdJoin:
-		n := c.Node
-		if n.ID == 0 {
+		if c.Node.ID == 0 {
 			return Result{Code: ErrInvalid}
 		}
-		old, wasMember := s.Member(n.ID)
-		if wasMember && old.Incarnation >= n.Incarnation {
-			return Result{} // already in, or an older incarnation arriving late
+		for _, j := range c.Joins {
+			if j.Node.ID == 0 {
+				return Result{Code: ErrInvalid}
+			}
 		}
-		// A node that restarted, or that comes back after it was removed,
-		// may miss writes until it has recovered.
-		restarted := wasMember // a member with a new incarnation
-		if i := slices.Index(s.Removed, n.ID); i >= 0 && s.RemovedInc[i] < n.Incarnation {
-			restarted = true // removed, then restarted before it came back
+		changed := s.join(c.Node, c.AutoVNodes)
+		for _, j := range c.Joins {
+			changed = s.join(j.Node, j.AutoVNodes) || changed
 		}
-		if restarted && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
-			s.Restarted = append(s.Restarted, n.ID)
+		if changed {
+			s.Shutdown = false // nodes coming back after a shutdown
+			s.newEpoch(c.Time)
 		}
-		if c.AutoVNodes {
-			n.VNodes = s.autoVNodes(n)
-		}
-		s.removeNode(n.ID)
-		s.Nodes = append(s.Nodes, n)
-		s.Shutdown = false // nodes coming back after a shutdown
-		slices.SortFunc(s.Nodes, func(a, b NodeInfo) int { return cmpU64(uint64(a.ID), uint64(b.ID)) })
-		s.newEpoch(c.Time)
 		return Result{}
 	case CmdLeave:
 		if !s.IsMember(c.NodeID, c.Inc) {
@@ -326,6 +344,33 @@ func (s *ClusterState) exec(c *Cmd) Result {
 		return Result{}
 	}
 	return Result{Code: ErrInvalid}
+}
+
+// join makes n a member (or its new incarnation the member), reporting
+// whether the node list changed.
+func (s *ClusterState) join(n NodeInfo, auto bool) bool {
+	old, wasMember := s.Member(n.ID)
+	if wasMember && old.Incarnation >= n.Incarnation {
+		return false // already in, or an older incarnation arriving late
+	}
+	// A node that restarted, or that comes back after it was removed,
+	// may miss writes until it has recovered.
+	restarted := wasMember // a member with a new incarnation
+	if i := slices.Index(s.Removed, n.ID); i >= 0 && s.RemovedInc[i] < n.Incarnation {
+		restarted = true // removed, then restarted before it came back
+	}
+	if restarted && s.Formatted && !slices.Contains(s.Restarted, n.ID) {
+		s.Restarted = append(s.Restarted, n.ID)
+	}
+	if auto {
+		n.VNodes = s.autoVNodes(n)
+	}
+	if wasMember {
+		s.removeNode(n.ID)
+	}
+	i, _ := slices.BinarySearchFunc(s.Nodes, n.ID, func(a NodeInfo, id NodeID) int { return cmpU64(uint64(a.ID), uint64(id)) })
+	s.Nodes = slices.Insert(s.Nodes, i, n)
+	return true
 }
 
 // autoVNodes weights a joining node by its capacity relative to the

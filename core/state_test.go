@@ -125,3 +125,49 @@ func TestClusterStateSnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("snapshot round trip (-want +got):\n%s", diff)
 	}
 }
+
+// TestJoinBatch: a CmdJoin of several nodes makes them all members in one
+// epoch, leaves out those already in with the same incarnation, counts a
+// new incarnation of a member as restarted, and survives its encoding.
+func TestJoinBatch(t *testing.T) {
+	s := NewClusterState()
+	s.apply(&Cmd{Type: CmdJoin, Node: node(5, 1)})
+	s.apply(&Cmd{Type: CmdFormat, Copies: 3, BlockShift: 22})
+	c := &Cmd{Type: CmdJoin, Node: node(3, 1), Joins: []Joiner{{Node: node(5, 1)}, {Node: node(1, 1)}, {Node: node(9, 1), AutoVNodes: true}}}
+	c2, err := unmarshalCmd(c.marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c, c2, cmpopts.IgnoreUnexported(Cmd{})); diff != "" {
+		t.Fatalf("decode(encode(join batch)) (-want +got):\n%s", diff)
+	}
+	if r := s.apply(c2); r.Code != OK {
+		t.Fatalf("join batch: %v", r.Code)
+	}
+	var ids []NodeID
+	for _, n := range s.Nodes {
+		ids = append(ids, n.ID)
+	}
+	if diff := cmp.Diff([]NodeID{1, 3, 5, 9}, ids); diff != "" {
+		t.Fatalf("members (-want +got):\n%s", diff)
+	}
+	if s.Epoch != 2 {
+		t.Fatalf("epoch %d after a join and a batch, want 2", s.Epoch)
+	}
+	// Nothing new in a batch: no epoch.
+	s.apply(&Cmd{Type: CmdJoin, Node: node(1, 1), Joins: []Joiner{{Node: node(3, 1)}}})
+	if s.Epoch != 2 {
+		t.Fatalf("epoch %d after a batch of members, want 2", s.Epoch)
+	}
+	s.apply(&Cmd{Type: CmdJoin, Node: node(1, 1), Joins: []Joiner{{Node: node(3, 2)}}})
+	if diff := cmp.Diff([]NodeID{3}, s.Restarted); s.Epoch != 3 || diff != "" {
+		t.Fatalf("epoch %d, restarted (-want +got):\n%s", s.Epoch, diff)
+	}
+	if r := s.apply(&Cmd{Type: CmdJoin, Node: node(2, 1), Joins: []Joiner{{}}}); r.Code != ErrInvalid {
+		t.Fatalf("a batch with a node without id: %v, want %v", r.Code, ErrInvalid)
+	}
+	b := (&Cmd{Type: CmdJoin, Node: node(2, 1)}).marshal()
+	if _, err := unmarshalCmd(append(b, 0, 0, 0, 0)); err == nil {
+		t.Fatal("an empty join batch decoded")
+	}
+}

@@ -42,3 +42,24 @@ func TestLargeClusterSeeds(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterFormsInFewEpochs: nodes that start together are admitted
+// together, as learners of the cluster log in one configuration change
+// and as members in one epoch change per batch, not one per node (which
+// made forming a cluster of n nodes cost n epochs, each with every member
+// listing to every other).
+func TestClusterFormsInFewEpochs(t *testing.T) {
+	for _, nodes := range []int{12, 40} {
+		t.Run(fmt.Sprintf("nodes=%d", nodes), func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Nodes, cfg.Seed = nodes, 1
+			h, err := NewHarness(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e := h.Cluster().Epoch; e > 6 {
+				t.Fatalf("%d nodes formed a cluster in %d epochs, want at most 6", nodes, e)
+			}
+		})
+	}
+}
