@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,7 +28,10 @@ import (
 // idle check: after a sync and a pause, the sheep processes' CPU use over
 // idleCheckWindow (from /proc/PID/stat) and resident memory (VmRSS from
 // /proc/PID/status), against the issue's ≤ 3% of a core for the idle
-// cluster and each node within its --memory budget.
+// cluster and each node within its --memory budget. Then, unless
+// --no-recovery, the recovery job twice (recovery.go: idle, then under a
+// client's load), and the vdi check job (vdicheck.go), each followed by an
+// idle check.
 
 const (
 	// memoryBudget is a sheep's default --memory, which the bench's nodes
@@ -64,6 +68,9 @@ type cliReport struct {
 	IdleAfter         []nodeUse       `json:"idle_after"`  // after the CLI jobs
 	Recovery          *recoveryReport `json:"recovery,omitempty"`
 	IdleAfterRecovery []nodeUse       `json:"idle_after_recovery,omitempty"`
+	Load              *loadReport     `json:"recovery_load,omitempty"`
+	Check             *checkReport    `json:"vdi_check,omitempty"`
+	IdleAfterCheck    []nodeUse       `json:"idle_after_check,omitempty"`
 	Checks            []check         `json:"checks"`
 	Failed            []string        `json:"failed_attempts,omitempty"` // rounds done again, and why
 }
@@ -200,11 +207,15 @@ func (b *bench) cliJobs() (*cliReport, error) {
 		}
 		return run, nil
 	}
+	var checkVDI string // the first VDI the CLI wrote
 	for r := 0; r < b.cfg.runs; r++ {
 		for a := 1; ; a++ {
 			run, err := round(r, a)
 			if err == nil {
 				rep.Runs = append(rep.Runs, run)
+				if checkVDI == "" {
+					checkVDI = fmt.Sprintf("cli-w%d.%d", r+1, a)
+				}
 				break
 			}
 			if ctx.Err() != nil || a == cliAttempts {
@@ -246,18 +257,21 @@ func (b *bench) cliJobs() (*cliReport, error) {
 	}
 
 	if !b.cfg.noRecovery {
-		if rep.Recovery, err = b.recovery(t, idle); err != nil {
+		if rep.Recovery, err = b.recovery(t, idle, nil); err != nil {
 			return nil, fmt.Errorf("recovery job: %w", err)
 		}
-		syscall.Sync()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(idleCheckPause):
-		}
-		if rep.IdleAfterRecovery, err = idleUse(ctx, procs, idleCheckWindow); err != nil {
+		if rep.IdleAfterRecovery, err = idleAfter(ctx, procs); err != nil {
 			return nil, err
 		}
+		if rep.Load, err = b.loadedRecovery(t, idle); err != nil {
+			return nil, fmt.Errorf("recovery under load: %w", err)
+		}
+	}
+	if rep.Check, err = b.vdiCheck(t, idle, checkVDI); err != nil {
+		return nil, fmt.Errorf("vdi check job: %w", err)
+	}
+	if rep.IdleAfterCheck, err = idleAfter(ctx, procs); err != nil {
+		return nil, err
 	}
 
 	mib := float64(1 << 20)
@@ -273,7 +287,11 @@ func (b *bench) cliJobs() (*cliReport, error) {
 	var rss int64
 	for _, u := range rep.IdleAfter {
 		cpu += u.CPUPercent
-		rss = max(rss, u.RSS)
+	}
+	for _, us := range [][]nodeUse{rep.IdleAfter, rep.IdleAfterRecovery, rep.IdleAfterCheck} {
+		for _, u := range us {
+			rss = max(rss, u.RSS)
+		}
 	}
 	rep.Checks = []check{
 		vs("cli-vdi-write", "cli vdi write --file >= 0.80x qemu-img convert into the same cluster", rep.Median.VDIWrite, rep.Median.QemuIn),
@@ -282,7 +300,7 @@ func (b *bench) cliJobs() (*cliReport, error) {
 		abs("cli-vdi-write", "cli vdi write --file > 95 MiB/s (2x the original's)", "mibs", rep.Median.VDIWrite, 95, false),
 		abs("cli-vdi-read", "cli vdi read --out > 330 MiB/s (2x the original's)", "mibs", rep.Median.VDIRead, 330, false),
 		abs("cli-idle", fmt.Sprintf("cli cluster idle after the CLI jobs <= %.0f%% of a core", idleCheckCPU), "cpu_percent", cpu, idleCheckCPU, true),
-		abs("cli-idle", fmt.Sprintf("cli cluster's largest node RSS after them <= --memory (%s)", formatSize(memoryBudget)), "rss_mib", float64(rss)/mib, memoryBudget/mib, true),
+		abs("cli-idle", fmt.Sprintf("cli cluster's largest node RSS after any job <= --memory (%s)", formatSize(memoryBudget)), "rss_mib", float64(rss)/mib, memoryBudget/mib, true),
 	}
 	if r := rep.Recovery; r != nil {
 		var cpu float64
@@ -292,10 +310,33 @@ func (b *bench) cliJobs() (*cliReport, error) {
 		rep.Checks = append(rep.Checks, r.checks()...)
 		rep.Checks = append(rep.Checks, abs("cli-idle", fmt.Sprintf("cli cluster idle after the recovery <= %.0f%% of a core", idleCheckCPU), "cpu_percent", cpu, idleCheckCPU, true))
 	}
+	if r := rep.Load; r != nil {
+		rep.Checks = append(rep.Checks, r.checks()...)
+	}
+	if r := rep.Check; r != nil {
+		var cpu float64
+		for _, u := range rep.IdleAfterCheck {
+			cpu += u.CPUPercent
+		}
+		rep.Checks = append(rep.Checks, r.checks(size)...)
+		rep.Checks = append(rep.Checks, abs("cli-idle", fmt.Sprintf("cli cluster idle after vdi check <= %.0f%% of a core", idleCheckCPU), "cpu_percent", cpu, idleCheckCPU, true))
+	}
 	for i := range rep.Checks {
 		rep.Checks[i].judge()
 	}
 	return rep, nil
+}
+
+// idleAfter is the idle check after a job: a sync, a pause, then the
+// processes' use over idleCheckWindow.
+func idleAfter(ctx context.Context, procs []*proc) ([]nodeUse, error) {
+	syscall.Sync()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(idleCheckPause):
+	}
+	return idleUse(ctx, procs, idleCheckWindow)
 }
 
 // cliChecks returns cli's checks, the two ratios with their value against
@@ -420,24 +461,32 @@ func printCLI(w io.Writer, r *cliReport) {
 	}
 	fmt.Fprintln(w, "Idle sheep processes (CPU over 5 s, % of one CPU; resident memory):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "node\tCPU fresh\tRSS fresh\tCPU after CLI jobs\tRSS after CLI jobs\tCPU after recovery\tRSS after recovery\t")
-	for i := range r.IdleAfter {
-		var b, c nodeUse
-		if i < len(r.IdleBefore) {
-			b = r.IdleBefore[i]
+	fmt.Fprintln(tw, "node\tCPU fresh\tRSS fresh\tCPU after CLI jobs\tRSS after CLI jobs\tCPU after recovery\tRSS after recovery\tCPU after check\tRSS after check\t")
+	at := func(us []nodeUse, i int) nodeUse {
+		if i < len(us) {
+			return us[i]
 		}
-		if i < len(r.IdleAfterRecovery) {
-			c = r.IdleAfterRecovery[i]
+		return nodeUse{}
+	}
+	for i, a := range r.IdleAfter {
+		fmt.Fprintf(tw, "%s\t", a.Node)
+		for _, u := range []nodeUse{at(r.IdleBefore, i), a, at(r.IdleAfterRecovery, i), at(r.IdleAfterCheck, i)} {
+			fmt.Fprintf(tw, "%.1f%%\t%.0f MiB\t", u.CPUPercent, float64(u.RSS)/(1<<20))
 		}
-		a := r.IdleAfter[i]
-		fmt.Fprintf(tw, "%s\t%.1f%%\t%.0f MiB\t%.1f%%\t%.0f MiB\t%.1f%%\t%.0f MiB\t\n", a.Node, b.CPUPercent, float64(b.RSS)/(1<<20),
-			a.CPUPercent, float64(a.RSS)/(1<<20), c.CPUPercent, float64(c.RSS)/(1<<20))
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	if rc := r.Recovery; rc != nil {
 		fmt.Fprintf(w, "Recovery of %s wiped: %s refilled in %.2fs (%s/s; it stored %s before); cp -r of its objects and sync: %s in %.2fs (%s/s)\n",
 			rc.Node, fmtBytes(float64(rc.BytesAfter)), rc.Seconds, fmtBytes(float64(rc.BytesAfter)/rc.Seconds), fmtBytes(float64(rc.BytesBefore)),
 			fmtBytes(float64(rc.CopyBytes)), rc.CopySeconds, fmtBytes(float64(rc.CopyBytes)/rc.CopySeconds))
+	}
+	if l := r.Load; l != nil {
+		fmt.Fprintf(w, "Recovery under load: refilled in %.2fs; client 4K randwrite QD1 %.0f IOPS during it, %.0f before (%.2fx)\n",
+			l.Seconds, median(l.IOPSDuring), median(l.IOPSBefore), ratio(median(l.IOPSDuring), median(l.IOPSBefore)))
+	}
+	if c := r.Check; c != nil {
+		fmt.Fprintf(w, "vdi check %s: median %.2fs of %d, slowest %.2fs\n", c.VDI, median(c.Seconds), len(c.Seconds), slices.Max(c.Seconds))
 	}
 	for _, f := range r.Failed {
 		fmt.Fprintln(w, "  done again: "+f)

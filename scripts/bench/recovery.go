@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -52,8 +53,9 @@ func recoveryRows(ctx context.Context, t *target) ([]recoveryRow, error) {
 	return rows, nil
 }
 
-// recovery wipes and refills t's last node (see above).
-func (b *bench) recovery(t *target, idle int64) (*recoveryReport, error) {
+// recovery wipes and refills t's last node (see above). With load, a
+// client writes through another node meanwhile (see loadedRecovery).
+func (b *bench) recovery(t *target, idle int64, load func(context.Context)) (*recoveryReport, error) {
 	ctx := b.sup.ctx
 	i := len(t.procs) - 1
 	old := t.procs[i]
@@ -89,12 +91,22 @@ func (b *bench) recovery(t *target, idle int64) (*recoveryReport, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("wiping %s: %w", dir, err)
 	}
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loaded := make(chan struct{})
+	defer func() { stopLoad(); <-loaded }()
 	t0 := time.Now()
 	p, err := b.sup.start(old.name, old.logPath+".wiped", argv...)
 	if err != nil {
+		close(loaded)
 		return nil, err
 	}
 	t.procs[i] = p
+	go func() {
+		defer close(loaded)
+		if load != nil {
+			load(loadCtx)
+		}
+	}()
 	// Done when every node is in one epoch past the wipe, serving and
 	// recovered, and the new member holds at least the objects the old
 	// one did.
@@ -127,8 +139,13 @@ func (b *bench) recovery(t *target, idle int64) (*recoveryReport, error) {
 		return nil, err
 	}
 	rep.Seconds = time.Since(t0).Seconds()
+	stopLoad()
+	<-loaded
 	fmt.Printf("  refilled in %.2fs: %s, %s/s\n", rep.Seconds, fmtBytes(float64(rep.BytesAfter)), fmtBytes(float64(rep.BytesAfter)/rep.Seconds))
 
+	if load != nil {
+		return rep, nil // the rate under load is not the refill's own
+	}
 	// The plain copy of the same bytes, on the same disk.
 	settle(ctx, t.procs, idle)
 	cp := filepath.Join(b.work, "cli", "cp-copy")
@@ -170,4 +187,85 @@ func (r *recoveryReport) checks() []check {
 		cs[i].judge()
 	}
 	return cs
+}
+
+// The loaded recovery: the same refill again, while a client writes 4K
+// blocks at random at QD1 (fio over 16 MiB of a prefilled VDI, through the
+// first node) from the wiped node's start until every node reports it
+// done, against the same client's IOPS in 1 s runs just before the wipe. The issue's target:
+// during recovery at least half the IOPS of before it.
+
+// loadReport is the outcome of the loaded recovery.
+type loadReport struct {
+	Seconds    float64   `json:"seconds"` // the refill under load
+	IOPSBefore []float64 `json:"iops_before"`
+	IOPSDuring []float64 `json:"iops_during"` // one run, the refill's length
+}
+
+const loadVDISize = 16 << 20
+
+func (b *bench) loadedRecovery(t *target, idle int64) (*loadReport, error) {
+	ctx := b.sup.ctx
+	const vdi = "recovery-load"
+	if _, err := admin(ctx, t.bin, "vdi", "create", "-a", t.admin, vdi, formatSize(loadVDISize)); err != nil {
+		return nil, err
+	}
+	uri := strings.TrimSuffix(t.URI, "/bench") + "/" + vdi
+	cfg := *b.cfg
+	cfg.workingSet, cfg.runtime, cfg.ramp = loadVDISize, time.Second, 0
+	dir := filepath.Join(b.work, "cli")
+	w := job{ID: "recovery-load-fill", RW: "write", BS: "1M", QD: 8}
+	if _, err := runFio(ctx, &cfg, uri, w, false, filepath.Join(dir, w.ID+".json")); err != nil {
+		return nil, err
+	}
+	j := job{ID: "recovery-load", RW: "randwrite", BS: "4k", QD: 1}
+	rep := &loadReport{}
+	settle(ctx, t.procs, idle)
+	for k := 0; k < 3; k++ {
+		s, err := runFio(ctx, &cfg, uri, j, true, filepath.Join(dir, fmt.Sprintf("%s-before-%d.json", j.ID, k)))
+		if err != nil {
+			return nil, err
+		}
+		rep.IOPSBefore = append(rep.IOPSBefore, s.IOPS)
+	}
+	fmt.Printf("  4K randwrite QD1 before: %.0f IOPS (median of %d 1 s runs); the refill again, under that load ...\n", median(rep.IOPSBefore), len(rep.IOPSBefore))
+	// One fio run for the whole refill: SIGTERM (the load's context ends
+	// when the refill is done) makes fio stop and report what it did.
+	var loadErr error
+	load := func(lctx context.Context) {
+		during := cfg
+		during.runtime = 10 * time.Minute
+		out := filepath.Join(dir, j.ID+"-during.json")
+		_, errOut, err := command(lctx, fioArgs(&during, uri, j, true, out)...)
+		if err != nil && lctx.Err() == nil {
+			loadErr = fmt.Errorf("fio: %w: %s", err, strings.TrimSpace(string(errOut)))
+			return
+		}
+		s, err := parseFio(out, j)
+		if err != nil {
+			loadErr = err
+			return
+		}
+		rep.IOPSDuring = append(rep.IOPSDuring, s.IOPS)
+	}
+	r, err := b.recovery(t, idle, load)
+	if err != nil {
+		return nil, err
+	}
+	if loadErr != nil {
+		return nil, fmt.Errorf("the client during the refill: %w", loadErr)
+	}
+	rep.Seconds = r.Seconds
+	fmt.Printf("  4K randwrite QD1 during the refill (%.2fs): %.0f IOPS, %.2fx before\n",
+		r.Seconds, median(rep.IOPSDuring), ratio(median(rep.IOPSDuring), median(rep.IOPSBefore)))
+	return rep, nil
+}
+
+func (r *loadReport) checks() []check {
+	c := check{Goal: "recovery: client 4K randwrite QD1 IOPS during the refill >= 0.50x before it",
+		Issue: "#13", Target: "cli", Job: "recovery-load", Metric: "iops", Threshold: 0.5,
+		Value: median(r.IOPSDuring), Baseline: median(r.IOPSBefore), Against: "before the refill"}
+	c.Ratio = ratio(c.Value, c.Baseline)
+	c.judge()
+	return []check{c}
 }

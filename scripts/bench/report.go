@@ -199,7 +199,7 @@ type check struct {
 	Issue     string  `json:"issue,omitempty"` // where the goal comes from
 	Target    string  `json:"target"`
 	Job       string  `json:"job"`
-	Metric    string  `json:"metric"` // iops, bw, clat_mean, mibs, cpu_percent or rss_mib
+	Metric    string  `json:"metric"` // iops, bw, clat_mean, mibs, cpu_percent, rss_mib or seconds
 	AtMost    bool    `json:"at_most"`
 	Threshold float64 `json:"threshold"`
 	Ratio     float64 `json:"ratio"` // Value/Baseline, or Value itself for an absolute goal
@@ -530,6 +530,12 @@ func printSummary(w io.Writer, r *report) {
 			got, detail = fmt.Sprintf("%.1f%%", c.Value), ""
 		case "rss_mib":
 			got, detail = fmt.Sprintf("%.0f MiB", c.Value), ""
+		case "seconds":
+			if c.Absolute {
+				got, detail = fmt.Sprintf("%.2fs", c.Value), ""
+			} else {
+				detail = fmt.Sprintf("%.2fs vs %.2fs", c.Value, c.Baseline)
+			}
 		}
 		vsBase := "-"
 		if c.VsQemuNBD > 0 {
