@@ -140,13 +140,8 @@ func (v *sizedVolume) Zero(ctx context.Context, off, length uint64, flags nbd.Ze
 	return v.Volume.Zero(ctx, off, length, flags)
 }
 
-// memExport serves a MemBackend volume and attaches it with nbdclient.
-func memExport(t *testing.T, size uint64) (*nbd.MemVolume, func() *nbdclient.Client) {
-	vol, open, _ := memExportSizes(t, size)
-	return vol, open
-}
-
-// memExportSizes is memExport that also records the requests' sizes.
+// memExportSizes serves a MemBackend volume, attaches it with nbdclient
+// and records the requests' sizes.
 func memExportSizes(t *testing.T, size uint64) (*nbd.MemVolume, func() *nbdclient.Client, *ioSizes) {
 	t.Helper()
 	b := nbd.NewMemBackend()
