@@ -30,7 +30,7 @@ type gateway struct {
 	direct      map[OID]uint64 // objects handed over to this node (direct writes), by grant token
 	revokedUpTo map[OID]uint64 // highest token revoked per object, this epoch
 	directOps   uint64
-	wait        []*subOp // waiting for a newer epoch
+	wait        []waiting // waiting for a newer epoch
 
 	deadlines []opDeadline // client operations' timeouts, in deadline order
 
@@ -97,6 +97,20 @@ type subOp struct {
 	cow       *cow               // a copy-on-write in progress (cow.go)
 	misses    int                // reads that found the shared object missing
 	copyOnly  bool               // flatten: copy the shared object, change nothing
+	turn      uint32             // bumped whenever it is sent again or parked: older retries are void (later)
+}
+
+// later runs fn for s after d ticks unless s moved on meanwhile: sent
+// again by another path, parked for another VDI, or settled. Without it
+// two waiting paths could both send s, and a write parked for its VDI's
+// successor could be sent again where it was.
+func (g *gateway) later(n *Node, s *subOp, d int64, fn func()) {
+	turn := s.turn
+	n.after(d, func() {
+		if s.turn == turn && !s.done {
+			fn()
+		}
+	})
 }
 
 func (g *gateway) init() {
@@ -277,6 +291,7 @@ func (n *Node) retarget(s *subOp) bool {
 			// object may be parked (or redone) at once, and must come after.
 			s.uncow()
 			s.msgID = 0
+			s.turn++ // a retry still waiting must not send it where it was
 			att.parked = append(att.parked, s)
 			n.gw.dequeue(n, s)
 			n.maybeSwitched(vid)
@@ -471,9 +486,25 @@ func (g *gateway) startRead(n *Node, s *subOp) {
 		g.dispatch(n, s)
 		return
 	}
-	n.withEntry(s.tbl, s.idx, func(entry uint32) {
-		if v := n.cs.VDI(s.src); v == nil || v.Deleted {
+	t := s.tbl
+	n.withEntry(t, s.idx, func(entry uint32) {
+		v := n.cs.VDI(s.src)
+		if v == nil || v.Deleted {
 			g.complete(n, s, ErrNoVDI, nil)
+			return
+		}
+		if entry != 0 && !t.transient && !(v.IsSnapshot() && !n.cs.building(v)) &&
+			!n.haveLeases(n.placement(TableOID(t.vid, s.idx/TableEntries))) {
+			// An attacher's cached entry naming an ancestor is the truth
+			// only while no other attacher can have copied the object
+			// since: that needs the table object's co-replicas' leases,
+			// as a primary's read does. Cut off from them (a partition
+			// may have given the attach lock to another node in a newer
+			// epoch), it reads the entry afresh through the table
+			// object's primary; the ancestor's object never changes, so
+			// nothing else would catch the stale entry.
+			s.tbl = newTable(t.vid, true)
+			g.startRead(n, s)
 			return
 		}
 		s.oid, s.inherited = ownerOID(s.src, entry, s.idx)
@@ -632,18 +663,25 @@ func (g *gateway) stashed(m *Message) []byte {
 	return nil
 }
 
+// waiting is a sub-operation that waits for a newer epoch, as of its turn.
+type waiting struct {
+	s    *subOp
+	turn uint32
+}
+
 // dispatch sends s to its object's primary in the current epoch.
 func (g *gateway) dispatch(n *Node, s *subOp) {
 	if s.done {
 		return
 	}
+	s.turn++
 	if (s.op == OpRead || s.op == OpStat) && s.cop != nil && s.cop.replied {
 		s.done = true // the client gave up; reads have no effect to settle
 		delete(g.subs, s.msgID)
 		return
 	}
 	if !n.serving {
-		n.after(int64(n.t.RetryTicks), func() { g.dispatch(n, s) })
+		g.later(n, s, int64(n.t.RetryTicks), func() { g.dispatch(n, s) })
 		return
 	}
 	reps := n.placement(s.oid)
@@ -702,14 +740,14 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 		delete(g.subs, m.ID)
 		s.msgID = 0
 		if m.Epoch > n.epoch {
-			g.wait = append(g.wait, s)
+			g.wait = append(g.wait, waiting{s, s.turn})
 			return
 		}
 		if s.direct && m.Code == ErrNotReady && !g.ownsDirect(s.oid) {
 			g.dispatch(n, s) // a direct write whose object was taken back: ask the primary now
 			return
 		}
-		n.after(int64(max(n.t.RetryTicks/4, 1)), func() { g.dispatch(n, s) })
+		g.later(n, s, int64(max(n.t.RetryTicks/4, 1)), func() { g.dispatch(n, s) })
 	case ErrNoObject:
 		if s.inherited && s.tbl != nil && (s.op == OpRead || s.op == OpStat) && s.misses < maxCOWMisses {
 			// The shared object is gone: this VDI copied it since (the
@@ -721,11 +759,7 @@ func (g *gateway) ioResp(n *Node, m *Message) {
 			if s.tbl.transient {
 				n.invalidateChunk(s.tbl, s.idx/TableEntries)
 			}
-			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
-				if !s.done {
-					g.startRead(n, s)
-				}
-			})
+			g.later(n, s, int64(max(n.t.RetryTicks/4, 1)), func() { g.startRead(n, s) })
 			return
 		}
 		if s.inherited {
@@ -751,8 +785,10 @@ func (g *gateway) epochChanged(n *Node) {
 	for _, id := range ids {
 		g.dispatch(n, g.subs[id])
 	}
-	for _, s := range wait {
-		g.dispatch(n, s)
+	for _, w := range wait {
+		if w.s.turn == w.turn {
+			g.dispatch(n, w.s)
+		}
 	}
 }
 
@@ -777,8 +813,8 @@ func (g *gateway) complete(n *Node, s *subOp, code Code, data []byte) {
 			// the copy's object would be acknowledged as a retry of the
 			// copy by its primary and lost with the orphan.
 			s.msgID = 0
-			n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
-				if s.done || s.msgID != 0 {
+			g.later(n, s, int64(max(n.t.RetryTicks/4, 1)), func() {
+				if s.msgID != 0 {
 					return
 				}
 				if v := n.cs.VDI(s.oid.VID()); v != nil && !v.readOnly() {

@@ -173,6 +173,9 @@ func (n *Node) runPrimary(oid OID) {
 			continue
 		}
 		if p.m.Op == OpRead || p.m.Op == OpStat {
+			if n.divergedReads(oid) {
+				return // caughtUp runs us again
+			}
 			if !n.haveLeases(p.reps) {
 				return // leaseGranted runs us again
 			}
@@ -412,6 +415,9 @@ func (n *Node) finishWrite(oid OID, p *primOp) {
 		return
 	}
 	n.respondIOGrant(p, p.code, nil, 0, n.grantDirect(oid, o, p))
+	if p.code == OK {
+		n.caughtUp(0, oid) // every replica has a newer copy now
+	}
 	if p.code != OK && !p.converging {
 		// Some copies may have the write and others not: bring every
 		// replica to the primary's copy before the next operation.
@@ -772,6 +778,9 @@ func (n *Node) handleFetch(m *Message) {
 	}
 	meta := o.meta
 	answer := func(code Code, data []byte) {
+		if code == OK {
+			n.caughtUp(m.From, m.OID)
+		}
 		r := n.respond(m, MsgFetchResp, code)
 		r.Version, r.ReqID, r.Data = meta.Version, meta.ReqID, data
 		if meta.Deleted {

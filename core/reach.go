@@ -21,10 +21,10 @@ import (
 // broken costs a bounded stall now and then instead of a permanent one.
 
 const (
-	pingTicks   = 5  // interval of pings to a suspect peer, and of reports
-	reportTicks = 5  // interval of reports while a peer stays unreachable
-	reportFresh = 20 // the leader forgets a report older than this
-	grayBackoff = 5  // doublings of the readmission delay, at most
+	pingTicks   = 5               // interval of pings to a suspect peer, and of reports
+	reportTicks = 5               // interval of reports while a peer stays unreachable
+	reportFresh = 2 * reportTicks // the leader forgets a report older than this: the link works again, or the reporter is gone
+	grayBackoff = 5               // doublings of the readmission delay, at most
 )
 
 // reach is what a node knows of its links to the peers it waits on and,
@@ -159,7 +159,11 @@ func (n *Node) grayVictim() (victim, reporter NodeID, age int64) {
 			if from != n.id && n.now-n.lastAck[from] > int64(n.t.ElectionTicks) {
 				continue // the leader cannot tell whose link is at fault
 			}
-			a := rep.age + (n.now - rep.at)
+			// The age as reported, not extrapolated: a report that is not
+			// renewed may mean the link works again (a partition healed
+			// just after it), and the removal of a reachable member on
+			// an old report cost a second copy while a first was down.
+			a := rep.age
 			if a <= int64(n.t.FailTicks) {
 				continue
 			}

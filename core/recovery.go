@@ -36,6 +36,7 @@ type recovery struct {
 	waiters   map[OID][]func()
 	total     int
 	finished  bool
+	diverged  map[OID][]NodeID // objects this primary is ahead on: replicas to catch up before it serves reads (diverged.go)
 }
 
 // RecoveryStatus reports recovery progress for status displays.
@@ -203,6 +204,7 @@ func (n *Node) maybeListsDone(r *recovery) {
 		r.want[oid] = c
 		r.order = append(r.order, oid)
 	}
+	n.noteDiverged(r)
 	r.cands = nil
 	r.total = len(r.order)
 	// Work that waited for the lists may be ready now.
@@ -368,6 +370,7 @@ func (n *Node) handleRecovered(m *Message) {
 	}
 	if _, ok := n.cs.Member(m.From); ok {
 		n.done[m.From] = true
+		n.caughtUp(m.From, 0)
 		if m.Flags&1 != 0 && n.rec != nil && n.rec.finished {
 			n.send(&Message{Type: MsgRecovered, To: m.From})
 		}

@@ -36,6 +36,9 @@ func TestDebugSeed(t *testing.T) {
 		}
 	}
 	cfg.Codec = os.Getenv("SIM_CODEC") != ""
+	if os.Getenv("SIM_LIFECYCLE") == "0" {
+		cfg.Lifecycle = false
+	}
 	out := os.Getenv("SIM_TRACE_FILE")
 	if out == "" {
 		out = os.DevNull

@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/sheepdog-go/sheepdog/core"
 )
@@ -182,6 +183,16 @@ func (s *Sim) upMembers() []*node {
 	return out
 }
 
+// voters is the raft voter set as the leader has it (nil without one).
+func (s *Sim) voters() []uint64 {
+	for _, nd := range s.liveNodes() {
+		if nd.n.IsLeader() {
+			return nd.n.Voters()
+		}
+	}
+	return nil
+}
+
 func (s *Sim) faultCrash() {
 	nd := s.pick(s.upMembers())
 	if nd == nil {
@@ -212,12 +223,25 @@ func (s *Sim) crashAndRestart(nd *node) {
 // node comes back at the same address (or a new one) under a new id, as a
 // production node does when its data directory is gone: the old member,
 // raft voter or not, is never impersonated by a node without its log. One
-// at a time, and only while every object has all its replicas.
+// at a time, only while every object has all its replicas, and never a
+// raft voter whose loss leaves the others short of a quorum (the cluster
+// log of a two-node cluster lives on its one voter: losing that disk loses
+// the cluster, as it would in production).
 func (s *Sim) faultWipe() {
 	if s.healed || s.impaired() > 0 {
 		return
 	}
-	nd := s.pick(s.upMembers())
+	voters := s.voters()
+	if voters == nil {
+		return // no leader to tell the voters
+	}
+	var cands []*node
+	for _, nd := range s.upMembers() {
+		if len(voters) >= 3 || !slices.Contains(voters, uint64(nd.info.ID)) {
+			cands = append(cands, nd)
+		}
+	}
+	nd := s.pick(cands)
 	if nd == nil {
 		return
 	}
@@ -316,8 +340,31 @@ func (s *Sim) faultPartition(budget int, oneWay bool) {
 			}
 		}
 	}
+	if lead := s.leader(); lead != nil && cut[lead.idx] && partial && s.leaderVictims(lead, up, links) > budget {
+		// A leader cut off from some of the others declares each of them
+		// dead: that impairs them all, beyond the budget. Cut it off
+		// from every other instead, so that only it is replaced.
+		links = links[:0]
+		for _, a := range s.nodes {
+			for _, b := range s.nodes {
+				if !cut[a.idx] || cut[b.idx] {
+					continue
+				}
+				if !oneWay || dir == 0 {
+					links = append(links, [2]int{a.idx, b.idx})
+				}
+				if !oneWay || dir == 1 {
+					links = append(links, [2]int{b.idx, a.idx})
+				}
+			}
+		}
+	}
 apply:
-	s.tracef("partition: %d nodes cut off (one-way=%v, %d links)", k, oneWay, len(links))
+	var names []string
+	for _, l := range links {
+		names = append(names, fmt.Sprintf("%d→%d", s.nodes[l[0]].info.ID, s.nodes[l[1]].info.ID))
+	}
+	s.tracef("partition: %d nodes cut off (one-way=%v, %d links: %s)", k, oneWay, len(links), strings.Join(names, " "))
 	for _, l := range links {
 		s.net.blocked[l] = true
 	}
@@ -325,7 +372,26 @@ apply:
 		for _, l := range links {
 			delete(s.net.blocked, l)
 		}
+		s.tracef("partition of %d links ends", len(links))
 	})
+}
+
+// leaderVictims counts the members of up, other than the leader, that
+// links cut off from the leader in either direction.
+func (s *Sim) leaderVictims(lead *node, up []*node, links [][2]int) int {
+	n := 0
+	for _, nd := range up {
+		if nd == lead {
+			continue
+		}
+		for _, l := range links {
+			if l == [2]int{lead.idx, nd.idx} || l == [2]int{nd.idx, lead.idx} {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }
 
 // faultGray cuts one direction of the link between two members that are

@@ -455,6 +455,7 @@ func (s *Sim) checkSnapshots(what string, then func()) {
 // replicas.
 func (s *Sim) checkReferences(then func()) {
 	cs := s.latest()
+	s.referenced = map[core.OID]bool{}
 	var tabled []core.VDI
 	for _, v := range cs.VDIs() {
 		if v.Table && !v.Building {
@@ -479,6 +480,7 @@ func (s *Sim) checkReferences(then func()) {
 					continue
 				}
 				oid := core.DataOID(owner, uint32(idx))
+				s.referenced[oid] = true
 				o := cs.VDI(owner)
 				if o == nil {
 					s.problem("VDI %06x index %d refers to VDI %06x, which is purged", v.ID, idx, owner)

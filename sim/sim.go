@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/linearizability"
@@ -211,6 +212,9 @@ type Sim struct {
 	seeds     []string
 	hash      uint64
 	events    int
+	// referenced holds the objects of other VDIs that some table names,
+	// as checkReferences found them once the workload stopped.
+	referenced map[core.OID]bool
 
 	net   netState
 	vdis  []*volume
@@ -281,6 +285,17 @@ func newSim(cfg Config) *Sim {
 		s.seeds = append(s.seeds, nd.info.Addr)
 	}
 	return s
+}
+
+// joinAddrs is the --join list of a starting node: the seed nodes'
+// addresses as they are now, as an operator would give them (a wiped
+// node may have come back at another address).
+func (s *Sim) joinAddrs() []string {
+	out := slices.Clone(s.seeds)
+	for i := range out {
+		out[i] = s.nodes[i].info.Addr
+	}
+	return out
 }
 
 func (s *Sim) objSize(oid core.OID) int {
@@ -446,7 +461,7 @@ func (s *Sim) startNode(nd *node) {
 		Rings:   s.rings,
 	}
 	if nd.idx != 0 || nd.started {
-		cfg.Seeds = s.seeds
+		cfg.Seeds = s.joinAddrs()
 	}
 	n, err := core.NewNode(cfg)
 	if err != nil {
