@@ -117,6 +117,9 @@ func ReplayCommand(cfg Config) string {
 	if cfg.Lifecycle != d.Lifecycle {
 		args = append(args, fmt.Sprintf("--lifecycle=%v", cfg.Lifecycle))
 	}
+	if cfg.HeartbeatTicks != d.HeartbeatTicks {
+		args = append(args, fmt.Sprintf("--heartbeat %d", cfg.HeartbeatTicks))
+	}
 	if p := PlantName(cfg.Bugs); p != "" {
 		args = append(args, "--plant "+p)
 	}

@@ -27,9 +27,13 @@ type Config struct {
 	HotBlocks  int       // blocks per volume most operations go to
 	Codec      bool      // round-trip every message through its wire encoding
 	Lifecycle  bool      // snapshots, clones, rollbacks, flattens and deletes while clients write
-	OutDir     string    // where to write the visualisation of a failing history
-	Trace      io.Writer // optional human-readable event log
-	TraceOID   core.OID  // with Trace: also log every disk write and message about this object
+	// HeartbeatTicks overrides the raft heartbeat interval (0: the
+	// daemon's). Other timings give other interleavings: some bugs show
+	// under one only.
+	HeartbeatTicks int
+	OutDir         string    // where to write the visualisation of a failing history
+	Trace          io.Writer // optional human-readable event log
+	TraceOID       core.OID  // with Trace: also log every disk write and message about this object
 }
 
 // DefaultConfig is the configuration `sheepdog sim` starts from.
@@ -71,8 +75,11 @@ type Result struct {
 func (r *Result) OK() bool { return len(r.Problems) == 0 }
 
 // simTiming is the nodes' timing in the simulator (10 ms ticks).
-func simTiming() core.Timing {
+func simTiming(cfg Config) core.Timing {
 	t := core.DefaultTiming()
+	if cfg.HeartbeatTicks > 0 {
+		t.HeartbeatTicks = cfg.HeartbeatTicks
+	}
 	t.FailTicks = 30
 	t.LeaseTicks = 20
 	t.RetryTicks = 5
@@ -454,7 +461,7 @@ func (s *Sim) startNode(nd *node) {
 	cfg := core.Config{
 		Self:    nd.info,
 		Rand:    rand.New(rand.NewPCG(s.cfg.Seed^uint64(nd.info.ID)<<20, nd.info.Incarnation)),
-		Timing:  simTiming(),
+		Timing:  simTiming(s.cfg),
 		Bugs:    s.cfg.Bugs,
 		Raft:    nd.disk.raftState(),
 		Objects: nd.disk.objects(),

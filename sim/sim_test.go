@@ -143,6 +143,9 @@ func TestRegressionSeeds(t *testing.T) {
 		{35000428, "all", "a restarted primary held a write its co-replica never got (it crashed with the write in flight) and served reads of it before the co-replica had fetched it; the primary was then taken out of the epoch, and the co-replica's older copy came back", shape(2, 2, 3, 2000)},
 		{35000307, "all", "a wiped node came back at a new address and was given the seed nodes' first addresses, where no node listened any more: it never joined", shape(2, 2, 3, 2000)},
 		{60349, "all", "the leader took a member out of the epoch on a report of it being unreachable that the reporter had stopped renewing (the partition had healed): the leader aged the old report on, and with a second copy corrupted a clone's table was lost", shape(3, 2, 3, 2000)},
+		{60595, "all", "a re-stamp of a snapshot's seal landed on a copy being repaired, and the repair then put the co-replica's copy of the version before it: below the seal, an acknowledged write read as a hole (found with a heartbeat every 2 ticks)", func(c *Config) { shape(3, 2, 3, 2000)(c); c.HeartbeatTicks = 2 }},
+		{36000964, "all", "same, with a heartbeat every 2 ticks", func(c *Config) { shape(2, 2, 3, 2000)(c); c.HeartbeatTicks = 2 }},
+		{36000577, "all", "a snapshot delete that got no reply (its node crashed) had been committed, but the simulator still counted the snapshot live and asked to read it for ever", shape(2, 2, 3, 2000)},
 		{80188, "all", "(first seen as 60200 of shape 3/2) the redundancy check wanted a corrupted object of a deleted snapshot repaired although no table named it any more (garbage that only reclaim removes, and no vdi check reads)", nil},
 		{197, "crash,loss,partition,oneway,wipe", "a second builder of a snapshot in the same epoch (a new leader) re-stamped only the copies at the first builder's re-stamp version, the newest: the primary's copy, which the first had not reached, fell below the seal and read as a hole", nil},
 	}

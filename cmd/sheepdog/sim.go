@@ -16,6 +16,7 @@ func simCommand() *command {
 		seed                      uint64
 		runs, nodes, copies, vdis int
 		clients, ops, parallel    int
+		heartbeat                 int
 		faults, plant, out        string
 		cpuProfile, memProfile    string
 		traceHash, lifecycle      bool
@@ -46,6 +47,7 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			fs.StringVar(&faults, "faults", "all", "fault kinds to inject")
 			fs.StringVar(&plant, "plant", "", "planted bug(s) to switch on: "+strings.Join(sim.PlantNames(), ", "))
 			fs.BoolVar(&lifecycle, "lifecycle", d.Lifecycle, "snapshots, clones, rollbacks, flattens and deletes in the workload")
+			fs.IntVar(&heartbeat, "heartbeat", 0, "raft heartbeat interval in ticks (0: the daemon's default)")
 			fs.StringVar(&out, "out", "", "directory for the visualisations of failing runs")
 			fs.BoolVar(&traceHash, "trace-hash", false, "print each run's trace hash")
 			fs.IntVar(&parallel, "parallel", 0, "runs at once (0: one per CPU)")
@@ -67,6 +69,10 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			if runs < 1 || nodes < 1 || copies < 1 || vdis < 1 || clients < 1 || ops < 1 {
 				return usagef("--runs, --nodes, --copies, --vdis, --clients and --ops must be positive")
 			}
+			if heartbeat < 0 || heartbeat >= 10 {
+				return usagef("--heartbeat must be 0 (the default) or fewer ticks than an election timeout (10)")
+			}
+			cfg.HeartbeatTicks = heartbeat
 			cfg.Nodes, cfg.Copies, cfg.VDIs, cfg.Clients, cfg.Ops, cfg.Lifecycle = nodes, copies, vdis, clients, ops, lifecycle
 			if out != "" {
 				if err := os.MkdirAll(out, 0o755); err != nil {
