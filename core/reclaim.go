@@ -23,7 +23,9 @@ import (
 //
 // References only ever disappear (a table entry changes from a VDI's id
 // to 0, never back), so what step 2 found unreferenced stays so: no
-// object is freed while anything references it. Deletion leaves no
+// object is freed while anything references it. A table write not yet
+// durable would come back as it was after a power loss, so step 2 syncs
+// the replicas of every table object it read before it counts it. Deletion leaves no
 // tombstone: a node that was away may bring an unreferenced object back
 // when it returns, and a later pass deletes it again. Passes repeat
 // while deleted VDIs remain, whenever the family, the epoch or the set
@@ -157,10 +159,76 @@ func (n *Node) reclaimRead(p *reclaimPass) {
 					refs[uint32(i)] = true
 				}
 			}
-			if p.left--; p.left == 0 {
-				n.reclaimCheck(p)
+			// An entry read as 0 may be a copy-on-write's table write
+			// that no flush made durable yet: after a power loss it would
+			// name the deleted VDI again, purged meanwhile (seed 62344 of
+			// --nodes 3 --copies 2 --heartbeat 2: a clone unreadable).
+			oids := make([]OID, 0, tableChunks(v.Objects()))
+			for k := uint32(0); k < tableChunks(v.Objects()); k++ {
+				oids = append(oids, TableOID(vid, k))
+			}
+			n.syncReplicas(oids, func() bool { return n.reclaimCurrent(p) }, func(ok bool) {
+				if !ok {
+					p.acted = true // the epoch changed: look again with the new replicas
+					n.reclaimEnd(p)
+					return
+				}
+				if p.left--; p.left == 0 {
+					n.reclaimCheck(p)
+				}
+			})
+		})
+	}
+}
+
+// syncReplicas makes every replica of oids sync its disk, retrying while
+// current holds, then runs done(true); done(false) if the epoch changed
+// first (the replicas are others now).
+func (n *Node) syncReplicas(oids []OID, current func() bool, done func(bool)) {
+	epoch := n.epoch
+	byNode := map[NodeID][]OID{}
+	for _, oid := range oids {
+		for _, id := range n.placement(oid) {
+			byNode[id] = append(byNode[id], oid)
+		}
+	}
+	ids := make([]NodeID, 0, len(byNode))
+	for id := range byNode {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	left := len(ids)
+	if left == 0 {
+		done(true)
+		return
+	}
+	failed := false
+	var ask func(id NodeID)
+	ask = func(id NodeID) {
+		n.rpc(&Message{Type: MsgSync, To: id, OIDs: byNode[id]}, func(resp *Message) {
+			if !current() || failed {
+				return
+			}
+			if n.epoch != epoch {
+				failed = true
+				done(false)
+				return
+			}
+			if resp.Code != OK {
+				n.after(int64(max(n.t.RetryTicks/4, 1)), func() {
+					if current() && !failed {
+						ask(id)
+					}
+				})
+				return
+			}
+			if left--; left == 0 {
+				done(true)
 			}
 		})
+	}
+	for _, id := range ids {
+		ask(id)
 	}
 }
 

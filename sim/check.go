@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"time"
 
@@ -143,7 +144,7 @@ func (s *Sim) eachVolume(then func(), step func(v *volume, next func())) {
 // readVolume reads v in full, retrying until it succeeds.
 func (s *Sim) readVolume(v *volume, what string, then func(data []byte)) {
 	size := uint64(v.blocks * s.cfg.BlockSize)
-	s.adminUntilOK(what, func() *core.Request {
+	s.adminUntilOK(fmt.Sprintf("%s of %s (%06x)", what, v.name, v.vid), func() *core.Request {
 		return &core.Request{Type: core.ReqRead, VID: v.vid, Len: size}
 	}, func(rep core.Reply) { then(rep.Data) })
 }

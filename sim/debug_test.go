@@ -22,7 +22,7 @@ func TestDebugSeed(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	cfg.Seed = seed
-	for name, field := range map[string]*int{"SIM_NODES": &cfg.Nodes, "SIM_COPIES": &cfg.Copies, "SIM_VDIS": &cfg.VDIs,
+	for name, field := range map[string]*int{"SIM_HEARTBEAT": &cfg.HeartbeatTicks, "SIM_NODES": &cfg.Nodes, "SIM_COPIES": &cfg.Copies, "SIM_VDIS": &cfg.VDIs,
 		"SIM_CLIENTS": &cfg.Clients, "SIM_OPS": &cfg.Ops} {
 		if v := os.Getenv(name); v != "" {
 			if *field, err = strconv.Atoi(v); err != nil {
