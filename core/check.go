@@ -120,11 +120,11 @@ func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 		verifyReplicas()
 		return
 	}
-	n.readLocal(oid, 0, n.objectSize(oid), func(d DiskDone) {
+	n.verifyLocal(oid, func(code Code) {
 		if !current() {
 			return
 		}
-		switch d.Err {
+		switch code {
 		case OK:
 			verifyReplicas()
 		case ErrCorrupt:
@@ -137,7 +137,7 @@ func (n *Node) primaryCheck(oid OID, o *object, p *primOp) {
 				verifyReplicas()
 			})
 		default:
-			finish(d.Err)
+			finish(code)
 		}
 	})
 }
@@ -183,15 +183,15 @@ func (n *Node) handleCheck(m *Message) {
 	case o.meta.Deleted:
 		n.respond(m, MsgCheckResp, OK)
 	default:
-		n.readLocal(m.OID, 0, n.objectSize(m.OID), func(d DiskDone) {
-			switch d.Err {
+		n.verifyLocal(m.OID, func(code Code) {
+			switch code {
 			case OK:
 				n.respond(m, MsgCheckResp, OK)
 			case ErrCorrupt:
 				n.note("object " + m.OID.String() + " is corrupted here: replacing it with the primary's copy")
 				fix()
 			default:
-				n.respond(m, MsgCheckResp, d.Err)
+				n.respond(m, MsgCheckResp, code)
 			}
 		})
 	}

@@ -45,6 +45,10 @@ type DiskOp struct {
 	Data []byte
 	Meta ObjMeta
 	Sync bool // durable before completion (FUA)
+	// Verify makes a DiskRead check the range's checksums only: no data
+	// comes back (vdi check reads whole objects just to verify them, a
+	// window of them at once, and held their bytes meanwhile).
+	Verify bool
 }
 
 // DiskDone reports a completed disk operation.

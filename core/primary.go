@@ -271,6 +271,19 @@ func (n *Node) readLocal(oid OID, off, length uint32, cb func(DiskDone)) {
 	})
 }
 
+// verifyLocal checks the checksums of the whole local copy of oid
+// (ErrCorrupt if one fails) without reading its bytes back.
+func (n *Node) verifyLocal(oid OID, cb func(Code)) {
+	o := n.obj(oid)
+	o.reading++
+	n.disk(DiskOp{Kind: DiskRead, OID: oid, Len: n.objectSize(oid), Verify: true}, func(d DiskDone) {
+		o.reading--
+		cb(d.Err)
+		n.wake(oid)
+		n.forget(oid)
+	})
+}
+
 func (n *Node) primaryWrite(oid OID, o *object, p *primOp) {
 	m := p.m
 	if m.ReqID != 0 && m.ReqID < o.meta.ReqID {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"hash/maphash"
+	"sync"
 
 	"github.com/sheepdog-go/sheepdog/core"
 	"github.com/sheepdog-go/sheepdog/disk"
@@ -77,7 +78,7 @@ func (d *Daemon) submitDisk(op core.DiskOp) {
 		d.doneHere(op, d.execDisk(op))
 		return
 	}
-	if op.Kind == core.DiskRead && op.Len <= inlineReadMax {
+	if op.Kind == core.DiskRead && op.Len <= inlineReadMax && !op.Verify {
 		// A read whose bytes are in the page cache is cheaper done here
 		// than handed to a worker and back; one that would wait for the
 		// device (or for the applier) goes to the worker, and so do
@@ -131,6 +132,9 @@ func (d *Daemon) execDisk(op core.DiskOp) core.DiskDone {
 	var err error
 	switch op.Kind {
 	case core.DiskRead:
+		if op.Verify {
+			return d.verify(op)
+		}
 		buf := make([]byte, op.Len)
 		m, err := d.store.Read(uint64(op.OID), int64(op.Off), buf)
 		return d.readResult(op, buf, m, err)
@@ -162,6 +166,25 @@ func (d *Daemon) execDisk(op core.DiskOp) core.DiskDone {
 		res.Err = diskCode(err)
 	}
 	return res
+}
+
+// verifyChunk is the piece of an object a verifying read holds at a time.
+const verifyChunk = 256 << 10
+
+var verifyBufs = sync.Pool{New: func() any { b := make([]byte, verifyChunk); return &b }}
+
+// verify reads op's range a chunk at a time into a pooled buffer, for the
+// store to check its checksums, and returns no data.
+func (d *Daemon) verify(op core.DiskOp) core.DiskDone {
+	bp := verifyBufs.Get().(*[]byte)
+	defer verifyBufs.Put(bp)
+	var m disk.ObjectMeta
+	var err error
+	for off := int64(op.Off); off < int64(op.Off)+int64(op.Len) && err == nil; off += verifyChunk {
+		n := min(int64(verifyChunk), int64(op.Off)+int64(op.Len)-off)
+		m, err = d.store.Read(uint64(op.OID), off, (*bp)[:n])
+	}
+	return d.readResult(op, nil, m, err)
 }
 
 // readResult is the core's view of a store read.

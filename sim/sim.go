@@ -437,6 +437,9 @@ func (s *Sim) diskDone(e *event) {
 		switch op.Kind {
 		case core.DiskRead:
 			d.Data, d.Meta, d.Err = nd.disk.read(op.OID, op.Off, op.Len)
+			if op.Verify {
+				d.Data = nil
+			}
 		case core.DiskWrite, core.DiskPut, core.DiskDelete:
 			seq := nd.disk.apply(&op)
 			if op.Sync {
