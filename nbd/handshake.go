@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/protocol"
+	"github.com/sheepdog-go/sheepdog/internal/cork"
 )
 
 // session is what the handshake settled for the transmission phase.
@@ -231,7 +232,8 @@ func (n *negotiator) startTLS(ctx context.Context, data []byte) error {
 	if c.br.Buffered() != 0 {
 		return protoErrorf("%d bytes sent after NBD_OPT_STARTTLS before its reply", c.br.Buffered())
 	}
-	tc := tls.Server(c.nc, c.srv.TLSConfig)
+	ck := cork.New(c.nc)
+	tc := tls.Server(ck, c.srv.TLSConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.log.Warn("nbd: TLS handshake refused", "err", err)
 		return fmt.Errorf("%w: %w", errTLSHandshake, err)
@@ -244,7 +246,7 @@ func (n *negotiator) startTLS(ctx context.Context, data []byte) error {
 	c.log = c.log.With("tls_client", client)
 	c.log.Info("nbd: TLS established", "version", tls.VersionName(st.Version),
 		"cipher", tls.CipherSuiteName(st.CipherSuite))
-	c.nc = tc
+	c.nc, c.cork = tc, ck
 	c.br.Reset(tc)
 	n.bw.Reset(tc)
 	n.tls = true

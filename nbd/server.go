@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sheepdog-go/sheepdog/internal/cork"
 	"github.com/sheepdog-go/sheepdog/internal/nowait"
 )
 
@@ -418,10 +419,11 @@ func isNetOpError(err error) bool {
 
 // conn is the state of one client connection.
 type conn struct {
-	srv *Server
-	nc  net.Conn
-	br  *bufio.Reader
-	log *slog.Logger
+	srv  *Server
+	nc   net.Conn
+	cork *cork.Conn // below nc once it is TLS: a reply's records go out in one write
+	br   *bufio.Reader
+	log  *slog.Logger
 }
 
 // Payload buffers are pooled in power-of-two size classes from 4 KiB up to

@@ -816,6 +816,9 @@ func (t *transmitter) writeIOV() error {
 	if w, ok := t.c.nc.(*nowait.Conn); ok {
 		_, err = w.Writev(t.iovw)
 	} else if t.tlsw != nil {
+		if t.c.cork != nil {
+			t.c.cork.Hold()
+		}
 		for _, b := range t.iovw {
 			if _, err = t.tlsw.Write(b); err != nil {
 				break
@@ -823,6 +826,11 @@ func (t *transmitter) writeIOV() error {
 		}
 		if err == nil {
 			err = t.tlsw.Flush()
+		}
+		if t.c.cork != nil {
+			if rerr := t.c.cork.Release(); err == nil {
+				err = rerr
+			}
 		}
 	} else {
 		_, err = t.iovw.WriteTo(t.c.nc) // consumes t.iovw

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sheepdog-go/sheepdog/internal/cork"
 )
 
 // TLS puts a Transport's connections under mutual TLS: Server for the
@@ -161,9 +163,23 @@ func describeTLS(addr string, err error) error {
 // without the close_notify alert, which would wait (up to 5 s) for room
 // in the socket of a peer that stopped reading; callers close under
 // locks and on shutdown.
-type tlsConn struct{ *tls.Conn }
+// Its writes go out in one system call however many records they take
+// (cork).
+type tlsConn struct {
+	*tls.Conn
+	ck *cork.Conn
+}
 
 func (c tlsConn) Close() error { return c.NetConn().Close() }
+
+func (c tlsConn) Write(p []byte) (int, error) {
+	c.ck.Hold()
+	n, err := c.Conn.Write(p)
+	if rerr := c.ck.Release(); err == nil && rerr != nil {
+		err = rerr
+	}
+	return n, err
+}
 
 // clientTLS runs the client side of a TLS handshake on c for addr, bounded
 // by timeout and ctx. It closes c on failure.
@@ -182,13 +198,14 @@ func clientTLS(ctx context.Context, c gonet.Conn, addr string, cfg *tls.Config, 
 		deadline = d
 	}
 	c.SetDeadline(deadline)
-	tc := tls.Client(c, cc)
+	ck := cork.New(c)
+	tc := tls.Client(ck, cc)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, describeTLS(addr, err)
 	}
 	c.SetDeadline(time.Time{})
-	return tlsConn{tc}, nil
+	return tlsConn{tc, ck}, nil
 }
 
 // serverTLS runs the server side of a TLS handshake on an accepted
@@ -197,11 +214,12 @@ func clientTLS(ctx context.Context, c gonet.Conn, addr string, cfg *tls.Config, 
 // TLS is required. The caller closes c on failure.
 func (t *Transport) serverTLS(c gonet.Conn, remote string) (gonet.Conn, error) {
 	c.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
-	tc := tls.Server(c, t.cfg.TLS.Server)
+	ck := cork.New(c)
+	tc := tls.Server(ck, t.cfg.TLS.Server)
 	err := tc.HandshakeContext(t.ctx)
 	if err == nil {
 		c.SetDeadline(time.Time{})
-		return tlsConn{tc}, nil
+		return tlsConn{tc, ck}, nil
 	}
 	if t.closed.Load() {
 		return nil, err
