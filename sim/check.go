@@ -132,7 +132,15 @@ func (s *Sim) eachVolume(then func(), step func(v *volume, next func())) {
 			then()
 			return
 		}
-		if s.vdis[i].deleted {
+		v := s.vdis[i]
+		if w := s.latest().VDI(v.vid); v.maybeGone && !v.deleted && (w == nil || w.Deleted) {
+			// The delete that got no reply was committed after all.
+			v.deleted = true
+			for _, c := range v.clients {
+				c.stopped = true
+			}
+		}
+		if v.deleted {
 			run(i + 1)
 			return
 		}

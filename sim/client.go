@@ -28,6 +28,7 @@ type volume struct {
 	clone      bool // made by cloning a snapshot
 	paused     bool // a lifecycle action waits for the clients to stand still
 	deleted    bool
+	maybeGone  bool // a delete of it got no reply: it may have taken effect
 }
 
 type writeRec struct {

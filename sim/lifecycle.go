@@ -414,6 +414,7 @@ func (s *Sim) deleteVolume(v *volume) {
 				s.maybeWorkloadDone()
 				return
 			}
+			v.maybeGone = v.maybeGone || !ok
 			s.resumeVolume(v)
 			s.lifeDone()
 		})

@@ -147,6 +147,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{36000964, "all", "same, with a heartbeat every 2 ticks", func(c *Config) { shape(2, 2, 3, 2000)(c); c.HeartbeatTicks = 2 }},
 		{36000577, "all", "a snapshot delete that got no reply (its node crashed) had been committed, but the simulator still counted the snapshot live and asked to read it for ever", shape(2, 2, 3, 2000)},
 		{62344, "all", "reclaim counted a clone's table entry as no longer naming a deleted snapshot while the copy-on-write's table write was not yet durable; the snapshot was purged, and after a power loss the entry named it again: the clone could not be read", func(c *Config) { shape(3, 2, 3, 2000)(c); c.HeartbeatTicks = 2 }},
+		{38000465, "all", "same for a clone volume: its delete got no reply but was committed, and the simulator read it for ever", shape(2, 2, 3, 2000)},
 		{80188, "all", "(first seen as 60200 of shape 3/2) the redundancy check wanted a corrupted object of a deleted snapshot repaired although no table named it any more (garbage that only reclaim removes, and no vdi check reads)", nil},
 		{197, "crash,loss,partition,oneway,wipe", "a second builder of a snapshot in the same epoch (a new leader) re-stamped only the copies at the first builder's re-stamp version, the newest: the primary's copy, which the first had not reached, fell below the seal and read as a hole", nil},
 	}
