@@ -284,18 +284,6 @@ func (n *Node) handleRestamp(m *Message) {
 	finish(OK)
 }
 
-// whenSettled runs fn once no local I/O of oid is in flight and no repair
-// of it runs: a re-stamp written during a repair was undone by the copy
-// the repair put (of the version before the re-stamp), and that copy,
-// below the seal, read as a hole (seed 60595 of shape 3/2).
-func (n *Node) whenSettled(oid OID, fn func()) {
-	if o := n.obj(oid); o.repairing {
-		o.waiting = append(o.waiting, func() { n.whenSettled(oid, fn) })
-		return
-	}
-	n.whenIdle(oid, fn)
-}
-
 // buildCurrent reports whether j is still the job for a VDI still being built.
 func (n *Node) buildCurrent(j *buildJob) bool {
 	v := n.cs.VDI(j.vid)

@@ -24,9 +24,9 @@ import (
 // References only ever disappear (a table entry changes from a VDI's id
 // to 0, never back), so what step 2 found unreferenced stays so: no
 // object is freed while anything references it. A table write not yet
-// durable would come back as it was after a power loss, so step 2 syncs
-// the replicas of every table object it read before it counts it. Deletion leaves no
-// tombstone: a node that was away may bring an unreferenced object back
+// durable would come back as it was after a power loss, so step 2 ends
+// by syncing the replicas of every table object it read. Deletion leaves
+// no tombstone: a node that was away may bring an unreferenced object back
 // when it returns, and a later pass deletes it again. Passes repeat
 // while deleted VDIs remain, whenever the family, the epoch or the set
 // of deleted VDIs changed, and at least every reclaimTicks.
@@ -62,6 +62,7 @@ type reclaimPass struct {
 	lists map[uint32][]ObjVersion
 	refs  map[uint32]map[uint32]bool // deleted VDI → indices still referenced
 	live  []uint32
+	read  []OID // table objects read: their replicas sync before the check
 	left  int
 	acted bool // purged or deleted something
 }
@@ -135,13 +136,16 @@ func (n *Node) reclaimRead(p *reclaimPass) {
 		n.reclaimCheck(p)
 		return
 	}
+	tableDone := func() {
+		if p.left--; p.left == 0 {
+			n.reclaimSync(p)
+		}
+	}
 	for _, vid := range p.live {
 		v := n.cs.VDI(vid)
 		if v == nil || v.Deleted || !v.Table {
 			// Deleted or flattened since: it references nothing now.
-			if p.left--; p.left == 0 {
-				n.reclaimCheck(p)
-			}
+			tableDone()
 			continue
 		}
 		n.readTable(v, func(code Code, entries []uint32) {
@@ -159,26 +163,28 @@ func (n *Node) reclaimRead(p *reclaimPass) {
 					refs[uint32(i)] = true
 				}
 			}
-			// An entry read as 0 may be a copy-on-write's table write
-			// that no flush made durable yet: after a power loss it would
-			// name the deleted VDI again, purged meanwhile (seed 62344 of
-			// --nodes 3 --copies 2 --heartbeat 2: a clone unreadable).
-			oids := make([]OID, 0, tableChunks(v.Objects()))
 			for k := uint32(0); k < tableChunks(v.Objects()); k++ {
-				oids = append(oids, TableOID(vid, k))
+				p.read = append(p.read, TableOID(vid, k))
 			}
-			n.syncReplicas(oids, func() bool { return n.reclaimCurrent(p) }, func(ok bool) {
-				if !ok {
-					p.acted = true // the epoch changed: look again with the new replicas
-					n.reclaimEnd(p)
-					return
-				}
-				if p.left--; p.left == 0 {
-					n.reclaimCheck(p)
-				}
-			})
+			tableDone()
 		})
 	}
+}
+
+// reclaimSync makes the tables read durable before they count: an entry
+// read as 0 may be a copy-on-write's table write that no flush made
+// durable yet, and after a power loss it would name the deleted VDI
+// again, purged meanwhile (seed 62344 of --nodes 3 --copies 2
+// --heartbeat 2: a clone unreadable).
+func (n *Node) reclaimSync(p *reclaimPass) {
+	n.syncReplicas(p.read, func() bool { return n.reclaimCurrent(p) }, func(ok bool) {
+		if !ok {
+			p.acted = true // the epoch changed: look again with the new replicas
+			n.reclaimEnd(p)
+			return
+		}
+		n.reclaimCheck(p)
+	})
 }
 
 // syncReplicas makes every replica of oids sync its disk, retrying while

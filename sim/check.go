@@ -133,7 +133,7 @@ func (s *Sim) eachVolume(then func(), step func(v *volume, next func())) {
 			return
 		}
 		v := s.vdis[i]
-		if w := s.latest().VDI(v.vid); v.maybeGone && !v.deleted && (w == nil || w.Deleted) {
+		if v.maybeGone && !v.deleted && s.vdiGone(v.vid) {
 			// The delete that got no reply was committed after all.
 			v.deleted = true
 			for _, c := range v.clients {

@@ -327,37 +327,12 @@ func (s *Sim) faultPartition(budget int, oneWay bool) {
 		oneWay = false
 		goto apply
 	}
-	for _, a := range s.nodes {
-		for _, b := range s.nodes {
-			if !cut[a.idx] || cut[b.idx] || (partial && s.rng.IntN(2) == 0) {
-				continue
-			}
-			if !oneWay || dir == 0 {
-				links = append(links, [2]int{a.idx, b.idx})
-			}
-			if !oneWay || dir == 1 {
-				links = append(links, [2]int{b.idx, a.idx})
-			}
-		}
-	}
+	links = s.cutLinks(cut, partial, oneWay, dir)
 	if lead := s.leader(); lead != nil && cut[lead.idx] && partial && s.leaderVictims(lead, up, links) > budget {
 		// A leader cut off from some of the others declares each of them
 		// dead: that impairs them all, beyond the budget. Cut it off
 		// from every other instead, so that only it is replaced.
-		links = links[:0]
-		for _, a := range s.nodes {
-			for _, b := range s.nodes {
-				if !cut[a.idx] || cut[b.idx] {
-					continue
-				}
-				if !oneWay || dir == 0 {
-					links = append(links, [2]int{a.idx, b.idx})
-				}
-				if !oneWay || dir == 1 {
-					links = append(links, [2]int{b.idx, a.idx})
-				}
-			}
-		}
+		links = s.cutLinks(cut, false, oneWay, dir)
 	}
 apply:
 	var names []string
@@ -374,6 +349,27 @@ apply:
 		}
 		s.tracef("partition of %d links ends", len(links))
 	})
+}
+
+// cutLinks lists the links between the nodes of cut and the others: every
+// one, or with partial a random half of them; with oneWay only those in
+// direction dir (0: from the cut-off nodes).
+func (s *Sim) cutLinks(cut map[int]bool, partial, oneWay bool, dir int) [][2]int {
+	var links [][2]int
+	for _, a := range s.nodes {
+		for _, b := range s.nodes {
+			if !cut[a.idx] || cut[b.idx] || (partial && s.rng.IntN(2) == 0) {
+				continue
+			}
+			if !oneWay || dir == 0 {
+				links = append(links, [2]int{a.idx, b.idx})
+			}
+			if !oneWay || dir == 1 {
+				links = append(links, [2]int{b.idx, a.idx})
+			}
+		}
+	}
+	return links
 }
 
 // leaderVictims counts the members of up, other than the leader, that

@@ -30,14 +30,14 @@ import (
 
 // snapshot is a snapshot the workload took.
 type snapshot struct {
-	vol     *volume
-	vid     uint32
-	call    int64
-	ret     int64
-	values  []uint64 // per block, once captured
-	deleted bool
-	maybe   bool // a delete of it got no reply: it may have taken effect
-	clones  int
+	vol       *volume
+	vid       uint32
+	call      int64
+	ret       int64
+	values    []uint64 // per block, once captured
+	deleted   bool
+	maybeGone bool // a delete of it got no reply: it may have taken effect
+	clones    int
 }
 
 const (
@@ -396,7 +396,7 @@ func (s *Sim) deleteSnapshot(sn *snapshot) {
 		if ok && (rep.Code == core.OK || rep.Code == core.ErrNoVDI) {
 			sn.deleted = true
 		}
-		sn.maybe = sn.maybe || !ok
+		sn.maybeGone = sn.maybeGone || !ok
 		s.lifeDone()
 	})
 }
@@ -421,6 +421,14 @@ func (s *Sim) deleteVolume(v *volume) {
 	})
 }
 
+// vdiGone reports whether the cluster has no live VDI vid: what decides a
+// delete that got no reply (its node crashed after it was committed, or
+// before).
+func (s *Sim) vdiGone(vid uint32) bool {
+	v := s.latest().VDI(vid)
+	return v == nil || v.Deleted
+}
+
 // checkSnapshots reads every live snapshot whole: it must hold what it
 // held when captured (after healing, and again after the power loss).
 func (s *Sim) checkSnapshots(what string, then func()) {
@@ -432,7 +440,7 @@ func (s *Sim) checkSnapshots(what string, then func()) {
 			return
 		}
 		sn := snaps[i]
-		if v := s.latest().VDI(sn.vid); sn.maybe && (v == nil || v.Deleted) {
+		if sn.maybeGone && s.vdiGone(sn.vid) {
 			// The delete that got no reply was committed after all.
 			sn.deleted = true
 			run(i + 1)
