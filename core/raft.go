@@ -196,8 +196,9 @@ func (n *Node) drainRaft() {
 			_ = n.storage.SetHardState(rd.HardState)
 			n.out.HardState = rd.HardState
 		}
-		for i := range rd.Messages {
-			rm := rd.Messages[i]
+		msgs := coalesceHeartbeats(rd.Messages)
+		for i := range msgs {
+			rm := msgs[i]
 			n.send(&Message{Type: MsgRaft, To: NodeID(rm.To), Raft: &rm})
 		}
 		for _, e := range rd.CommittedEntries {

@@ -24,7 +24,7 @@ func (d *Daemon) Do(ctx context.Context, r *core.Request) (core.Reply, error) {
 	d.clients.Add(1)
 	defer d.clients.Add(-1)
 	select {
-	case d.inbox <- event{req: r, reply: func(rep core.Reply) { ch <- rep }}:
+	case d.inbox <- event{at: d.clock.now(), req: r, reply: func(rep core.Reply) { ch <- rep }}:
 	case <-d.stopped:
 		return core.Reply{}, ErrStopped
 	case <-ctx.Done():
@@ -57,7 +57,7 @@ func (d *Daemon) submit(r *core.Request, done func(core.Reply)) bool {
 func (d *Daemon) Query(ctx context.Context, fn func(n *core.Node)) error {
 	done := make(chan struct{})
 	select {
-	case d.inbox <- event{query: func(n *core.Node) { fn(n); close(done) }}:
+	case d.inbox <- event{at: d.clock.now(), query: func(n *core.Node) { fn(n); close(done) }}:
 	case <-d.stopped:
 		return ErrStopped
 	case <-ctx.Done():
