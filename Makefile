@@ -78,6 +78,7 @@ deps:
 # A longer seeded fault run: $(SIM_RUNS) seeds x $(SIM_OPS) operations, every fault.
 sim: build
 	./$(BIN) sim --seed 1 --runs $(SIM_RUNS) --ops $(SIM_OPS) --faults all --out sim-out
+	./$(BIN) sim --seed 100001 --runs $$(( $(SIM_RUNS) / 4 )) --ops $(SIM_OPS) --faults all --quiet --out sim-out
 
 # The fault harness on real processes (root): $(FAULT_RUNS) seeds, every
 # fault kind; failed runs are kept under faults-out/.

@@ -45,7 +45,7 @@ func (n *Node) requestLease(r NodeID) {
 		if epoch != n.epoch {
 			return
 		}
-		n.leaseReq[r] = false
+		delete(n.leaseReq, r)
 		if resp.Code == OK && resp.Epoch == epoch {
 			n.leases[r] = max(n.leases[r], sent+n.holderLeaseTicks())
 			n.leaseGranted()

@@ -14,7 +14,8 @@ const QuietTicks = 4
 
 // Quiet reports whether nothing on the node waits for its clock but the
 // cluster log's heartbeats and the periodic duties that may run late: it
-// is a serving member with no timer or retry armed, no peer request,
+// is a serving member with no timer or retry due within QuietTicks (the
+// guards of operations that finished long ago wait for minutes), no peer request,
 // proposal, join or configuration change outstanding, no client
 // operation, recovery, refill or job under way, and a cluster log that
 // has applied what it committed and, on the leader, replicated it to
@@ -30,7 +31,9 @@ func (n *Node) Quiet() bool {
 	if !n.serving || n.stopped || !n.cs.IsMember(n.id, n.self.Incarnation) {
 		return false
 	}
-	if len(n.timers) > 0 || len(n.retries) > 0 || len(n.calls) > 0 || len(n.props) > 0 ||
+	soon := n.now + QuietTicks // a timer due later fires as late as one due then
+	if len(n.timers) > 0 && n.timers[0].at <= soon || len(n.retries) > 0 && n.retries[0].at <= soon ||
+		len(n.calls) > 0 || len(n.props) > 0 ||
 		len(n.pendingJoins) > 0 || n.confPending != 0 || len(n.held) > 0 || len(n.diskCB) > 0 ||
 		n.writesInFlight > 0 || n.listsDue != nil || len(n.reach.suspect) > 0 || len(n.leaseReq) > 0 ||
 		len(n.refill) > 0 || len(n.barriers) > 0 || len(n.flattens) > 0 || len(n.revokes) > 0 ||

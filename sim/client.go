@@ -86,7 +86,7 @@ func (s *Sim) blockKey(v *volume, b int) uint64 { return uint64(v.idx)<<32 | uin
 
 // clientNext starts the client's next operation.
 func (s *Sim) clientNext(c *client) {
-	if c.pending != nil || c.stopped {
+	if c.pending != nil || c.stopped || s.lulled(func() { s.clientNext(c) }) {
 		return
 	}
 	if c.vol.paused {

@@ -13,7 +13,7 @@ import (
 // TestDebugSeed replays one seed with a full trace, for investigating a
 // failure: SIM_SEED=52 SIM_BLOCK=23 go test ./sim -run TestDebugSeed -v
 // It runs the default configuration (SIM_FAULTS, SIM_NODES, SIM_COPIES,
-// SIM_VDIS, SIM_CLIENTS and SIM_OPS override it) and always passes unless
+// SIM_VDIS, SIM_CLIENTS and SIM_OPS override it; SIM_QUIET, SIM_CODEC set it) and always passes unless
 // the replay itself fails to run.
 func TestDebugSeed(t *testing.T) {
 	seed, err := strconv.ParseUint(os.Getenv("SIM_SEED"), 10, 64)
@@ -36,6 +36,7 @@ func TestDebugSeed(t *testing.T) {
 		}
 	}
 	cfg.Codec = os.Getenv("SIM_CODEC") != ""
+	cfg.Quiet = os.Getenv("SIM_QUIET") != ""
 	if os.Getenv("SIM_LIFECYCLE") == "0" {
 		cfg.Lifecycle = false
 	}

@@ -47,7 +47,7 @@ const (
 
 // lifecycleLoop starts one lifecycle action now and then.
 func (s *Sim) lifecycleLoop() {
-	if s.checking || s.opsStarted >= s.cfg.Ops {
+	if s.checking || s.opsStarted >= s.cfg.Ops || s.lulled(s.lifecycleLoop) {
 		return
 	}
 	if !s.lifeBusy {
@@ -205,7 +205,7 @@ const snapClient = 1000
 // snapReader reads a random block of a random live snapshot now and then:
 // it must hold what the snapshot held when it was captured.
 func (s *Sim) snapReader() {
-	if s.checking || s.opsStarted >= s.cfg.Ops {
+	if s.checking || s.opsStarted >= s.cfg.Ops || s.lulled(s.snapReader) {
 		return
 	}
 	defer s.at(int64(20+s.rng.IntN(60))*ms, s.snapReader)

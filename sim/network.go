@@ -90,6 +90,8 @@ func (s *Sim) deliver(e *event) {
 		return
 	}
 	s.mix(8, uint64(s.now), uint64(to.idx), uint64(m.Type), uint64(m.From), m.ID)
+	s.catchUp(to)
 	to.n.Step(m)
 	s.flush(to)
+	s.busied(to)
 }

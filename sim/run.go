@@ -30,7 +30,7 @@ func (s *Sim) run() Result {
 	res := Result{Seed: s.cfg.Seed, Ops: s.opsDone, Failed: s.opsFailed, SimTime: s.now, Events: s.events, TraceHash: s.hash}
 	res.Problems = s.problems
 	res.HTML = s.html
-	res.ReadsHere, res.Stashed, res.Direct, res.Revokes = s.readsHere, s.stashed, s.direct, s.revokes
+	res.ReadsHere, res.Stashed, res.Direct, res.Revokes, res.Bursts = s.readsHere, s.stashed, s.direct, s.revokes, s.bursts
 	for _, nd := range s.nodes {
 		if nd.n != nil {
 			res.ReadsHere += nd.n.ReadsHere()
@@ -215,6 +215,9 @@ func (s *Sim) startWorkload(finish func()) {
 	}
 	if s.cfg.Faults.Has(FaultCorrupt) {
 		s.at(200*ms, s.scrubLoop)
+	}
+	if s.cfg.Quiet {
+		s.at(int64(100+s.rng.IntN(300))*ms, s.lullLoop)
 	}
 }
 

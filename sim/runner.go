@@ -120,6 +120,9 @@ func ReplayCommand(cfg Config) string {
 	if cfg.HeartbeatTicks != d.HeartbeatTicks {
 		args = append(args, fmt.Sprintf("--heartbeat %d", cfg.HeartbeatTicks))
 	}
+	if cfg.Quiet != d.Quiet {
+		args = append(args, fmt.Sprintf("--quiet=%v", cfg.Quiet))
+	}
 	if p := PlantName(cfg.Bugs); p != "" {
 		args = append(args, "--plant "+p)
 	}

@@ -31,9 +31,13 @@ type Config struct {
 	// daemon's). Other timings give other interleavings: some bugs show
 	// under one only.
 	HeartbeatTicks int
-	OutDir         string    // where to write the visualisation of a failing history
-	Trace          io.Writer // optional human-readable event log
-	TraceOID       core.OID  // with Trace: also log every disk write and message about this object
+	// Quiet ticks a node as the daemon does: while core.Node.Quiet holds,
+	// in bursts of core.QuietTicks ticks, each burst delivered just before
+	// the next event the node handles.
+	Quiet    bool
+	OutDir   string    // where to write the visualisation of a failing history
+	Trace    io.Writer // optional human-readable event log
+	TraceOID core.OID  // with Trace: also log every disk write and message about this object
 }
 
 // DefaultConfig is the configuration `sheepdog sim` starts from.
@@ -67,6 +71,7 @@ type Result struct {
 	Stashed   uint64 // replica writes that took their data from the writing gateway (sent without it)
 	Direct    uint64 // operations attachers ran as primary of objects handed over to them
 	Revokes   uint64 // objects primaries took back from attachers
+	Bursts    uint64 // Quiet: tick deliveries of more than one tick
 	Problems  []string
 	HTML      string // visualisation written for a failing history
 }
@@ -195,6 +200,8 @@ type node struct {
 	started       bool
 	gen           int
 	period        int64
+	ticked        int64   // Quiet: when the node's last tick was due
+	nextTick      int64   // Quiet: when its tick event is due (older ones are void)
 	slow          int64   // extra disk latency, µs
 	errP          float64 // probability a disk operation fails
 	crashAfterAck bool    // crash right after acknowledging a write (a targeted crash)
@@ -205,6 +212,8 @@ type node struct {
 type Sim struct {
 	readsHere uint64 // ReadsHere of node incarnations that ended
 	stashed   uint64 // StashedWrites of node incarnations that ended
+	bursts    uint64 // Quiet: bursts of ticks delivered (catchUp)
+	lullUntil int64  // Quiet: the workload waits until then (lullLoop)
 	direct    uint64 // DirectOps of node incarnations that ended
 	revokes   uint64 // Revokes of node incarnations that ended
 	cfg       Config
@@ -302,6 +311,24 @@ func (s *Sim) joinAddrs() []string {
 	for i := range out {
 		out[i] = s.nodes[i].info.Addr
 	}
+	// When no seed is a running member any more (they left, or were
+	// wiped and have not joined again), the operator starting a node
+	// gives it one that is: with only dead seeds it could never join.
+	cs := s.latest()
+	if cs == nil {
+		return out
+	}
+	running := func(nd *node) bool { return nd.up && cs.IsMember(nd.info.ID, nd.info.Incarnation) }
+	for i := range out {
+		if running(s.nodes[i]) {
+			return out
+		}
+	}
+	for _, nd := range s.nodes {
+		if running(nd) {
+			out = append(out, nd.info.Addr)
+		}
+	}
 	return out
 }
 
@@ -357,6 +384,14 @@ func (s *Sim) step() bool {
 		if !nd.up || nd.gen != e.gen {
 			return true
 		}
+		if s.cfg.Quiet {
+			if e.at == nd.nextTick {
+				s.catchUp(nd)
+				s.flush(nd)
+				s.scheduleTick(nd)
+			}
+			return true
+		}
 		s.mix(1, uint64(s.now), uint64(nd.idx))
 		nd.n.Step(core.Tick{Unix: simEpoch + s.now/1_000_000})
 		s.flush(nd)
@@ -404,8 +439,10 @@ func (s *Sim) request(nd *node, r *core.Request, cb func(core.Reply)) {
 	r.ID = s.reqID
 	s.reqs[r.ID] = cb
 	s.mix(4, uint64(s.now), uint64(nd.idx), r.ID, uint64(r.Type))
+	s.catchUp(nd)
 	nd.n.Step(r)
 	s.flush(nd)
+	s.busied(nd)
 }
 
 func (s *Sim) submitDisk(nd *node, op core.DiskOp) {
@@ -453,8 +490,10 @@ func (s *Sim) diskDone(e *event) {
 	if s.cfg.TraceOID != 0 && op.OID == s.cfg.TraceOID && op.Kind != core.DiskRead {
 		s.tracef("node %d disk %v %v off=%d len=%d meta=%+v data0=%x err=%v", nd.info.ID, op.Kind, op.OID, op.Off, op.Len, op.Meta, first8(op.Data), d.Err)
 	}
+	s.catchUp(nd)
 	nd.n.Step(d)
 	s.flush(nd)
+	s.busied(nd)
 }
 
 // startNode boots (or reboots) a node from its disk.
@@ -490,7 +529,9 @@ func (s *Sim) startNode(nd *node) {
 	s.tracef("node %d starts (incarnation %d)", nd.info.ID, nd.info.Incarnation)
 	s.mix(6, uint64(s.now), uint64(nd.idx), nd.info.Incarnation)
 	s.flush(nd)
-	s.push(&event{at: s.now + 1 + int64(s.rng.IntN(int(nd.period))), kind: evTick, node: nd, gen: nd.gen})
+	first := s.now + 1 + int64(s.rng.IntN(int(nd.period)))
+	nd.ticked, nd.nextTick = first-nd.period, first
+	s.push(&event{at: first, kind: evTick, node: nd, gen: nd.gen})
 }
 
 // crashNode stops a node; its unsynced writes may be lost.

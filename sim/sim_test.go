@@ -149,6 +149,7 @@ func TestRegressionSeeds(t *testing.T) {
 		{62344, "all", "reclaim counted a clone's table entry as no longer naming a deleted snapshot while the copy-on-write's table write was not yet durable; the snapshot was purged, and after a power loss the entry named it again: the clone could not be read", func(c *Config) { shape(3, 2, 3, 2000)(c); c.HeartbeatTicks = 2 }},
 		{38000465, "all", "same for a clone volume: its delete got no reply but was committed, and the simulator read it for ever", shape(2, 2, 3, 2000)},
 		{80188, "all", "(first seen as 60200 of shape 3/2) the redundancy check wanted a corrupted object of a deleted snapshot repaired although no table named it any more (garbage that only reclaim removes, and no vdi check reads)", nil},
+		{91264, "all", "two seed nodes wiped (not joined again) and the third gone for good: the simulator gave a wiped node only dead seeds to join through (found with quiet ticking)", func(c *Config) { shape(3, 2, 3, 2000)(c); c.Quiet = true }},
 		{197, "crash,loss,partition,oneway,wipe", "a second builder of a snapshot in the same epoch (a new leader) re-stamped only the copies at the first builder's re-stamp version, the newest: the primary's copy, which the first had not reached, fell below the seal and read as a hole", nil},
 	}
 	for _, tt := range tests {
@@ -204,6 +205,7 @@ func TestDeterminism(t *testing.T) {
 		{"codec", func(c *Config) { c.Codec = true }},
 		{"no faults", func(c *Config) { c.Faults = 0 }},
 		{"planted bug", func(c *Config) { c.Bugs.ReadAny = true }},
+		{"quiet", func(c *Config) { c.Quiet = true }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -326,5 +328,35 @@ func TestAttacherShortcuts(t *testing.T) {
 		}
 		t.Logf("faults %s: %d operations, %d object reads served by the attacher's replica, %d stashed replica writes, %d direct operations, %d revokes",
 			faults, r.Ops, r.ReadsHere, r.Stashed, r.Direct, r.Revokes)
+	}
+}
+
+// TestQuietSeeds runs seeds with the daemon's quiet ticking (Config.Quiet):
+// nodes with nothing to do get their ticks in bursts, just before their
+// next event, and every check still holds. The bursts must happen, or
+// the runs would prove nothing about them.
+func TestQuietSeeds(t *testing.T) {
+	for _, shape := range []struct {
+		nodes, copies int
+		faults        string
+		seed          uint64
+	}{{5, 3, "all", 90000}, {3, 2, "all", 91000}, {3, 3, "none", 94000}} {
+		name := fmt.Sprintf("%d nodes, copies %d, faults %s", shape.nodes, shape.copies, shape.faults)
+		cfg := DefaultConfig()
+		cfg.Nodes, cfg.Copies, cfg.Quiet = shape.nodes, shape.copies, true
+		var err error
+		if cfg.Faults, err = ParseFaults(shape.faults); err != nil {
+			t.Fatal(err)
+		}
+		s := batch(t, cfg, shape.seed, 8)
+		if len(s.Failures) > 0 {
+			t.Fatalf("%s: %d of %d seeds failed:%s", name, len(s.Failures), s.Runs, describeFailures(cfg, s))
+		}
+		cfg.Seed = shape.seed
+		if r := Run(cfg); r.Bursts == 0 {
+			t.Errorf("%s, seed %d: no node was ever ticked in a burst", name, shape.seed)
+		} else {
+			t.Logf("%s, seed %d: %d bursts of ticks", name, shape.seed, r.Bursts)
+		}
 	}
 }

@@ -17,6 +17,7 @@ func simCommand() *command {
 		runs, nodes, copies, vdis int
 		clients, ops, parallel    int
 		heartbeat                 int
+		quiet                     bool
 		faults, plant, out        string
 		cpuProfile, memProfile    string
 		traceHash, lifecycle      bool
@@ -48,6 +49,7 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			fs.StringVar(&plant, "plant", "", "planted bug(s) to switch on: "+strings.Join(sim.PlantNames(), ", "))
 			fs.BoolVar(&lifecycle, "lifecycle", d.Lifecycle, "snapshots, clones, rollbacks, flattens and deletes in the workload")
 			fs.IntVar(&heartbeat, "heartbeat", 0, "raft heartbeat interval in ticks (0: the daemon's default)")
+			fs.BoolVar(&quiet, "quiet", d.Quiet, "tick quiet nodes in bursts, as the daemon does")
 			fs.StringVar(&out, "out", "", "directory for the visualisations of failing runs")
 			fs.BoolVar(&traceHash, "trace-hash", false, "print each run's trace hash")
 			fs.IntVar(&parallel, "parallel", 0, "runs at once (0: one per CPU)")
@@ -72,7 +74,7 @@ there. Fault kinds: all, none, or a list of ` + strings.Join(sim.FaultNames(), "
 			if heartbeat < 0 || heartbeat >= 10 {
 				return usagef("--heartbeat must be 0 (the default) or fewer ticks than an election timeout (10)")
 			}
-			cfg.HeartbeatTicks = heartbeat
+			cfg.HeartbeatTicks, cfg.Quiet = heartbeat, quiet
 			cfg.Nodes, cfg.Copies, cfg.VDIs, cfg.Clients, cfg.Ops, cfg.Lifecycle = nodes, copies, vdis, clients, ops, lifecycle
 			if out != "" {
 				if err := os.MkdirAll(out, 0o755); err != nil {
