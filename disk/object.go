@@ -212,6 +212,15 @@ func putBuf(bp *[]byte) {
 // far more small random writes than large ones, so large writes pay.
 const writePiece = 16 << 10
 
+// writebackMin is the least new data (past an object's end, or a whole
+// object put) whose pages the store has the kernel write out at once
+// (startWriteback) rather than at the next checkpoint: the bulk of an
+// import or a recovery, whose dirty pages would otherwise pile up. An
+// overwrite is left to the checkpoint, since a hot range may be written
+// many times before it (1 MiB overwrites of a small set of objects lost
+// a fifth of their rate written back at once).
+const writebackMin = 256 << 10
+
 // writePieces writes data at off in pieces that do not cross a
 // writePiece boundary.
 func writePieces(f io.WriterAt, data []byte, off int64) error {
@@ -556,6 +565,10 @@ func (s *Store) applyWrite(o *object, f *objFiles, off int64, data []byte, known
 	if err := writePieces(f.data, data, off); err != nil {
 		return ioErr("write object", err)
 	}
+	if fresh := end - max(off, o.dsize); fresh >= writebackMin {
+		startWriteback(f.data, end-fresh, fresh)
+		s.writtenBack.Add(uint64(fresh))
+	}
 	for c := c0; c <= c1; c++ {
 		s.setSlot(o, c, sums[c-c0])
 	}
@@ -605,6 +618,10 @@ func (s *Store) applyPut(o *object, f *objFiles, data []byte) error {
 	}
 	if err := f.data.Truncate(int64(n)); err != nil {
 		return ioErr("size object", err)
+	}
+	if n >= writebackMin {
+		startWriteback(f.data, 0, int64(n))
+		s.writtenBack.Add(uint64(n))
 	}
 	o.pages, o.fresh, o.dsize = pages, true, int64(n)
 	s.segDirty.Add(dirtied)

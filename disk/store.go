@@ -228,8 +228,9 @@ type Store struct {
 	life   sync.RWMutex
 	closed bool
 
-	shards [nShards]shard
-	used   atomic.Int64 // sum of the logical sizes of all objects
+	shards      [nShards]shard
+	used        atomic.Int64  // sum of the logical sizes of all objects
+	writtenBack atomic.Uint64 // bytes of applied new data whose writeback started at once (startWriteback)
 
 	// Journal append state, guarded by jmu.
 	jmu      sync.Mutex

@@ -178,3 +178,21 @@ func readCached(f *os.File, b []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+// startWriteback has the kernel start writing [off, off+n) of f to the
+// device without waiting for it (sync_file_range, SYNC_FILE_RANGE_WRITE).
+// Object data applied from the journal is made durable only at the next
+// checkpoint; left dirty until then, hundreds of megabytes of a bulk
+// write waited in the page cache, and the first fsync of anything on the
+// filesystem after it (a cluster log entry, say) paid for writing them
+// all out: `sync` after a 256 MiB import into 3 nodes took 1.5 s, and the
+// attach of the next client 0.4 s.
+func startWriteback(f *os.File, off, n int64) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	})
+}
